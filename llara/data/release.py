@@ -1,0 +1,119 @@
+"""Loader for the original LLaRA release's directory format (LastFM, Steam, MovieLens folders).
+
+A folder holds ``id2name.txt`` (lines ``id::name``) and one file per split with rows ``seq`` (10 ids,
+right-padded with the padding id = number of items), ``len_seq`` and ``next``. Splits are read from
+``train.jsonl`` / ``val.jsonl`` / ``test.jsonl``. The release itself ships pandas pickles
+(``train_data.df``, ``Val_data.df``, ``Test_data.df``); unpickling runs arbitrary code, so those are read only
+with ``allow_pickle=True`` and only when no JSONL file is present.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .catalog import Catalog
+from .protocol import MIN_HISTORY, SPLITS, Sample, SequenceDataset
+
+JSONL_FILES = {"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"}
+PICKLE_FILES = {"train": "train_data.df", "val": "Val_data.df", "test": "Test_data.df"}
+
+
+class MalformedDataError(ValueError):
+    """A data file does not follow the expected format; the message names the file and line."""
+
+
+def read_id2name(path: Path, domain: str) -> Catalog:
+    """``id::name`` lines with ids 0..N-1 in order."""
+    raw_titles: list[str] = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            head, sep, name = line.partition("::")
+            if not sep or not head.strip().isdigit():
+                raise MalformedDataError(f"{path}:{lineno}: expected 'id::name', got {line[:80]!r}")
+            if int(head) != len(raw_titles):
+                raise MalformedDataError(f"{path}:{lineno}: expected id {len(raw_titles)}, got {int(head)} (ids must run 0..N-1)")
+            raw_titles.append(name)
+    if not raw_titles:
+        raise MalformedDataError(f"{path}: no items")
+    return Catalog.from_raw(domain, raw_titles, [str(i) for i in range(len(raw_titles))])
+
+
+def _row_to_sample(row: object, n_items: int, where: str) -> Sample | None:
+    """Validate one ``seq/len_seq/next`` row; ``None`` when its history is shorter than ``MIN_HISTORY``."""
+    if not isinstance(row, dict) or not {"seq", "len_seq", "next"} <= set(row):
+        raise MalformedDataError(f"{where}: expected an object with keys seq, len_seq, next")
+    seq, length, target = row["seq"], row["len_seq"], row["next"]
+    try:
+        seq = [int(i) for i in seq]
+        length, target = int(length), int(target)
+    except (TypeError, ValueError) as err:
+        raise MalformedDataError(f"{where}: seq, len_seq and next must be integers ({err})") from err
+    if not 0 <= length <= len(seq):
+        raise MalformedDataError(f"{where}: len_seq={length} is outside 0..{len(seq)}")
+    history = seq[:length]
+    if not 0 <= target < n_items:
+        raise MalformedDataError(f"{where}: item id {target} is out of range 0..{n_items - 1}")
+    if len(history) < MIN_HISTORY:
+        # Dropped unchecked: the release's first row per user has len_seq=1 over an all-padding seq.
+        return None
+    for item in history:
+        if not 0 <= item < n_items:
+            raise MalformedDataError(f"{where}: item id {item} is out of range 0..{n_items - 1}")
+    return Sample(history=tuple(history), target=target)
+
+
+def _rows_jsonl(path: Path):
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{lineno}", json.loads(line)
+            except json.JSONDecodeError as err:
+                raise MalformedDataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
+
+
+def _rows_pickle(path: Path):
+    import pandas as pd  # only the opt-in pickle path needs pandas
+
+    frame = pd.read_pickle(path)  # runs code from the file: reached only with allow_pickle=True
+    for index, row in enumerate(frame.to_dict("records")):
+        yield f"{path}:row {index}", {k: (list(v) if k == "seq" else v) for k, v in row.items()}
+
+
+def load(folder: str | Path, name: str, domain: str, allow_pickle: bool = False) -> SequenceDataset:
+    """Read a release folder; rows with fewer than ``MIN_HISTORY`` history items are dropped, as in the paper."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset folder {folder} does not exist")
+    id2name = folder / "id2name.txt"
+    if not id2name.is_file():
+        raise FileNotFoundError(f"{folder} has no id2name.txt (lines 'id::name')")
+    catalog = read_id2name(id2name, domain)
+    splits: dict[str, list[Sample]] = {}
+    for split in SPLITS:
+        jsonl, pickle_file = folder / JSONL_FILES[split], folder / PICKLE_FILES[split]
+        if jsonl.is_file():
+            rows = _rows_jsonl(jsonl)
+        elif pickle_file.is_file() and allow_pickle:
+            rows = _rows_pickle(pickle_file)
+        elif pickle_file.is_file():
+            raise PermissionError(
+                f"{folder} has only the pickle {pickle_file.name} for the {split} split. Unpickling runs code from the "
+                "file: convert it to JSONL, or pass --allow-pickle (allow_pickle=True) if you trust its source."
+            )
+        else:
+            raise FileNotFoundError(f"{folder} has no {JSONL_FILES[split]} (or {PICKLE_FILES[split]})")
+        samples = [s for where, row in rows if (s := _row_to_sample(row, len(catalog), where)) is not None]
+        splits[split] = samples
+    return SequenceDataset(
+        name=name,
+        catalog=catalog,
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        n_interactions=0,
+    )

@@ -1,0 +1,115 @@
+"""Train (or load) the sequential recommenders and print their results table.
+
+    python -m llara.train_rec --model sasrec --dataset movielens
+    python -m llara.train_rec --model all --dataset movielens --seeds 5          # the README's table
+    python -m llara.train_rec --model all --dataset movielens --reuse            # load committed checkpoints
+    python -m llara.train_rec --model all --dataset lastfm --data-dir path/to/lastfm --seeds 5
+
+Checkpoints go to ``<out>/<dataset>/<model>.safetensors`` with ``<model>.json`` (config, weights hash, metrics,
+training log). With ``--seeds N`` the models of seeds ``seed .. seed+N-1`` are trained and reported as
+mean +- std; the checkpoint written is the one of the first seed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .checkpoint import CheckpointError, write_json
+from .config import add_dataclass_args, from_args
+from .data.__main__ import add_dataset_args, dataset_from_args
+from .metrics import mean_std
+from .recommenders import RECOMMENDERS, load_recommender, save_recommender
+from .recommenders.trainer import RecTrainConfig, evaluate, train_recommender
+
+# DESIGN.md / paper Table 2, HR@1 of the traditional recommenders.
+PAPER_HR1 = {
+    "movielens": {"gru4rec": 0.3750, "caser": 0.3861, "sasrec": 0.3444},
+    "steam": {"gru4rec": 0.4168, "caser": 0.4368, "sasrec": 0.4010},
+    "lastfm": {"gru4rec": 0.2616, "caser": 0.2233, "sasrec": 0.2233},
+}
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "checkpoints" / "recommenders"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m llara.train_rec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(parser, RecTrainConfig)
+    # "all" is a CLI convenience on top of the config's single model.
+    for action in parser._actions:
+        if action.dest == "model":
+            action.choices = sorted(RECOMMENDERS) + ["all"]
+    add_dataset_args(parser)
+    parser.add_argument("--seeds", type=int, default=1, help="number of training seeds per model, reported as mean +- std (default: %(default)s)")
+    parser.add_argument("--test-seeds", type=int, default=5, help="candidate seeds for the test metrics (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint folder; files go to OUT/DATASET/MODEL.* (default: checkpoints/recommenders)")
+    parser.add_argument("--reuse", action="store_true", help="load an existing checkpoint of the first seed instead of training it")
+    parser.add_argument("--no-save", action="store_true", help="do not write checkpoints (experiments)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def format_table(rows: list[dict], dataset: str, n_seeds: int, test_seeds: int) -> str:
+    pm = lambda m, s: f"{m:.4f} ± {s:.4f}"  # noqa: E731
+    head = f"| model | HR@1 | HR@5 | NDCG@5 | val HR@1 | epochs | paper HR@1 |"
+    lines = [f"{dataset}: test metrics, mean ± std over {n_seeds} training seed(s), each the mean over {test_seeds} candidate seeds", "", head, "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        paper = PAPER_HR1.get(dataset, {}).get(r["model"])
+        lines.append(f"| {r['model']} | {pm(*r['hr@1'])} | {pm(*r['hr@5'])} | {pm(*r['ndcg@5'])} | {pm(*r['val_hr@1'])} | "
+                     f"{r['epochs']} | {'-' if paper is None else f'{paper:.4f}'} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        ds = dataset_from_args(args)
+    except (ValueError, OSError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.seeds < 1 or args.test_seeds < 1:
+        print("error: --seeds and --test-seeds must be >= 1", file=sys.stderr)
+        return 2
+    models = sorted(RECOMMENDERS) if args.model == "all" else [args.model]
+    base = from_args(RecTrainConfig, argparse.Namespace(**{**vars(args), "model": models[0]}))
+    test_seeds = list(range(args.test_seeds))
+    rows, report = [], {"dataset": ds.name, "fingerprint": ds.fingerprint(), "test_seeds": test_seeds, "models": {}}
+    for name in models:
+        per_seed = []
+        for k in range(args.seeds):
+            cfg = replace(base, model=name, seed=base.seed + k)
+            stem = args.out / ds.name / name
+            started = time.perf_counter()
+            if k == 0 and args.reuse and stem.with_suffix(".json").is_file():
+                try:
+                    model = load_recommender(stem, n_items=ds.n_items)
+                except CheckpointError as err:
+                    print(f"error: {err}", file=sys.stderr)
+                    return 2
+                info = {"best_val_hr@1": evaluate(model, ds, "val", list(range(cfg.val_seeds)))["hr@1"], "best_epoch": "loaded"}
+            else:
+                model, info = train_recommender(cfg, ds, progress=not args.quiet)
+            test = evaluate(model, ds, "test", test_seeds)
+            per_seed.append({"seed": cfg.seed, "test": test, "best_val_hr@1": info["best_val_hr@1"], "best_epoch": info["best_epoch"]})
+            print(f"{name} seed {cfg.seed}: test HR@1 {test['hr@1']:.4f} ± {test['hr@1_std']:.4f} (candidate seeds), "
+                  f"val HR@1 {info['best_val_hr@1']:.4f}, epoch {info['best_epoch']}, {time.perf_counter() - started:.0f}s", flush=True)
+            if k == 0 and "log" in info and not args.no_save:
+                save_recommender(model, stem, {"dataset": ds.name, "dataset_fingerprint": ds.fingerprint(), "test": test, **info})
+        rows.append({
+            "model": name,
+            **{key: mean_std([p["test"][key] for p in per_seed]) for key in ("hr@1", "hr@5", "ndcg@5")},
+            "val_hr@1": mean_std([p["best_val_hr@1"] for p in per_seed]),
+            "epochs": ", ".join(str(p["best_epoch"]) for p in per_seed),
+        })
+        report["models"][name] = per_seed
+    table = format_table(rows, ds.name, args.seeds, args.test_seeds)
+    print()
+    print(table)
+    if not args.no_save:
+        write_json(args.out / ds.name / f"results_{args.seeds}seeds.json", {**report, "table": table})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

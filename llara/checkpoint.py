@@ -81,3 +81,103 @@ def load_tensors(path: str | Path, expected_sha256: str | None = None) -> dict[s
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated?): {err}") from err
+
+
+# ---- LLaRA checkpoints: LoRA adapter + projector + meta.json ------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LLARA_FORMAT = "llara-checkpoint/1"
+
+
+def portable_path(path: str | Path) -> str:
+    """A path relative to the repository when it lies inside it, so committed checkpoints work from any clone."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def resolve_path(path: str, base: Path | None = None) -> Path:
+    """Inverse of ``portable_path``: relative paths are tried against the repository, then ``base``."""
+    candidate = Path(path)
+    if candidate.is_absolute():
+        return candidate
+    for root in (REPO_ROOT, base):
+        if root is not None and (root / candidate).exists():
+            return root / candidate
+    return REPO_ROOT / candidate
+
+
+def save_llara(folder: str | Path, model, meta: dict[str, Any], trainer_state: dict | None = None) -> Path:
+    """Write a LLaRA checkpoint folder atomically.
+
+    Layout: ``adapter/`` (PEFT LoRA adapter, safetensors), ``projector.safetensors``, ``meta.json`` (config,
+    projector spec, recommender reference, file hashes) and, for resuming, ``trainer_state.pt`` (optimizer and
+    scheduler state; loaded with ``weights_only=True``). The folder is written beside the target and renamed into
+    place, so a crash leaves the previous checkpoint intact. The projector is always saved.
+    """
+    import shutil
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    try:
+        files: dict[str, str] = {}
+        if hasattr(model.llm, "peft_config"):
+            # The embedding matrix was resized for the placeholder tokens; PEFT would then save all of it (~56 MB
+            # for SmolLM2). Only the placeholder rows differ from the base model: they go to token_rows.safetensors.
+            model.llm.save_pretrained(str(tmp / "adapter"), save_embedding_layers=False)
+            for f in sorted((tmp / "adapter").iterdir()):
+                files[f"adapter/{f.name}"] = sha256_file(f)
+        files["projector.safetensors"] = save_tensors(tmp / "projector.safetensors", model.projector.state_dict())
+        files["token_rows.safetensors"] = save_tensors(tmp / "token_rows.safetensors", model.placeholder_rows())
+        if trainer_state is not None:
+            import io
+
+            buffer = io.BytesIO()
+            torch.save(trainer_state, buffer)
+            _atomic_write(tmp / "trainer_state.pt", lambda fh: fh.write(buffer.getvalue()))
+        write_json(tmp / "meta.json", {"format": LLARA_FORMAT, **meta, "projector": model.projector.config(), "files": files})
+        for path in [tmp, *tmp.rglob("*")]:  # mkdtemp/mkstemp create owner-only files; a checkpoint is for sharing
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        old = folder.with_name(f".{folder.name}.old")
+        if folder.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def read_llara_meta(folder: str | Path) -> dict[str, Any]:
+    """``meta.json`` of a checkpoint, with every listed file present and matching its hash."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+    meta = read_json(folder / "meta.json")
+    if meta.get("format") != LLARA_FORMAT:
+        raise CheckpointError(f"{folder}/meta.json is not a {LLARA_FORMAT} checkpoint (format={meta.get('format')!r})")
+    missing = [k for k in ("base_model", "precision", "dataset", "recommender", "projector") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{folder}/meta.json lacks {', '.join(missing)} (edited by hand or truncated?)")
+    for name, digest in meta.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"missing checkpoint file {path}")
+        if sha256_file(path) != digest:
+            raise CheckpointError(f"{path} does not match the SHA-256 in meta.json (truncated or modified)")
+    return meta
+
+
+def load_trainer_state(folder: str | Path) -> dict | None:
+    path = Path(folder) / "trainer_state.pt"
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise CheckpointError(f"{path} cannot be read safely (truncated or not a trainer state): {err}") from err

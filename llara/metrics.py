@@ -31,3 +31,39 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     arr = np.asarray(values, dtype=np.float64)
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def match_answer(answer: str, titles: list[str]) -> int | None:
+    """Index of the one candidate title named in ``answer`` (case-insensitive substring), else ``None``.
+
+    The paper counts an output as valid when exactly one candidate title is a substring of its first line. Taken
+    literally, "Batman Returns" would also contain the candidate "Batman" and be invalid; a title contained in
+    another matching title is therefore dropped first, so the longest named title wins.
+    """
+    line = answer.split("\n", 1)[0].casefold().strip()
+    if not line:
+        return None
+    hits = [i for i, t in enumerate(titles) if t.casefold() in line]
+    hits = [i for i in hits if not any(j != i and titles[i].casefold() in titles[j].casefold() for j in hits)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def valid_and_hit(answers: list[str], candidate_titles: list[list[str]], target_index: list[int]) -> dict[str, float]:
+    """ValidRatio = valid / all and HitRatio@1 = correct / all, exactly as the paper defines them."""
+    valid = correct = 0
+    for answer, titles, target in zip(answers, candidate_titles, target_index):
+        chosen = match_answer(answer, titles)
+        valid += chosen is not None
+        correct += chosen == target
+    n = max(1, len(answers))
+    return {"valid_ratio": valid / n, "hr@1": correct / n}
+
+
+def bootstrap_ci(per_user: np.ndarray, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over users (rows resampled with replacement)."""
+    per_user = np.asarray(per_user, dtype=np.float64)
+    if len(per_user) == 0:
+        return 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    means = per_user[rng.integers(0, len(per_user), size=(n_boot, len(per_user)))].mean(axis=1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))

@@ -101,6 +101,20 @@ class LLaRA(nn.Module):
     def pad_id(self) -> int:
         return int(self.tokenizer.pad_token_id)
 
+    def placeholder_rows(self) -> dict[str, torch.Tensor]:
+        """Input-embedding rows of the placeholder tokens (the only rows that differ from the base model)."""
+        weight = self.llm.get_input_embeddings().weight
+        ids = [self.builder.history_id, self.builder.candidate_id, self.builder.placeholder_id]
+        return {"ids": torch.tensor(ids), "rows": weight[ids].detach().float()}
+
+    @torch.no_grad()
+    def load_placeholder_rows(self, saved: dict[str, torch.Tensor]) -> None:
+        weight = self.llm.get_input_embeddings().weight
+        ids = [self.builder.history_id, self.builder.candidate_id, self.builder.placeholder_id]
+        if saved["ids"].tolist() != ids:
+            raise ValueError(f"placeholder token ids {saved['ids'].tolist()} differ from this tokenizer's {ids}")
+        weight[ids] = saved["rows"].to(weight.dtype)
+
     def embed(self, batch: Batch) -> torch.Tensor:
         """``inputs_embeds`` ``(B, T, D)`` with projected item vectors at the slots, in one vectorised step."""
         embedding = self.llm.get_input_embeddings()
@@ -225,3 +239,101 @@ class LLaRA(nn.Module):
             total = sum(float(logits[start + j - 1, tok]) for j, tok in enumerate(answer))
             scores.append(total / len(answer) if normalize else total)
         return sorted(zip(prompt.candidates, scores), key=lambda x: -x[1])
+
+
+# ---- construction -------------------------------------------------------------------------------------------------
+
+LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # the paper's: every projection
+
+
+def attach_lora(llm: nn.Module, r: int = 8, alpha: int = 32, dropout: float = 0.1, targets: str = LORA_TARGETS) -> nn.Module:
+    """Wrap ``llm`` with a LoRA adapter; base weights (and the embedding rows of new tokens) stay frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    names = [t.strip() for t in targets.split(",") if t.strip()]
+    present = {n.rsplit(".", 1)[-1] for n, _ in llm.named_modules()}
+    missing = [t for t in names if t not in present]
+    if not names or missing:
+        raise ValueError(f"LoRA targets {missing or names} are not modules of this model; it has e.g. "
+                         f"{', '.join(sorted(p for p in present if p.endswith('proj'))[:8])}")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, task_type="CAUSAL_LM")
+    return get_peft_model(llm, config)
+
+
+def build_llara(
+    dataset,
+    recommender_stem: str,
+    base_model: str = "smollm2-135m",
+    precision: str = "bf16",
+    projector_spec: str = "mlp2x_gelu",
+    norm_to_tokens: bool = True,
+    lora: dict | None = None,
+    seed: int = 0,
+) -> LLaRA:
+    """A fresh LLaRA for ``dataset``: base LLM (+ LoRA when ``lora`` is given), frozen recommender table, projector.
+
+    ``norm_to_tokens`` scales each projected vector to the mean norm of the LLM's token embeddings, so a slot is
+    on the same scale as the words around it from the first step.
+    """
+    from .llm import load_base_model, token_embedding_norm
+    from .projector import build_projector
+    from .recommenders import load_recommender
+
+    recommender = load_recommender(recommender_stem, n_items=dataset.n_items)
+    llm, tokenizer = load_base_model(base_model, precision=precision, seed=seed)
+    target_norm = token_embedding_norm(llm) if norm_to_tokens else None
+    torch.manual_seed(seed)
+    projector = build_projector(projector_spec, recommender.dim, llm.config.hidden_size, target_norm=target_norm)
+    if lora is not None:
+        llm = attach_lora(llm, **lora)
+    context = getattr(llm.config, "max_position_embeddings", None)
+    builder = PromptBuilder(tokenizer, dataset.catalog, max_length=context)
+    return LLaRA(llm, builder, recommender.item_embeddings(), projector)
+
+
+def load_llara(folder: str, dataset=None, precision: str | None = None, trainable: bool = False):
+    """Rebuild a trained LLaRA from a checkpoint folder; returns ``(model, meta, dataset)``.
+
+    Checks every file against ``meta.json`` and the recommender and dataset against what the checkpoint was
+    trained with, so a mismatch fails here with a clear message rather than as garbage predictions.
+    """
+    from pathlib import Path
+
+    from peft import PeftModel
+
+    from .checkpoint import CheckpointError, load_tensors, read_llara_meta, resolve_path
+    from .data import load_dataset
+
+    folder = Path(folder)
+    meta = read_llara_meta(folder)
+    data = meta["dataset"]
+    if dataset is None:
+        data_dir = resolve_path(data["data_dir"], folder) if data.get("data_dir") else None
+        dataset = load_dataset(data["name"], data_dir=data_dir, split=data.get("split", "paper"),
+                               seed=data.get("split_seed", 0))
+    if dataset.n_items != data["n_items"]:
+        raise CheckpointError(f"{folder} was trained on {data['n_items']} items but the dataset has {dataset.n_items}")
+    rec_stem = resolve_path(meta["recommender"]["path"], folder)
+    rec_json = Path(str(rec_stem) + ".json")
+    if not rec_json.is_file():
+        raise CheckpointError(f"{folder} needs the recommender checkpoint {rec_stem} (.json/.safetensors), which is missing")
+    from .checkpoint import read_json
+
+    if read_json(rec_json).get("weights_sha256") != meta["recommender"]["weights_sha256"]:
+        raise CheckpointError(f"the recommender at {rec_stem} is not the one {folder} was trained with (weights hash differs)")
+    proj = meta["projector"]
+    model = build_llara(dataset, str(rec_stem), base_model=meta["base_model"], precision=precision or meta["precision"],
+                        projector_spec=proj["spec"], norm_to_tokens=False)
+    if model.projector.d_out != proj["d_out"] or model.projector.d_in != proj["d_in"]:
+        raise CheckpointError(f"{folder}'s projector maps {proj['d_in']}->{proj['d_out']} but the base model needs "
+                              f"{model.projector.d_in}->{model.projector.d_out}")
+    model.projector.target_norm = proj.get("target_norm")
+    model.projector.load_state_dict(load_tensors(folder / "projector.safetensors"))
+    if (folder / "token_rows.safetensors").is_file():
+        try:
+            model.load_placeholder_rows(load_tensors(folder / "token_rows.safetensors"))
+        except ValueError as err:
+            raise CheckpointError(f"{folder}: {err} (a different base model or tokenizer?)") from err
+    if (folder / "adapter").is_dir():
+        model.llm = PeftModel.from_pretrained(model.llm, str(folder / "adapter"), is_trainable=trainable)
+    return (model if trainable else model.eval()), meta, dataset

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     if not args.no_save:
-        write_json(args.out / ds.name / f"results_{args.seeds}seeds.json", {**report, "table": table})
+        write_json(args.out / ds.name / f"results_{args.model}_{args.seeds}seeds.json", {**report, "table": table})
     return 0
 
 

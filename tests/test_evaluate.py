@@ -1,0 +1,117 @@
+"""python -m llara.evaluate on the tiny trained checkpoint (conftest ``toy_run``), and ``summarize`` by hand."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import llara.evaluate as evaluate_mod
+from llara.data import load_dataset
+from llara.evaluate import summarize
+
+from .conftest import TOY_DATASET
+
+KINDS, DECODES, SEEDS, LIMIT = ("text", "hybrid"), ("generate", "constrained", "rank"), 2, 4
+
+
+@pytest.fixture(scope="module")
+def results(toy_run, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("eval") / "out.json"
+    rc = evaluate_mod.main(["--checkpoint", str(toy_run["output"]), "--decode", "all", "--prompt", "both",
+                            "--seeds", str(SEEDS), "--limit", str(LIMIT), "--json", str(out)])
+    assert rc == 0
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def dataset(toy_setup):
+    return load_dataset(TOY_DATASET, data_dir=toy_setup["data_dir"])
+
+
+def test_every_prompt_and_decode_reported(results, dataset):
+    keys = {f"{k}/{d}" for k in KINDS for d in DECODES}
+    assert set(results["metrics"]) == keys == set(results["records"])
+    assert results["samples"] == LIMIT < len(dataset.test) and results["split"] == "test"
+    for key, m in results["metrics"].items():
+        assert m["seeds"] == SEEDS and m["samples"] == LIMIT
+        for name in ("valid_ratio", "hr@1", "hr@5", "ndcg@5"):
+            if name in m:
+                assert 0.0 <= m[name] <= 1.0, (key, name, m[name])
+        lo, hi = m["hr@1_ci95"]
+        assert 0.0 <= lo <= m["hr@1"] <= hi <= 1.0, key
+        assert m["hr@1"] <= m["valid_ratio"], key  # an invalid answer is a miss
+        assert ("ndcg@5" in m) == key.endswith("/rank")
+
+
+def test_records_per_seed(results, dataset):
+    targets = [s.target for s in dataset.test[:LIMIT]]
+    for key, per_seed in results["records"].items():
+        assert len(per_seed) == SEEDS, key
+        for seed, records in enumerate(per_seed):
+            assert [r["target"] for r in records] == targets, key
+            for r in records:
+                assert r["valid"] == (r["choice"] is not None) and (not r["hit"] or r["valid"])
+                assert r["hit"] == (r["choice"] == r["target"])
+            hr = np.mean([r["hit"] for r in records])
+            assert 0.0 <= hr <= 1.0
+        assert results["metrics"][key]["hr@1"] == pytest.approx(np.mean([[r["hit"] for r in rs] for rs in per_seed]))
+
+
+def test_constrained_is_always_valid(results):
+    for kind in KINDS:
+        m = results["metrics"][f"{kind}/constrained"]
+        assert m["valid_ratio"] == 1.0 and m["valid_ratio_std"] == 0.0
+        assert results["metrics"][f"{kind}/rank"]["valid_ratio"] == 1.0
+
+
+def test_generate_answers_are_first_lines(results):
+    for kind in KINDS:
+        for records in results["records"][f"{kind}/generate"]:
+            assert all(isinstance(r["answer"], str) and "\n" not in r["answer"] for r in records)
+
+
+def test_rank_hr1_is_the_share_of_top_scored_targets(results, dataset):
+    for kind in KINDS:
+        per_seed = results["records"][f"{kind}/rank"]
+        tops = []
+        for seed, records in enumerate(per_seed):
+            cands = dataset.candidates("test", seed=seed)
+            for r, c in zip(records, cands):
+                scores = {int(k): v for k, v in r["scores"].items()}  # JSON keys are strings
+                assert sorted(scores) == sorted(c)  # the seed's fixed candidate set, 20 items
+                best = max(scores.values())
+                tops.append(r["target"] in [i for i, s in scores.items() if s == best] and r["choice"] == r["target"])
+                assert r["choice"] in [i for i, s in scores.items() if s == best]
+                assert 0 <= r["target_rank"] <= sum(v > scores[r["target"]] for v in scores.values()) + sum(
+                    v == scores[r["target"]] for v in scores.values()) - 1
+        assert results["metrics"][f"{kind}/rank"]["hr@1"] == pytest.approx(np.mean(tops))
+
+
+def test_text_and_hybrid_share_candidates(results):
+    for seed in range(SEEDS):
+        text, hybrid = results["records"]["text/rank"][seed], results["records"]["hybrid/rank"][seed]
+        assert [sorted(r["scores"]) for r in text] == [sorted(r["scores"]) for r in hybrid]
+
+
+def test_summarize_by_hand():
+    gen = [[{"valid": True, "hit": True}, {"valid": False, "hit": False}, {"valid": True, "hit": False}, {"valid": True, "hit": True}],
+           [{"valid": True, "hit": False}, {"valid": False, "hit": False}, {"valid": True, "hit": True}, {"valid": True, "hit": True}]]
+    m = summarize(gen, "generate")
+    assert m["valid_ratio"] == 0.75 and m["valid_ratio_std"] == 0.0
+    assert m["hr@1"] == pytest.approx(0.5) and m["hr@1_std"] == 0.0  # correct / all, invalid counted as misses
+    lo, hi = m["hr@1_ci95"]
+    assert lo <= 0.5 <= hi
+
+    def rec(scores, target, choice):
+        return {"scores": scores, "target": target, "choice": choice, "valid": True, "hit": choice == target}
+
+    rank = [[rec({3: -1.0, 7: -2.0, 9: -3.0}, 3, 3), rec({3: -1.0, 7: -1.0, 9: -3.0}, 7, 3)]]
+    m = summarize(rank, "rank")
+    assert m["hr@1"] == 0.5 and m["hr@5"] == 1.0
+    assert m["ndcg@5"] == pytest.approx((1 + 1 / np.log2(3)) / 2)  # the tie counts against the target
+
+
+def test_seeds_must_be_positive(capsys):
+    assert evaluate_mod.main(["--base-model", "x", "--seeds", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --seeds must be >= 1"

@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast recommenders clean
+.PHONY: venv demo app test test-fast recommenders clean
 
 $(STAMP): requirements.txt requirements-assets.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ venv: $(STAMP)  ## create the virtual environment and install pinned requirement
 
 demo: $(STAMP)  ## load the committed recommenders (train any that are missing) and print their results table
 	$(PY) -m llara.train_rec --model all --dataset movielens --reuse
+
+app: $(STAMP)  ## serve the Gradio demo on http://127.0.0.1:7860
+	$(PY) app.py
 
 test: $(STAMP)  ## the whole test suite, integration tests included
 	$(PY) -m pytest

@@ -31,7 +31,8 @@ def make_tiny_tokenizer(with_eos: bool = True):
     return PreTrainedTokenizerFast(tokenizer_object=backend, **special)
 
 
-def make_tiny_llama(vocab_size: int, tie_word_embeddings: bool = True, seed: int = 0, hidden_size: int = TINY_HIDDEN):
+def make_tiny_llama(vocab_size: int, tie_word_embeddings: bool = True, seed: int = 0, hidden_size: int = TINY_HIDDEN,
+                    max_positions: int = 128):
     """2-layer Llama (hidden 32, MLP 2x hidden, GQA with 4 heads and 2 KV heads), random weights from ``seed``.
 
     bitsandbytes' CPU 4-bit path quantizes in blocks of 64 input features: use ``hidden_size=64`` for nf4."""
@@ -39,7 +40,7 @@ def make_tiny_llama(vocab_size: int, tie_word_embeddings: bool = True, seed: int
 
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
         tie_word_embeddings=tie_word_embeddings, bos_token_id=1, eos_token_id=2,
     )
     torch.manual_seed(seed)
@@ -124,15 +125,7 @@ def make_prompt_tokenizer(extra_text: str = ""):
 
 def make_prompt_llama(vocab_size: int, seed: int = 0, hidden_size: int = TINY_HIDDEN):
     """Like ``make_tiny_llama`` but with room for a 20-candidate prompt (~130 tokens)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+    return make_tiny_llama(vocab_size, seed=seed, hidden_size=hidden_size, max_positions=512)
 
 
 def write_toy_dataset(folder: Path, n_items: int = len(TOY_TITLES), seed: int = 0, sizes: dict | None = None) -> Path:

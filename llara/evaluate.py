@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", help="a LLaRA checkpoint folder (written by python -m llara.train)")
     src.add_argument("--base-model", help="evaluate this untrained base LLM zero-shot (e.g. smollm2-135m)")
     parser.add_argument("--recommender", default="sasrec", choices=["sasrec", "gru4rec", "caser"], help="zero-shot only: the item table behind hybrid slots (default: %(default)s)")
+    parser.add_argument("--recommender-dir", type=Path, default=DEFAULT_REC_DIR, help="zero-shot only: folder with <dataset>/<recommender>.safetensors (default: checkpoints/recommenders)")
     parser.add_argument("--prompt", default="hybrid", choices=["text", "hybrid", "both"], help="prompt kind (default: %(default)s)")
     parser.add_argument("--decode", default="rank", choices=[*DECODES, "all"], help="how the model answers (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=5, help="candidate seeds 0..N-1 (default: %(default)s)")
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         name = Path(args.checkpoint).name
     else:
         ds = dataset_from_args(args)
-        rec = DEFAULT_REC_DIR / ds.name / args.recommender
+        rec = args.recommender_dir / ds.name / args.recommender
         model = build_llara(ds, str(rec), base_model=args.base_model, precision=args.precision or "bf16").eval()
         name = f"{args.base_model} zero-shot"
     samples = ds.split(args.eval_split)

@@ -115,3 +115,14 @@ def test_summarize_by_hand():
 def test_seeds_must_be_positive(capsys):
     assert evaluate_mod.main(["--base-model", "x", "--seeds", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --seeds must be >= 1"
+
+
+def test_zero_shot_base_model(toy_setup, tmp_path):
+    """--base-model evaluates the untrained LLM (no LoRA) on the same candidates."""
+    out = tmp_path / "zero.json"
+    rc = evaluate_mod.main(["--base-model", toy_setup["base_model"], "--data-dir", toy_setup["data_dir"], "--dataset", TOY_DATASET,
+                            "--recommender-dir", toy_setup["rec_dir"], "--prompt", "text", "--decode", "constrained",
+                            "--seeds", "1", "--limit", "3", "--json", str(out), "--precision", "fp32"])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert "zero-shot" in result["model"] and result["metrics"]["text/constrained"]["valid_ratio"] == 1.0

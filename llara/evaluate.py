@@ -8,7 +8,8 @@
 Metrics, as the paper defines them: ValidRatio = valid answers / all samples, HitRatio@1 = correct / all
 (an invalid answer is a miss). ``generate`` is greedy decoding with the first line kept, ``constrained`` decodes
 over the candidate titles only, ``rank`` orders the candidates by the likelihood of their titles (also HR@5,
-NDCG@5). Each figure is the mean +- std over candidate seeds 0..seeds-1; per-sample records go to the JSON.
+NDCG@5) and ``head`` by the candidate head's scores (checkpoints trained with ``--head-weight``). Each figure is
+the mean +- std over candidate seeds 0..seeds-1; per-sample records go to the JSON.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from .data.__main__ import add_dataset_args, dataset_from_args
 from .metrics import bootstrap_ci, match_answer, mean_std, ranking_metrics
 from .model import LLaRA, build_llara, load_llara
 
-DECODES = ("generate", "constrained", "rank")
+DECODES = ("generate", "constrained", "rank", "head")
 DEFAULT_REC_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "recommenders"
 
 
@@ -51,7 +52,7 @@ def evaluate_samples(model: LLaRA, samples, candidate_sets, hybrid: bool, decode
             if decode == "constrained":
                 records.append({"choice": model.constrained(p)})
             else:
-                ranked = model.rank(p)
+                ranked = model.rank(p) if decode == "rank" else model.rank_head(p)
                 records.append({"choice": ranked[0][0], "scores": {int(c): round(s, 4) for c, s in ranked}})
             bar.update(1)
     bar.close()
@@ -68,7 +69,7 @@ def summarize(per_seed: list[list[dict]], decode: str) -> dict:
     rows = []
     for records in per_seed:
         row = {"valid_ratio": float(np.mean([r["valid"] for r in records])), "hr@1": float(np.mean([r["hit"] for r in records]))}
-        if decode == "rank":
+        if decode in ("rank", "head"):
             scores = np.array([[r["scores"][c] for c in sorted(r["scores"])] for r in records])
             target_pos = np.array([sorted(r["scores"]).index(r["target"]) for r in records])
             row.update({k: v for k, v in ranking_metrics(scores, target_pos).items() if k != "hr@1"})
@@ -131,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
     if args.limit > 0:
         samples = samples[: args.limit]
     kinds = ["text", "hybrid"] if args.prompt == "both" else [args.prompt]
-    decodes = list(DECODES) if args.decode == "all" else [args.decode]
+    decodes = [d for d in DECODES if d != "head" or model.head is not None] if args.decode == "all" else [args.decode]
+    if "head" in decodes and model.head is None:
+        raise ValueError("--decode head needs a checkpoint trained with --head-weight > 0")
     results: dict = {"model": name, "split": args.eval_split, "samples": len(samples), "metrics": {}, "records": {}}
     for kind in kinds:
         for decode in decodes:

@@ -9,6 +9,7 @@ Three ways to answer a prompt:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,8 @@ class Batch:
     slot_cols: torch.Tensor  # (S,)
     slot_items: torch.Tensor  # (S,)
     labels: torch.Tensor | None = None  # (B, T), IGNORE_INDEX on prompt and padding
+    cand_cols: torch.Tensor | None = None  # (B, C) position of the token after each candidate title
+    cand_targets: torch.Tensor | None = None  # (B,) index of the target among the candidates (training)
 
 
 def collate(prompts: list[Prompt], pad_id: int, with_targets: bool = False, padding_side: str = "left") -> Batch:
@@ -57,7 +60,14 @@ def collate(prompts: list[Prompt], pad_id: int, with_targets: bool = False, padd
         items += list(p.slot_items)
     position_ids = (mask.cumsum(1) - 1).clamp(min=0)
     as_long = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
-    return Batch(ids_t, mask, position_ids, as_long(rows), as_long(cols), as_long(items), lab_t if with_targets else None)
+    cand_cols = cand_targets = None
+    if len({len(p.candidate_positions) for p in prompts}) == 1 and prompts[0].candidate_positions:
+        offsets = [width - len(s) if padding_side == "left" else 0 for s in seqs]
+        cand_cols = as_long([[o + c for c in p.candidate_positions] for o, p in zip(offsets, prompts)])
+        if with_targets and all(p.target is not None for p in prompts):
+            cand_targets = as_long([p.candidates.index(p.target) for p in prompts])
+    return Batch(ids_t, mask, position_ids, as_long(rows), as_long(cols), as_long(items), lab_t if with_targets else None,
+                 cand_cols, cand_targets)
 
 
 class AnswerTrie:
@@ -84,7 +94,8 @@ class AnswerTrie:
 class LLaRA(nn.Module):
     """Owns the frozen recommender item table ``(n_items, d_rec)``, the projector and the LLM."""
 
-    def __init__(self, llm: nn.Module, builder: PromptBuilder, item_table: torch.Tensor, projector: Projector) -> None:
+    def __init__(self, llm: nn.Module, builder: PromptBuilder, item_table: torch.Tensor, projector: Projector,
+                 head: nn.Linear | None = None, head_weight: float = 1.0) -> None:
         super().__init__()
         if item_table.dim() != 2 or item_table.shape[1] != projector.d_in:
             raise ValueError(f"item table {tuple(item_table.shape)} does not fit a projector with d_in={projector.d_in}")
@@ -92,6 +103,10 @@ class LLaRA(nn.Module):
             raise ValueError(f"the recommender has {item_table.shape[0]} items but the catalog has {len(builder.catalog)}")
         self.llm, self.builder, self.projector = llm, builder, projector
         self.register_buffer("item_table", item_table.detach().float().clone(), persistent=False)  # frozen
+        # Optional candidate head (not in the paper): a linear score of the final hidden state at the token after each
+        # candidate title, trained with cross-entropy over the candidates. It tells the model which of the 20 is right
+        # in one pass, instead of only through the title tokens, and ranks all candidates in one forward pass.
+        self.head, self.head_weight = head, head_weight
 
     @property
     def tokenizer(self):
@@ -127,8 +142,30 @@ class LLaRA(nn.Module):
         return embeds.index_put((batch.slot_rows, batch.slot_cols), vectors)
 
     def forward(self, batch: Batch, **kwargs):
-        return self.llm(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask,
-                        position_ids=batch.position_ids, labels=batch.labels, **kwargs)
+        use_head = self.head is not None and batch.cand_cols is not None
+        out = self.llm(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                       labels=batch.labels, output_hidden_states=use_head, **kwargs)
+        if use_head:
+            out.candidate_logits = self.candidate_logits(out.hidden_states[-1], batch.cand_cols)  # (B, C)
+            if batch.cand_targets is not None:
+                out.head_loss = nn.functional.cross_entropy(out.candidate_logits, batch.cand_targets)
+                out.loss = out.head_loss * self.head_weight + (out.loss if out.loss is not None else 0.0)
+        return out
+
+    def candidate_logits(self, hidden: torch.Tensor, cand_cols: torch.Tensor) -> torch.Tensor:
+        """Head scores ``(B, C)`` from final hidden states ``(B, T, D)`` at the candidate positions ``(B, C)``."""
+        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+        picked = hidden[rows, cand_cols].float()  # (B, C, D)
+        return self.head(picked.to(self.head.weight.dtype)).squeeze(-1)
+
+    @torch.inference_mode()
+    def rank_head(self, prompt: Prompt) -> list[tuple[int, float]]:
+        """``(item, head score)`` for every candidate, best first: one forward pass over the prompt."""
+        if self.head is None:
+            raise ValueError("this model has no candidate head (train with --head-weight > 0)")
+        out = self.forward(collate([prompt], self.pad_id))
+        scores = out.candidate_logits[0].float().log_softmax(-1).tolist()
+        return sorted(zip(prompt.candidates, scores), key=lambda x: -x[1])
 
     def loss(self, prompts: list[Prompt]) -> torch.Tensor:
         """Mean token cross-entropy on the target titles (prompt tokens masked)."""
@@ -230,8 +267,7 @@ class LLaRA(nn.Module):
         scores = []
         for c in prompt.candidates:
             answer = self.builder.answer_ids(c)
-            full = Prompt(prompt.text, prompt.input_ids, prompt.slot_positions, prompt.slot_items, prompt.hybrid,
-                          prompt.history, prompt.candidates, prompt.template, c, tuple(answer))
+            full = dataclasses.replace(prompt, target=c, target_ids=tuple(answer))
             batch = collate([full], self.pad_id, with_targets=True)
             logits = self.llm(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask,
                               position_ids=batch.position_ids).logits[0].float().log_softmax(-1)
@@ -269,6 +305,7 @@ def build_llara(
     norm_to_tokens: bool = True,
     lora: dict | None = None,
     seed: int = 0,
+    head_weight: float = 0.0,
 ) -> LLaRA:
     """A fresh LLaRA for ``dataset``: base LLM (+ LoRA when ``lora`` is given), frozen recommender table, projector.
 
@@ -288,7 +325,12 @@ def build_llara(
         llm = attach_lora(llm, **lora)
     context = getattr(llm.config, "max_position_embeddings", None)
     builder = PromptBuilder(tokenizer, dataset.catalog, max_length=context)
-    return LLaRA(llm, builder, recommender.item_embeddings(), projector)
+    head = None
+    if head_weight > 0:
+        head = nn.Linear(llm.config.hidden_size, 1)
+        nn.init.zeros_(head.weight)  # starts neutral: every candidate scores the same
+        nn.init.zeros_(head.bias)
+    return LLaRA(llm, builder, recommender.item_embeddings(), projector, head=head, head_weight=head_weight)
 
 
 def load_llara(folder: str, dataset=None, precision: str | None = None, trainable: bool = False):
@@ -322,13 +364,16 @@ def load_llara(folder: str, dataset=None, precision: str | None = None, trainabl
     if read_json(rec_json).get("weights_sha256") != meta["recommender"]["weights_sha256"]:
         raise CheckpointError(f"the recommender at {rec_stem} is not the one {folder} was trained with (weights hash differs)")
     proj = meta["projector"]
+    head_weight = float(meta.get("config", {}).get("head_weight", 0.0))
     model = build_llara(dataset, str(rec_stem), base_model=meta["base_model"], precision=precision or meta["precision"],
-                        projector_spec=proj["spec"], norm_to_tokens=False)
+                        projector_spec=proj["spec"], norm_to_tokens=False, head_weight=head_weight)
     if model.projector.d_out != proj["d_out"] or model.projector.d_in != proj["d_in"]:
         raise CheckpointError(f"{folder}'s projector maps {proj['d_in']}->{proj['d_out']} but the base model needs "
                               f"{model.projector.d_in}->{model.projector.d_out}")
     model.projector.target_norm = proj.get("target_norm")
     model.projector.load_state_dict(load_tensors(folder / "projector.safetensors"))
+    if model.head is not None:
+        model.head.load_state_dict(load_tensors(folder / "head.safetensors"))
     if (folder / "token_rows.safetensors").is_file():
         try:
             model.load_placeholder_rows(load_tensors(folder / "token_rows.safetensors"))

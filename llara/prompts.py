@@ -65,6 +65,7 @@ class Prompt:
     template: int
     target: int | None = None
     target_ids: tuple[int, ...] = ()
+    candidate_positions: tuple[int, ...] = ()  # the slot (hybrid) or <PH> (text) token after each candidate title
 
     def training_ids(self) -> tuple[list[int], list[int]]:
         """``input_ids + target_ids`` and labels with the prompt masked: loss only on the target tokens."""
@@ -140,6 +141,10 @@ class PromptBuilder:
             # One slot per item, in order: the invariant the splice relies on.
             assert len(hist_pos) == len(history) and len(cand_pos) == len(candidates), "slot count != item count"
             positions, items = tuple(hist_pos + cand_pos), history + candidates
+        else:
+            marks = [p for p, t in enumerate(input_ids) if t == self.placeholder_id]
+            assert len(marks) == len(history) + len(candidates), "placeholder count != item count"
+            cand_pos = marks[len(history) :]
         target_ids: tuple[int, ...] = ()
         if target is not None:
             target_ids = tuple(self.answer_ids(target))
@@ -149,7 +154,8 @@ class PromptBuilder:
                 f"the prompt is {len(input_ids) + len(target_ids)} tokens, {over} more than the model's context of "
                 f"{self.max_length}: use fewer or shorter history items"
             )
-        return Prompt(text, input_ids, positions, items, hybrid, history, candidates, template, target, target_ids)
+        return Prompt(text, input_ids, positions, items, hybrid, history, candidates, template, target, target_ids,
+                      candidate_positions=tuple(cand_pos))
 
     def answer_ids(self, item: int) -> list[int]:
         """Token ids of the answer: ``" <title>"`` then one terminator token (the newline, or EOS).

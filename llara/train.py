@@ -54,6 +54,7 @@ class TrainConfig:
     lora_alpha: int = option(32, "LoRA alpha")
     lora_dropout: float = option(0.1, "LoRA dropout")
     lora_targets: str = option(LORA_TARGETS, "comma-separated module names that get LoRA")
+    head_weight: float = option(0.0, "weight of the candidate-head cross-entropy over the 20 candidates (0 = the paper's recipe: title loss only)")
     lr: float = option(8e-4, "peak learning rate of the LoRA weights")
     projector_lr: float = option(0.0, "peak learning rate of the projector (0 = same as --lr)")
     warmup_ratio: float = option(0.05, "fraction of steps with linear warm-up")
@@ -129,12 +130,14 @@ class PromptStream:
 
 @torch.inference_mode()
 def quick_validation(model: LLaRA, ds: SequenceDataset, n: int, hybrid: bool) -> float:
-    """Rank HR@1 on the first ``n`` validation samples (candidate seed 0): a cheap learning signal."""
+    """HR@1 on the first ``n`` validation samples (candidate seed 0), by the head if there is one, else by title
+    likelihood: a cheap learning signal."""
     samples = ds.val[:n]
     cands = ds.candidates("val", seed=0)[: len(samples)]
     hits = 0
     for s, c in zip(samples, cands):
-        ranked = model.rank(model.builder.build(s.history, c, hybrid=hybrid))
+        prompt = model.builder.build(s.history, c, hybrid=hybrid)
+        ranked = model.rank_head(prompt) if model.head is not None else model.rank(prompt)
         hits += ranked[0][0] == s.target
     return hits / max(1, len(samples))
 
@@ -193,13 +196,15 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
         ds = dataset_from_args(args)
         rec_stem = Path(cfg.recommender_dir) / ds.name / cfg.recommender
         lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout, "targets": cfg.lora_targets}
-        model = build_llara(ds, str(rec_stem), cfg.base_model, cfg.precision, cfg.projector, cfg.norm_to_tokens, lora, cfg.seed)
+        model = build_llara(ds, str(rec_stem), cfg.base_model, cfg.precision, cfg.projector, cfg.norm_to_tokens, lora, cfg.seed,
+                            head_weight=cfg.head_weight)
     samples = select_samples(ds.train, cfg.max_train_samples, cfg.sample_strategy, cfg.seed)
     per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
     total = cfg.max_steps or max(1, math.ceil(len(samples) * cfg.epochs / per_step))
     lora_params = [p for n, p in model.llm.named_parameters() if p.requires_grad]
     groups = [{"params": lora_params, "lr": cfg.lr, "base_lr": cfg.lr},
-              {"params": list(model.projector.parameters()), "lr": cfg.projector_lr or cfg.lr, "base_lr": cfg.projector_lr or cfg.lr}]
+              {"params": list(model.projector.parameters()) + (list(model.head.parameters()) if model.head is not None else []),
+               "lr": cfg.projector_lr or cfg.lr, "base_lr": cfg.projector_lr or cfg.lr}]
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])

@@ -195,3 +195,39 @@ def test_item_table_must_fit(catalog):
         LLaRA(llm, builder, torch.zeros(5, D_REC), build_projector("linear", D_REC, 32))
     with pytest.raises(ValueError, match="does not fit a projector with d_in=4"):
         LLaRA(llm, builder, torch.zeros(len(catalog), D_REC), build_projector("linear", 4, 32))
+
+
+# ---- candidate head (a lever beyond the paper) --------------------------------------------------------------------
+
+def test_candidate_head_scores_every_candidate_and_trains(llara):
+    from torch import nn
+
+    llara.head = nn.Linear(llara.llm.config.hidden_size, 1)
+    llara.head_weight = 1.0
+    for hybrid in (True, False):
+        prompt = llara.builder.build(HIST, CANDS, hybrid=hybrid, target=5)
+        assert len(prompt.candidate_positions) == len(CANDS)
+        ranked = llara.rank_head(prompt)
+        assert sorted(c for c, _ in ranked) == sorted(CANDS)
+    prompts = [llara.builder.build(HIST, CANDS, hybrid=True, target=5), llara.builder.build(HIST[:2] + (9,), CANDS, hybrid=False, target=7)]
+    batch = collate(prompts, llara.pad_id, with_targets=True, padding_side="right")
+    assert batch.cand_targets.tolist() == [CANDS.index(5), CANDS.index(7)]
+    out = llara(batch)
+    lm_only = llara.llm(inputs_embeds=llara.embed(batch), attention_mask=batch.attention_mask,
+                        position_ids=batch.position_ids, labels=batch.labels).loss
+    assert torch.isclose(out.loss, lm_only + out.head_loss)
+    out.loss.backward()
+    assert llara.head.weight.grad is not None and llara.head.weight.grad.abs().sum() > 0
+
+
+def test_head_positions_survive_left_padding(llara):
+    from torch import nn
+
+    llara.head = nn.Linear(llara.llm.config.hidden_size, 1)
+    short = llara.builder.build(HIST, CANDS, hybrid=True)
+    long = llara.builder.build(HIST + (9, 10), CANDS, hybrid=True)
+    alone = llara.rank_head(short)
+    with torch.inference_mode():
+        out = llara(collate([short, long], llara.pad_id, padding_side="left"))
+    batched = out.candidate_logits[0].float().log_softmax(-1).tolist()
+    assert [s for _, s in sorted(alone)] == pytest.approx([s for _, s in sorted(zip(CANDS, batched))], abs=1e-5)

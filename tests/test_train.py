@@ -280,3 +280,24 @@ def test_documented_accelerate_command_starts_two_processes(tmp_path, accelerate
         proc = subprocess.run([*cmd, str(probe)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.split().count("processes") == 2 and "processes 2" in proc.stdout, (flags, proc.stdout)
+
+
+def test_candidate_head_is_trained_saved_and_evaluated(toy_setup, toy_run, tmp_path, capsys):
+    """--head-weight adds the candidate head: it moves, is saved beside the projector and answers --decode head."""
+    import json
+
+    import llara.evaluate as evaluate_mod
+
+    out = tmp_path / "head"
+    assert train_mod.main(toy_train_args(toy_setup, out, "--head-weight", "1.0", "--max-steps", "3")) == 0
+    loaded, meta, ds = load_llara(str(out))
+    assert "head.safetensors" in meta["files"] and loaded.head is not None
+    assert loaded.head.weight.abs().sum() > 0  # initialised at zero, moved by training
+    report = tmp_path / "eval.json"
+    assert evaluate_mod.main(["--checkpoint", str(out), "--decode", "head", "--prompt", "both", "--seeds", "1",
+                              "--limit", "3", "--json", str(report)]) == 0
+    metrics = json.loads(report.read_text())["metrics"]
+    assert set(metrics) == {"text/head", "hybrid/head"} and metrics["hybrid/head"]["valid_ratio"] == 1.0
+    capsys.readouterr()
+    assert evaluate_mod.main(["--checkpoint", str(toy_run["output"]), "--decode", "head", "--limit", "1"]) == 2
+    assert "needs a checkpoint trained with --head-weight" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     python -m llara.train_rec --model sasrec --dataset movielens
     python -m llara.train_rec --model all --dataset movielens --seeds 5          # the README's table
     python -m llara.train_rec --model all --dataset movielens --reuse            # load committed checkpoints
+    python -m llara.train_rec --summarize --seeds 5                            # one table from saved 5-seed results
     python -m llara.train_rec --model all --dataset lastfm --data-dir path/to/lastfm --seeds 5
 
 Checkpoints go to ``<out>/<dataset>/<model>.safetensors`` with ``<model>.json`` (config, weights hash, metrics,
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reuse", action="store_true", help="load an existing checkpoint of the first seed instead of training it")
     parser.add_argument("--no-save", action="store_true", help="do not write checkpoints (experiments)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--summarize", action="store_true", help="train nothing: print one table from the saved OUT/DATASET/results_*_<SEEDS>seeds.json files")
     return parser
 
 
@@ -61,6 +63,31 @@ def format_table(rows: list[dict], dataset: str, n_seeds: int, test_seeds: int) 
     return "\n".join(lines)
 
 
+def summary_row(name: str, per_seed: list[dict]) -> dict:
+    """Mean and std over training seeds of each seed's test metrics (themselves means over candidate seeds)."""
+    return {
+        "model": name,
+        **{key: mean_std([p["test"][key] for p in per_seed]) for key in ("hr@1", "hr@5", "ndcg@5")},
+        "val_hr@1": mean_std([p["best_val_hr@1"] for p in per_seed]),
+        "epochs": ", ".join(str(p["best_epoch"]) for p in per_seed),
+    }
+
+
+def summarize(folder: Path, dataset: str, seeds: int, test_seeds: int) -> int:
+    """One table from the per-model result files of earlier runs with the same number of seeds."""
+    from .checkpoint import read_json
+
+    rows = {}
+    for path in sorted(folder.glob(f"results_*_{seeds}seeds.json")):
+        for name, per_seed in read_json(path).get("models", {}).items():
+            rows[name] = summary_row(name, per_seed)
+    if not rows:
+        print(f"error: no results_*_{seeds}seeds.json in {folder}; run with --seeds {seeds} first", file=sys.stderr)
+        return 2
+    print(format_table([rows[m] for m in RECOMMENDERS if m in rows], dataset, seeds, test_seeds))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -71,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1 or args.test_seeds < 1:
         print("error: --seeds and --test-seeds must be >= 1", file=sys.stderr)
         return 2
+    if args.summarize:
+        return summarize(args.out / ds.name, ds.name, args.seeds, args.test_seeds)
     models = sorted(RECOMMENDERS) if args.model == "all" else [args.model]
     base = from_args(RecTrainConfig, argparse.Namespace(**{**vars(args), "model": models[0]}))
     test_seeds = list(range(args.test_seeds))
@@ -96,12 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"val HR@1 {info['best_val_hr@1']:.4f}, epoch {info['best_epoch']}, {time.perf_counter() - started:.0f}s", flush=True)
             if k == 0 and "log" in info and not args.no_save:
                 save_recommender(model, stem, {"dataset": ds.name, "dataset_fingerprint": ds.fingerprint(), "test": test, **info})
-        rows.append({
-            "model": name,
-            **{key: mean_std([p["test"][key] for p in per_seed]) for key in ("hr@1", "hr@5", "ndcg@5")},
-            "val_hr@1": mean_std([p["best_val_hr@1"] for p in per_seed]),
-            "epochs": ", ".join(str(p["best_epoch"]) for p in per_seed),
-        })
+        rows.append(summary_row(name, per_seed))
         report["models"][name] = per_seed
     table = format_table(rows, ds.name, args.seeds, args.test_seeds)
     print()

@@ -130,3 +130,20 @@ def test_committed_movielens_checkpoints(name):
     model = load_recommender(COMMITTED / name, n_items=ds.n_items)
     metrics = evaluate(model, ds, "test", [0])
     assert metrics["hr@1"] > 0.25  # the paper's recommenders: 0.34-0.39; random: 0.05
+
+
+def test_summarize_combines_saved_results(tmp_path, capsys):
+    from llara import train_rec
+    from llara.checkpoint import write_json
+
+    def per_seed(hr1):
+        return [{"seed": i, "best_val_hr@1": 0.4, "best_epoch": 10,
+                 "test": {"hr@1": h, "hr@5": 0.8, "ndcg@5": 0.6}} for i, h in enumerate(hr1)]
+
+    folder = tmp_path / "movielens"
+    write_json(folder / "results_sasrec_2seeds.json", {"models": {"sasrec": per_seed([0.40, 0.44])}})
+    write_json(folder / "results_caser_2seeds.json", {"models": {"caser": per_seed([0.30, 0.30])}})
+    assert train_rec.main(["--summarize", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| sasrec | 0.4200 ± 0.0283 |" in out and "| caser | 0.3000 ± 0.0000 |" in out and "0.3444" in out
+    assert train_rec.main(["--summarize", "--seeds", "3", "--out", str(tmp_path)]) == 2

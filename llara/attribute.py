@@ -82,7 +82,7 @@ def format_attribution(att: Attribution, top: int = 12) -> str:
         if "convergence_delta" in att.details:
             lines.append(f"IG convergence delta {att.details['convergence_delta']:+.4f} (near 0: enough steps)")
     c = att.cost
-    lines.append(f"cost: {c['forward_passes']} forward passes ({c['sequences']} sequences), {c['seconds']:.2f} s")
+    lines.append(f"cost: forward passes {c['forward_passes']} ({c['sequences']} sequences), {c['seconds']:.2f} s")
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ Results are :class:`Attribution` objects a UI renders directly (``to_dict()``, `
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -117,12 +118,11 @@ def build_prompt(model: LLaRA, history: list, candidates: list | None = None, ca
             raise ValueError(f"{catalog.titles[seen[0]]!r} is both in the history and among the candidates")
     else:
         rng = np.random.default_rng(seed)
-        if target is None:  # any unseen item: draw_candidates needs one to build the set around
+        anchor = target
+        if anchor is None:  # draw_candidates builds the set around one item: any unseen one will do
             unseen = sorted(set(range(len(catalog))) - set(hist))
-            if not unseen:
-                raise ValueError("every catalog item is in the history: no candidates left")
-            anchor = unseen[int(rng.integers(len(unseen)))]
-        cands = list(draw_candidates(hist, target if target is not None else anchor, catalog, rng, k=k))
+            anchor = unseen[int(rng.integers(len(unseen)))] if unseen else hist[0]  # (none: draw_candidates says so)
+        cands = list(draw_candidates(hist, anchor, catalog, rng, k=k))
     return model.builder.build(hist, cands, hybrid=hybrid, template=template), target
 
 
@@ -258,11 +258,59 @@ def ablation_log_likelihoods(model: LLaRA, prompt: Prompt, target: int, ablation
     return scores[0], scores[1:], calls
 
 
-def _normalised_tokens(model: LLaRA, prompt: Prompt, layout: Layout, raw: list[float]) -> list[TokenScore]:
+def _result(model: LLaRA, prompt: Prompt, layout: Layout, level: str, method: str, target: int, source: str,
+            full: float, raw: list[float], titles: list[float], slots: list, cost: dict, started: float,
+            details: dict) -> Attribution:
+    """Package per-token raw scores (normalised by the largest |raw|) and per-item title/slot scores."""
     top = max((abs(r) for r in raw), default=0.0)
     texts = [model.tokenizer.decode([t]) for t in prompt.input_ids]
-    return [TokenScore(text, (r / top) if top > 0 else 0.0, r, part, item)
-            for text, r, part, item in zip(texts, raw, layout.parts, layout.items)]
+    tokens = [TokenScore(text, (r / top) if top > 0 else 0.0, r, part, item)
+              for text, r, part, item in zip(texts, raw, layout.parts, layout.items)]
+    items = [ItemScore(item, model.builder.titles[item], t, s, t + (s or 0.0))
+             for item, t, s in zip(prompt.history, titles, slots)]
+    cost = {**cost, "seconds": time.perf_counter() - started}
+    return Attribution(level, method, prompt.hybrid, target, model.builder.titles[target], source, full, tokens, items,
+                       cost, details)
+
+
+@contextmanager
+def _attributing(model: LLaRA):
+    """Eval mode (LoRA dropout off: attributions must be deterministic), LoRA merged, 4-bit layers differentiable.
+
+    LoRA: peft runs each adapter beside its base layer in float32, which on this CPU makes a bf16 forward 3-4x
+    slower; merging gives the same function at base-layer speed. The base weights are copied first and copied
+    back afterwards, since unmerging in bf16 would not restore them bit for bit (4-bit layers are not merged).
+    bitsandbytes: on a CPU with AVX512-BF16 a ``Linear4bit`` in eval mode repacks its weight on its first no-grad
+    forward and from then on runs ``gemv_4bit``, which has no autograd: gradients through it come back silently
+    zero. Such weights are unpacked and the layers marked as training (the repacking only happens in eval mode;
+    nothing else in their forward reads the flag) until the block ends."""
+    was_training = model.training
+    model.eval()
+    try:
+        import bitsandbytes as bnb
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse as unpack
+        layers = [m for m in model.llm.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    except ImportError:
+        layers = []
+    for m in layers:
+        state = getattr(m.weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            m.weight.data, m.weight.quant_state = unpack(m.weight.data, state)
+        m.training = True
+    from peft.tuners.lora import LoraLayer
+
+    lora = [] if layers else [m for m in model.llm.modules() if isinstance(m, LoraLayer) and not m.merged]
+    saved = [m.get_base_layer().weight.detach().clone() for m in lora]
+    try:
+        for m in lora:
+            m.merge()
+        yield
+    finally:
+        for m, weight in zip(lora, saved):
+            if m.merged:
+                m.unmerge()
+            m.get_base_layer().weight.data.copy_(weight)
+        model.train(was_training)
 
 
 def attribute_items(model: LLaRA, prompt: Prompt, target: int | None = None, slot_baseline: str = "mean",
@@ -270,32 +318,28 @@ def attribute_items(model: LLaRA, prompt: Prompt, target: int | None = None, slo
     """Item-level attribution by ablation (see the module docstring). Token scores spread each part's score
     over its tokens, so the same prompt rendering serves both views."""
     started = time.perf_counter()
-    target, source, cost = _check_target(model, prompt, target)
     layout = prompt_layout(model, prompt)
     ablations = []
     for k in range(len(prompt.history)):
         ablations.append(Ablation(hide=tuple(layout.history_titles[k])))
         if prompt.hybrid:
             ablations.append(Ablation(neutral_slots=(layout.history_slots[k],)))
-    full, ablated, calls = ablation_log_likelihoods(model, prompt, target, ablations, slot_baseline, batch_size)
+    with _attributing(model):
+        target, source, cost = _check_target(model, prompt, target)
+        full, ablated, calls = ablation_log_likelihoods(model, prompt, target, ablations, slot_baseline, batch_size)
     effects = [full - a for a in ablated]
     step = 2 if prompt.hybrid else 1
+    titles = effects[::step]
+    slots = effects[1::step] if prompt.hybrid else [None] * len(titles)
     raw = [0.0] * len(prompt.input_ids)
-    items = []
-    for k, item in enumerate(prompt.history):
-        title_score = effects[k * step]
-        slot_score = effects[k * step + 1] if prompt.hybrid else None
+    for k in range(len(prompt.history)):
         for p in layout.history_titles[k]:
-            raw[p] = title_score
-        if slot_score is not None:
-            raw[layout.history_slots[k]] = slot_score
-        items.append(ItemScore(item, model.builder.titles[item], title_score, slot_score, title_score + (slot_score or 0.0)))
-    cost = {"forward_passes": cost["forward_passes"] + calls, "sequences": cost["sequences"] + len(ablations) + 1,
-            "seconds": time.perf_counter() - started}
-    return Attribution("item", "ablation", prompt.hybrid, target, model.builder.titles[target], source, full,
-                       _normalised_tokens(model, prompt, layout, raw), items, cost,
-                       {"title_ablation": "attention mask (deletion)",
-                        "slot_baseline": slot_baseline if prompt.hybrid else None})
+            raw[p] = titles[k]
+        if slots[k] is not None:
+            raw[layout.history_slots[k]] = slots[k]
+    return _result(model, prompt, layout, "item", "ablation", target, source, full, raw, titles, slots,
+                   {"forward_passes": cost["forward_passes"] + calls, "sequences": cost["sequences"] + len(ablations) + 1},
+                   started, {"title_ablation": "attention mask (deletion)", "slot_baseline": slot_baseline if prompt.hybrid else None})
 
 
 def attribute_tokens(model: LLaRA, prompt: Prompt, target: int | None = None, method: str = "ig", n_steps: int = 8,
@@ -313,24 +357,20 @@ def attribute_tokens(model: LLaRA, prompt: Prompt, target: int | None = None, me
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
     started = time.perf_counter()
-    target, source, cost = _check_target(model, prompt, target)
     layout = prompt_layout(model, prompt)
-    embeds, answer = _spliced(model, prompt, target)  # (1, L + m, D)
-    length, dtype = len(prompt.input_ids), embeds.dtype
-    x = embeds[:, :length].float().clone()  # (1, L, D): the float32 leaf captum differentiates
-    tail = embeds[:, length:]  # (1, m, D): the answer is held fixed, never attributed
     counter = {"calls": 0, "rows": 0}
 
     def forward(inp: torch.Tensor) -> torch.Tensor:  # (B, L, D) float32 -> (B,)
         counter["calls"] += 1
         counter["rows"] += inp.shape[0]
-        seq = torch.cat([inp.to(dtype), tail.expand(inp.shape[0], -1, -1)], dim=1)
+        seq = torch.cat([inp.to(embeds.dtype), embeds[:, length:].expand(inp.shape[0], -1, -1)], dim=1)
         return _answer_logl(model, seq, torch.ones(seq.shape[:2], dtype=torch.long, device=seq.device), answer)
 
-    was_training = model.training
-    model.eval()  # LoRA dropout off: attributions must be deterministic
-    try:
-        details: dict = {}
+    with _attributing(model):
+        target, source, cost = _check_target(model, prompt, target)
+        embeds, answer = _spliced(model, prompt, target)  # (1, L + m, D); the answer part is held fixed
+        length = len(prompt.input_ids)
+        x = embeds[:, :length].float().clone()  # (1, L, D): the float32 leaf captum differentiates
         if method == "ig":
             with torch.no_grad():
                 base = neutral_slot_vector(model, "placeholder").expand_as(x).clone()  # (1, L, D)
@@ -341,23 +381,16 @@ def attribute_tokens(model: LLaRA, prompt: Prompt, target: int | None = None, me
             attr, delta = IntegratedGradients(forward).attribute(
                 x, baselines=base, n_steps=n_steps, method="gausslegendre",
                 internal_batch_size=internal_batch_size or n_steps, return_convergence_delta=True)
-            # completeness: sum of scores = logL(x) - logL(baseline) - delta; a large delta means too few steps
+            # completeness: sum of scores = logL(x) - logL(baseline) - delta; a large delta: too few steps
             details = {"convergence_delta": float(delta.sum()), "n_steps": n_steps, "slot_baseline": slot_baseline,
                        "text_baseline": PLACEHOLDER_TOKEN}
         else:
-            attr = InputXGradient(forward).attribute(x.requires_grad_())
+            attr, details = InputXGradient(forward).attribute(x.requires_grad_()), {}
         with torch.no_grad():
             full = float(forward(x)[0])
-    finally:
-        model.train(was_training)
     raw = attr[0].float().sum(-1).tolist()  # (L,)
-    items = []
-    for k, item in enumerate(prompt.history):
-        title_score = float(sum(raw[p] for p in layout.history_titles[k]))
-        slot = layout.history_slots[k]
-        slot_score = raw[slot] if slot is not None else None
-        items.append(ItemScore(item, model.builder.titles[item], title_score, slot_score, title_score + (slot_score or 0.0)))
-    cost = {"forward_passes": cost["forward_passes"] + counter["calls"], "sequences": cost["sequences"] + counter["rows"],
-            "seconds": time.perf_counter() - started}
-    return Attribution("token", method, prompt.hybrid, target, model.builder.titles[target], source, full,
-                       _normalised_tokens(model, prompt, layout, raw), items, cost, details)
+    titles = [float(sum(raw[p] for p in positions)) for positions in layout.history_titles]
+    slots = [None if p is None else raw[p] for p in layout.history_slots]
+    return _result(model, prompt, layout, "token", method, target, source, full, raw, titles, slots,
+                   {"forward_passes": cost["forward_passes"] + counter["calls"], "sequences": cost["sequences"] + counter["rows"]},
+                   started, details)

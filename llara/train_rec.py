@@ -23,7 +23,7 @@ from .config import add_dataclass_args, from_args
 from .data.__main__ import add_dataset_args, dataset_from_args
 from .metrics import mean_std
 from .recommenders import RECOMMENDERS, load_recommender, save_recommender
-from .recommenders.trainer import RecTrainConfig, evaluate, train_recommender
+from .recommenders.trainer import RecTrainConfig, evaluate, popularity_metrics, train_recommender
 
 # DESIGN.md / paper Table 2, HR@1 of the traditional recommenders.
 PAPER_HR1 = {
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def format_table(rows: list[dict], dataset: str, n_seeds: int, test_seeds: int) -> str:
+def format_table(rows: list[dict], dataset: str, n_seeds: int, test_seeds: int, popularity: dict | None = None) -> str:
     pm = lambda m, s: f"{m:.4f} ± {s:.4f}"  # noqa: E731
     head = f"| model | HR@1 | HR@5 | NDCG@5 | val HR@1 | epochs | paper HR@1 |"
     lines = [f"{dataset}: test metrics, mean ± std over {n_seeds} training seed(s), each the mean over {test_seeds} candidate seeds", "", head, "|---|---|---|---|---|---|---|"]
@@ -60,6 +60,9 @@ def format_table(rows: list[dict], dataset: str, n_seeds: int, test_seeds: int) 
         paper = PAPER_HR1.get(dataset, {}).get(r["model"])
         lines.append(f"| {r['model']} | {pm(*r['hr@1'])} | {pm(*r['hr@5'])} | {pm(*r['ndcg@5'])} | {pm(*r['val_hr@1'])} | "
                      f"{r['epochs']} | {'-' if paper is None else f'{paper:.4f}'} |")
+    if popularity is not None:
+        lines.append(f"| popularity (baseline) | {popularity['hr@1']:.4f} | {popularity['hr@5']:.4f} | {popularity['ndcg@5']:.4f} | - | - | - |")
+        lines.append("| random (baseline) | 0.0500 | 0.2500 | - | - | - | - |")
     return "\n".join(lines)
 
 
@@ -73,7 +76,7 @@ def summary_row(name: str, per_seed: list[dict]) -> dict:
     }
 
 
-def summarize(folder: Path, dataset: str, seeds: int, test_seeds: int) -> int:
+def summarize(folder: Path, dataset: str, seeds: int, test_seeds: int, popularity: dict | None = None) -> int:
     """One table from the per-model result files of earlier runs with the same number of seeds."""
     from .checkpoint import read_json
 
@@ -84,7 +87,7 @@ def summarize(folder: Path, dataset: str, seeds: int, test_seeds: int) -> int:
     if not rows:
         print(f"error: no results_*_{seeds}seeds.json in {folder}; run with --seeds {seeds} first", file=sys.stderr)
         return 2
-    print(format_table([rows[m] for m in RECOMMENDERS if m in rows], dataset, seeds, test_seeds))
+    print(format_table([rows[m] for m in RECOMMENDERS if m in rows], dataset, seeds, test_seeds, popularity))
     return 0
 
 
@@ -99,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --seeds and --test-seeds must be >= 1", file=sys.stderr)
         return 2
     if args.summarize:
-        return summarize(args.out / ds.name, ds.name, args.seeds, args.test_seeds)
+        return summarize(args.out / ds.name, ds.name, args.seeds, args.test_seeds,
+                         popularity_metrics(ds, "test", list(range(args.test_seeds))))
     models = sorted(RECOMMENDERS) if args.model == "all" else [args.model]
     base = from_args(RecTrainConfig, argparse.Namespace(**{**vars(args), "model": models[0]}))
     test_seeds = list(range(args.test_seeds))
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 save_recommender(model, stem, {"dataset": ds.name, "dataset_fingerprint": ds.fingerprint(), "test": test, **info})
         rows.append(summary_row(name, per_seed))
         report["models"][name] = per_seed
-    table = format_table(rows, ds.name, args.seeds, args.test_seeds)
+    table = format_table(rows, ds.name, args.seeds, args.test_seeds, popularity_metrics(ds, "test", test_seeds))
     print()
     print(table)
     if not args.no_save:

@@ -59,6 +59,20 @@ def evaluate(model: SequentialRecommender, ds: SequenceDataset, split: str, seed
     return summary
 
 
+def popularity_metrics(ds: SequenceDataset, split: str, seeds: list[int]) -> dict[str, float]:
+    """The popularity baseline: candidates scored by how often they are a training target."""
+    counts = np.zeros(ds.n_items)
+    for s in ds.train:
+        counts[s.target] += 1
+    samples = ds.split(split)
+    per_seed = []
+    for seed in seeds:
+        cands = candidate_sets(samples, ds.catalog, seed=seed)
+        target_pos = np.array([c.index(s.target) for c, s in zip(cands, samples)])
+        per_seed.append(ranking_metrics(counts[np.asarray(cands)], target_pos))
+    return {key: mean_std([m[key] for m in per_seed])[0] for key in per_seed[0]}
+
+
 def _negatives(rng: np.random.Generator, seqs: np.ndarray, targets: np.ndarray, n_items: int) -> np.ndarray:
     """One uniform negative per row, never the target nor an item of the row's history."""
     neg = rng.integers(n_items, size=len(targets))

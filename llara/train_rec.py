@@ -22,7 +22,7 @@ from .checkpoint import CheckpointError, write_json
 from .config import add_dataclass_args, from_args
 from .data.__main__ import add_dataset_args, dataset_from_args
 from .metrics import mean_std
-from .recommenders import RECOMMENDERS, load_recommender, save_recommender
+from .recommenders import RECOMMENDERS, load_recommender, read_recommender_meta, save_recommender
 from .recommenders.trainer import RecTrainConfig, evaluate, popularity_metrics, train_recommender
 
 # DESIGN.md / paper Table 2, HR@1 of the traditional recommenders.
@@ -120,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
                 except CheckpointError as err:
                     print(f"error: {err}", file=sys.stderr)
                     return 2
-                info = {"best_val_hr@1": evaluate(model, ds, "val", list(range(cfg.val_seeds)))["hr@1"], "best_epoch": "loaded"}
+                saved = read_recommender_meta(stem)
+                info = {"best_val_hr@1": saved.get("best_val_hr@1", evaluate(model, ds, "val", list(range(cfg.val_seeds)))["hr@1"]),
+                        "best_epoch": saved.get("best_epoch", "loaded")}
             else:
                 model, info = train_recommender(cfg, ds, progress=not args.quiet)
             test = evaluate(model, ds, "test", test_seeds)

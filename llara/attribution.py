@@ -13,8 +13,11 @@ candidate by default, or any candidate the user names):
   same pass: one batched forward for ``1 + n_history * (2 if hybrid else 1)`` sequences.
 - **token level** (:func:`attribute_tokens`): integrated gradients (or gradient x input) with captum on the
   *post-splice* ``inputs_embeds``, so an embedding slot is scored like any token. The leaf tensor is float32 and is
-  cast to the model's dtype inside the forward, so bf16 and nf4 (bitsandbytes) models give float32 gradients; a
-  peft-wrapped LLM works unchanged since only ``inputs_embeds`` is differentiated.
+  cast to the compute dtype inside the forward, so nf4 (bitsandbytes, bf16 compute) models give float32 gradients
+  too; a peft-wrapped LLM works unchanged since only ``inputs_embeds`` is differentiated.
+
+Both compute in float32 by default: a bf16 model is upcast for the call and cast back exactly (see
+:func:`_attributing` for why: bf16 rounding is as large as the effects being measured).
 
 Results are :class:`Attribution` objects a UI renders directly (``to_dict()``, ``highlighted()``).
 """
@@ -29,6 +32,7 @@ import torch
 
 from .constants import CANDIDATE_TOKEN, HISTORY_TOKEN, PLACEHOLDER_TOKEN
 from .data import NUM_CANDIDATES, draw_candidates
+from .llm import unpack_4bit_for_training
 from .model import LLaRA, collate
 from .prompts import SEPARATOR, Prompt
 
@@ -183,8 +187,13 @@ def _check_target(model: LLaRA, prompt: Prompt, target: int | None) -> tuple[int
     """The target and where it came from; ranking for the model's choice costs two calls (prefill + answers)."""
     if not prompt.history:
         raise ValueError("the prompt's history is empty: there is nothing to attribute")
-    if target is None:
-        return model.rank(prompt)[0][0], "model", {"forward_passes": 2, "sequences": 1 + len(prompt.candidates)}
+    if target is None:  # the model's choice as it ranks in its own precision (what the user is shown elsewhere)
+        was_training = model.training
+        try:
+            best = model.eval().rank(prompt)[0][0]
+        finally:
+            model.train(was_training)
+        return best, "model", {"forward_passes": 2, "sequences": 1 + len(prompt.candidates)}
     if target not in prompt.candidates:
         name = model.builder.titles[target] if 0 <= target < len(model.builder.titles) else "unknown item"
         raise ValueError(f"candidate {target} ({name!r}) is not among the prompt's {len(prompt.candidates)} candidates")
@@ -212,13 +221,17 @@ def neutral_slot_vector(model: LLaRA, baseline: str = "mean") -> torch.Tensor:
 def _answer_logl(model: LLaRA, embeds: torch.Tensor, mask: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
     """``(B,)`` log-likelihood of ``answer`` ``(m,)``, the last ``m`` positions of ``embeds`` ``(B, T, D)``.
 
-    Positions are counted over unmasked tokens, so a masked span is deleted rather than left as a gap; only the
-    ``m + 1`` last logits are computed (the full ``(B, T, V)`` tensor would be hundreds of MB for a 49k vocabulary).
+    Positions are counted over unmasked tokens, so a masked span is deleted rather than left as a gap. Only the
+    ``m`` logits that predict the answer are computed (the full ``(B, T, V)`` tensor would be hundreds of MB for a
+    49k vocabulary), selected by an index tensor rather than ``logits_to_keep=int``: the int form slices the hidden
+    states into a non-contiguous view, and with frozen weights torch then multiplies by the output matrix as a
+    batched matmul that copies it once per row (measured: a 21-row pass on SmolLM2 took 13 s instead of 4.5 s).
     """
-    m = answer.shape[0]
+    m, length = answer.shape[0], embeds.shape[1]
     positions = (mask.cumsum(1) - 1).clamp(min=0)  # (B, T)
-    out = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=m + 1, use_cache=False)
-    logp = out.logits[:, :m].float().log_softmax(-1)  # (B, m, V): logits at T-m-1+j predict answer token j
+    keep = torch.arange(length - m - 1, length - 1, device=embeds.device)  # (m,): position T-m-1+j predicts token j
+    out = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=keep, use_cache=False)
+    logp = out.logits.float().log_softmax(-1)  # (B, m, V)
     return logp.gather(-1, answer.to(logp.device)[None, :, None].expand(logp.shape[0], m, 1)).squeeze(-1).sum(-1)
 
 
@@ -274,59 +287,52 @@ def _result(model: LLaRA, prompt: Prompt, layout: Layout, level: str, method: st
 
 
 @contextmanager
-def _attributing(model: LLaRA):
-    """Eval mode (LoRA dropout off: attributions must be deterministic), LoRA merged, 4-bit layers differentiable.
+def _attributing(model: LLaRA, upcast: bool):
+    """Eval mode (LoRA dropout off: attributions must be deterministic), float32 compute, differentiable 4-bit layers.
 
-    LoRA: peft runs each adapter beside its base layer in float32, which on this CPU makes a bf16 forward 3-4x
-    slower; merging gives the same function at base-layer speed. The base weights are copied first and copied
-    back afterwards, since unmerging in bf16 would not restore them bit for bit (4-bit layers are not merged).
+    ``upcast``: a bf16 forward of SmolLM2 moves an answer's log-likelihood by ~0.1-0.3 nats with the batch layout
+    alone (measured; autocast does not help), as much as a typical item's effect, so attributions are computed with
+    every dense parameter and buffer upcast to float32 and each cast back to its own dtype afterwards (exact: bf16
+    values are float32 values). 4-bit models keep their bf16 compute and that noise. Not thread-safe: serve
+    attributions and other uses of the same model one at a time (a lock, or a Gradio concurrency limit of 1).
     bitsandbytes: on a CPU with AVX512-BF16 a ``Linear4bit`` in eval mode repacks its weight on its first no-grad
     forward and from then on runs ``gemv_4bit``, which has no autograd: gradients through it come back silently
     zero. Such weights are unpacked and the layers marked as training (the repacking only happens in eval mode;
     nothing else in their forward reads the flag) until the block ends."""
     was_training = model.training
     model.eval()
-    try:
-        import bitsandbytes as bnb
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse as unpack
-        layers = [m for m in model.llm.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    except ImportError:
-        layers = []
+    layers = unpack_4bit_for_training(model.llm)
     for m in layers:
-        state = getattr(m.weight, "quant_state", None)
-        if state is not None and getattr(state, "packing_format_for_cpu", False):
-            m.weight.data, m.weight.quant_state = unpack(m.weight.data, state)
         m.training = True
-    from peft.tuners.lora import LoraLayer
-
-    lora = [] if layers else [m for m in model.llm.modules() if isinstance(m, LoraLayer) and not m.merged]
-    saved = [m.get_base_layer().weight.detach().clone() for m in lora]
+    tensors = [] if layers or not upcast else [t for t in [*model.llm.parameters(), *model.llm.buffers()]
+                                               if t.dtype in (torch.bfloat16, torch.float16)]
+    dtypes = [t.dtype for t in tensors]
     try:
-        for m in lora:
-            m.merge()
+        for t in tensors:
+            t.data = t.data.float()  # .data keeps the Parameter objects (and tied weights) as they are
         yield
     finally:
-        for m, weight in zip(lora, saved):
-            if m.merged:
-                m.unmerge()
-            m.get_base_layer().weight.data.copy_(weight)
+        for t, dtype in zip(tensors, dtypes):
+            t.data = t.data.to(dtype)
         model.train(was_training)
 
 
 def attribute_items(model: LLaRA, prompt: Prompt, target: int | None = None, slot_baseline: str = "mean",
-                    batch_size: int = 32) -> Attribution:
+                    batch_size: int = 32, upcast: bool = True) -> Attribution:
     """Item-level attribution by ablation (see the module docstring). Token scores spread each part's score
-    over its tokens, so the same prompt rendering serves both views."""
+    over its tokens, so the same prompt rendering serves both views. ``upcast=False`` keeps a bf16 model's own
+    precision: about twice as fast on this CPU, but small scores are then mostly rounding noise."""
     started = time.perf_counter()
     layout = prompt_layout(model, prompt)
+    target, source, cost = _check_target(model, prompt, target)
     ablations = []
     for k in range(len(prompt.history)):
         ablations.append(Ablation(hide=tuple(layout.history_titles[k])))
         if prompt.hybrid:
             ablations.append(Ablation(neutral_slots=(layout.history_slots[k],)))
-    with _attributing(model):
-        target, source, cost = _check_target(model, prompt, target)
+    with _attributing(model, upcast):
         full, ablated, calls = ablation_log_likelihoods(model, prompt, target, ablations, slot_baseline, batch_size)
+        compute = str(model.llm.get_input_embeddings().weight.dtype).replace("torch.", "")
     effects = [full - a for a in ablated]
     step = 2 if prompt.hybrid else 1
     titles = effects[::step]
@@ -339,11 +345,12 @@ def attribute_items(model: LLaRA, prompt: Prompt, target: int | None = None, slo
             raw[layout.history_slots[k]] = slots[k]
     return _result(model, prompt, layout, "item", "ablation", target, source, full, raw, titles, slots,
                    {"forward_passes": cost["forward_passes"] + calls, "sequences": cost["sequences"] + len(ablations) + 1},
-                   started, {"title_ablation": "attention mask (deletion)", "slot_baseline": slot_baseline if prompt.hybrid else None})
+                   started, {"title_ablation": "attention mask (deletion)", "compute_dtype": compute,
+                             "slot_baseline": slot_baseline if prompt.hybrid else None})
 
 
 def attribute_tokens(model: LLaRA, prompt: Prompt, target: int | None = None, method: str = "ig", n_steps: int = 8,
-                     slot_baseline: str = "mean", internal_batch_size: int | None = None) -> Attribution:
+                     slot_baseline: str = "mean", internal_batch_size: int | None = None, upcast: bool = True) -> Attribution:
     """Token-level attribution with captum on the post-splice input embeddings (see the module docstring).
 
     ``ig``: integrated gradients (Gauss-Legendre, ``n_steps`` points) from a "blank" prompt: every text token at
@@ -366,8 +373,8 @@ def attribute_tokens(model: LLaRA, prompt: Prompt, target: int | None = None, me
         seq = torch.cat([inp.to(embeds.dtype), embeds[:, length:].expand(inp.shape[0], -1, -1)], dim=1)
         return _answer_logl(model, seq, torch.ones(seq.shape[:2], dtype=torch.long, device=seq.device), answer)
 
-    with _attributing(model):
-        target, source, cost = _check_target(model, prompt, target)
+    target, source, cost = _check_target(model, prompt, target)
+    with _attributing(model, upcast):
         embeds, answer = _spliced(model, prompt, target)  # (1, L + m, D); the answer part is held fixed
         length = len(prompt.input_ids)
         x = embeds[:, :length].float().clone()  # (1, L, D): the float32 leaf captum differentiates
@@ -386,6 +393,7 @@ def attribute_tokens(model: LLaRA, prompt: Prompt, target: int | None = None, me
                        "text_baseline": PLACEHOLDER_TOKEN}
         else:
             attr, details = InputXGradient(forward).attribute(x.requires_grad_()), {}
+        details["compute_dtype"] = str(embeds.dtype).replace("torch.", "")
         with torch.no_grad():
             full = float(forward(x)[0])
     raw = attr[0].float().sum(-1).tolist()  # (L,)

@@ -363,3 +363,24 @@ def token_embedding_norm(model: PreTrainedModel) -> float:
     if count == 0:
         raise ValueError("embedding matrix has no non-zero rows")
     return norm_sum / count
+
+
+def unpack_4bit_for_training(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Undo bitsandbytes' CPU inference repacking of 4-bit weights, so gradients flow through them again.
+
+    On a CPU with AVX512-BF16 a ``Linear4bit`` in eval mode repacks its weight on its first no-grad forward and from
+    then on runs ``gemv_4bit``, which has no autograd: gradients through the layer come back silently zero (LoRA
+    layers before it stop learning). Call this after any no-grad evaluation of a 4-bit model that will be trained
+    or differentiated again. Returns the 4-bit layers (empty for dense models).
+    """
+    try:
+        import bitsandbytes as bnb
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse as unpack
+    except ImportError:
+        return []
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for m in layers:
+        state = getattr(m.weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            m.weight.data, m.weight.quant_state = unpack(m.weight.data, state)
+    return layers

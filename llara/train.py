@@ -32,6 +32,7 @@ from .config import add_dataclass_args, from_args, option
 from .curriculum import CURRICULUM_MODES, hybrid_probability, use_hybrid
 from .data import Sample, SequenceDataset, draw_candidates, load_dataset
 from .data.__main__ import add_dataset_args, dataset_from_args
+from .llm import unpack_4bit_for_training
 from .model import LORA_TARGETS, LLaRA, build_llara, collate, load_llara
 
 DEFAULT_REC_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "recommenders"
@@ -263,6 +264,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
             log[-1]["val_hr@1"] = quick_validation(accelerator.unwrap_model(wrapped), ds, cfg.val_samples, hybrid=cfg.mode != "text")
             accelerator.print(f"step {done}: val rank HR@1 {log[-1]['val_hr@1']:.3f} on {cfg.val_samples} users")
             wrapped.train()
+            unpack_4bit_for_training(model.llm)  # the no-grad validation repacked 4-bit weights into a no-autograd form
         if done % cfg.save_every == 0 and done < total:
             checkpoint(done)
     wrapped.eval()

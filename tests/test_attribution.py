@@ -170,8 +170,10 @@ def test_peft_wrapped_low_precision(tmp_path, precision):
     before = {n: p.detach().clone() for n, p in model.llm.named_parameters()}
     prompt = model.builder.build(HIST, CANDS, hybrid=True)
     fresh = attribute_tokens(model, prompt, TARGET, method="grad_x_input")
-    # bf16 attribution runs with LoRA merged into the base weights: the same function, then exactly restored
+    assert fresh.details["compute_dtype"] == ("float32" if precision == "bf16" else "bfloat16")  # nf4: bnb's compute
     assert fresh.log_likelihood == pytest.approx(dict(model.rank_uncached(prompt))[TARGET], abs=0.05)
+    # the bf16 weights were upcast for the call and cast back exactly (LoRA weights stay float32)
+    assert all(p.dtype == before[n].dtype for n, p in model.llm.named_parameters())
     # (4-bit weights are uint8 and bitsandbytes repacks them on its own in no-grad passes: compare the rest)
     assert all(torch.equal(p, before[n]) for n, p in model.llm.named_parameters() if p.is_floating_point())
     for att in (attribute_items(model, prompt, TARGET), attribute_tokens(model, prompt, TARGET, n_steps=4),
@@ -183,6 +185,19 @@ def test_peft_wrapped_low_precision(tmp_path, precision):
     now, before = torch.tensor([t.raw for t in att.tokens]), torch.tensor([t.raw for t in fresh.tokens])
     assert torch.cosine_similarity(now, before, dim=0) > 0.99 and (now - before).abs().max() < 0.1 * before.abs().max()
     assert not any(p.grad is not None for p in model.parameters())  # gradients were taken w.r.t. the input only
+
+
+def test_bf16_model_is_attributed_in_float32(tmp_path):
+    # in bf16 compute the batch layout alone moves scores by as much as the effects; upcast, it does not
+    tok = make_word_tokenizer(" ".join(TITLES))
+    make_tiny_llama(len(tok)).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    model = _llara(*load_base_model(str(tmp_path), precision="bf16"))
+    prompt = model.builder.build(HIST, CANDS, hybrid=True)
+    wide, narrow = (attribute_items(model, prompt, TARGET, batch_size=b) for b in (32, 2))
+    assert wide.details["compute_dtype"] == "float32" and model.llm.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert [it.total for it in wide.items] == pytest.approx([it.total for it in narrow.items], abs=1e-5)
+    assert attribute_items(model, prompt, TARGET, upcast=False).details["compute_dtype"] == "bfloat16"
 
 
 def test_neutral_slot_vectors(model):

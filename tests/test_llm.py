@@ -263,3 +263,27 @@ def test_real_smollm2_loads_with_placeholders(real_llm_cache, precision):
     with torch.no_grad():
         logits = model(**batch).logits  # (2, T, 49155)
     assert logits.shape[:2] == batch.input_ids.shape and torch.isfinite(logits.float()).all()
+
+
+def test_nf4_lora_gradients_survive_a_no_grad_evaluation(tmp_path):
+    """A no-grad eval pass may repack 4-bit weights into a form without autograd; unpacking restores gradients."""
+    from llara.llm import unpack_4bit_for_training
+    from llara.model import attach_lora
+
+    tokenizer = make_tiny_tokenizer()
+    make_tiny_llama(len(tokenizer), hidden_size=64).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model, tokenizer = load_base_model(str(tmp_path), precision="nf4")
+    model = attach_lora(model, r=4, alpha=8, dropout=0.0, targets="q_proj,v_proj")
+    batch = tokenizer(["toy story heat fargo casino babe"], return_tensors="pt")
+    model.eval()
+    with torch.inference_mode():
+        model(**batch)  # what a periodic validation does
+    model.train()
+    unpack_4bit_for_training(model)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)  # B starts at zero, which would hide gradients to A
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    first_a = [p for n, p in model.named_parameters() if "layers.0." in n and "lora_A" in n]
+    assert first_a and all(p.grad is not None and p.grad.abs().sum() > 0 for p in first_a)

@@ -133,7 +133,7 @@ def save_llara(folder: str | Path, model, meta: dict[str, Any], trainer_state: d
                 files[f"adapter/{f.name}"] = sha256_file(f)
         files["projector.safetensors"] = save_tensors(tmp / "projector.safetensors", model.projector.state_dict())
         files["token_rows.safetensors"] = save_tensors(tmp / "token_rows.safetensors", model.placeholder_rows())
-        if model.head is not None:
+        if getattr(model, "head", None) is not None:
             files["head.safetensors"] = save_tensors(tmp / "head.safetensors", model.head.state_dict())
         if trainer_state is not None:
             import io

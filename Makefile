@@ -18,7 +18,7 @@ $(STAMP): requirements.txt requirements-assets.txt requirements-dev.txt
 venv: $(STAMP)  ## create the virtual environment and install pinned requirements
 
 demo: $(STAMP)  ## load the committed recommenders (train any that are missing) and print their results table
-	$(PY) -m llara.train_rec --model all --dataset movielens --reuse
+	$(PY) -m llara.train_rec --model all --dataset movielens --reuse --no-save
 
 app: $(STAMP)  ## serve the Gradio demo on http://127.0.0.1:7860
 	$(PY) app.py

@@ -96,6 +96,8 @@ class PromptBuilder:
         self.history_id, self.candidate_id, self.placeholder_id = ids
         self.titles = [safe_title(t) for t in catalog.titles]
         self.max_length = max_length
+        self.terminator_id = self._terminator()
+        self._answers: dict[int, list[int]] = {}
 
     def text(self, history: tuple[int, ...], candidates: tuple[int, ...], hybrid: bool, template: int = 0) -> str:
         hist_tok = HISTORY_TOKEN if hybrid else PLACEHOLDER_TOKEN
@@ -162,13 +164,15 @@ class PromptBuilder:
 
         The title is tokenized with its leading space (it follows "Answer:"); the terminator is appended as a token
         of its own so training targets, ranking and constrained decoding all see the same sequence, and a title
-        that is a prefix of another ("Batman" / "Batman Returns") still ends at a distinct token.
+        that is a prefix of another ("Batman" / "Batman Returns") still ends at a distinct token. Cached per item:
+        ranking and constrained decoding ask for the same 20 answers on every request.
         """
-        ids = self.tokenizer(" " + self.titles[item], add_special_tokens=False)["input_ids"]
-        return list(ids) + [self.terminator_id]
+        if item not in self._answers:
+            ids = self.tokenizer(" " + self.titles[item], add_special_tokens=False)["input_ids"]
+            self._answers[item] = list(ids) + [self.terminator_id]
+        return list(self._answers[item])
 
-    @property
-    def terminator_id(self) -> int:
+    def _terminator(self) -> int:
         newline = self.tokenizer("\n", add_special_tokens=False)["input_ids"]
         if len(newline) == 1:
             return int(newline[0])

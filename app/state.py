@@ -4,10 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llara.constants import RECOMMENDER_DIR
 from llara.data import SequenceDataset, load_dataset
 from llara.recommenders import RECOMMENDERS, SequentialRecommender, load_recommender
 
-CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints" / "recommenders"
+CHECKPOINTS = RECOMMENDER_DIR
 
 
 def item_labels(ds: SequenceDataset) -> list[str]:

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .constants import RECOMMENDER_DIR
 from .checkpoint import write_json
 from .data import load_dataset
 from .model import build_llara
 
-DEFAULT_REC = Path(__file__).resolve().parents[1] / "checkpoints" / "recommenders" / "movielens" / "sasrec"
+DEFAULT_REC = RECOMMENDER_DIR / "movielens" / "sasrec"
 
 
 def _median_time(fn, repeats: int) -> float:

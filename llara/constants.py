@@ -7,6 +7,8 @@ tokenize to the same positions and the curriculum can switch between them per sa
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 # Placeholder tokens, added to the tokenizer as special tokens (never split, one id each).
 HISTORY_TOKEN = "<HistoryEmb>"  # slot for a history item's projected recommender embedding
 CANDIDATE_TOKEN = "<CansEmb>"  # slot for a candidate item's projected recommender embedding
@@ -29,3 +31,6 @@ PRECISIONS: tuple[str, ...] = ("bf16", "fp32", "nf4")
 
 # Environment variable that moves the conversion cache (default ~/.cache/llara-studio).
 CACHE_ENV = "LLARA_CACHE"
+
+# Where the committed recommender checkpoints live: <RECOMMENDER_DIR>/<dataset>/<model>.{safetensors,json}.
+RECOMMENDER_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "recommenders"

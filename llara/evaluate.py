@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .constants import RECOMMENDER_DIR
 from .checkpoint import CheckpointError, write_json
 from .data.__main__ import add_dataset_args, dataset_from_args
 from .metrics import bootstrap_ci, match_answer, mean_std, ranking_metrics
 from .model import LLaRA, build_llara, load_llara
 
 DECODES = ("generate", "constrained", "rank", "head")
-DEFAULT_REC_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "recommenders"
+DEFAULT_REC_DIR = RECOMMENDER_DIR
 
 
 def evaluate_samples(model: LLaRA, samples, candidate_sets, hybrid: bool, decode: str, batch_size: int = 8,

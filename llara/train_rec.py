@@ -18,6 +18,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from .constants import RECOMMENDER_DIR
 from .checkpoint import CheckpointError, write_json
 from .config import add_dataclass_args, from_args
 from .data.__main__ import add_dataset_args, dataset_from_args
@@ -31,7 +32,7 @@ PAPER_HR1 = {
     "steam": {"gru4rec": 0.4168, "caser": 0.4368, "sasrec": 0.4010},
     "lastfm": {"gru4rec": 0.2616, "caser": 0.2233, "sasrec": 0.2233},
 }
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "checkpoints" / "recommenders"
+DEFAULT_OUT = RECOMMENDER_DIR
 
 
 def build_parser() -> argparse.ArgumentParser:

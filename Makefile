@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo app test test-fast recommenders clean
+.PHONY: venv demo app browser test test-fast recommenders clean
 
 $(STAMP): requirements.txt requirements-assets.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,16 @@ demo: $(STAMP)  ## load the committed recommenders (train any that are missing) 
 app: $(STAMP)  ## serve the Gradio demo on http://127.0.0.1:7860
 	$(PY) app.py
 
-test: $(STAMP)  ## the whole test suite, integration tests included
-	$(PY) -m pytest
+browser:  ## install Debian's chromium + chromium-driver for the browser tests, when missing (apt-get, as root)
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		echo "browser: /usr/bin/chromium and /usr/bin/chromedriver present"; \
+	else \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+	fi
+
+test: $(STAMP) browser  ## the whole test suite, integration tests included (browser tests must run: CHROMIUM_REQUIRED=1)
+	CHROMIUM_REQUIRED=1 $(PY) -m pytest
 
 test-fast: $(STAMP)  ## unit tests only
 	$(PY) -m pytest -m "not integration"

@@ -1,27 +1,49 @@
 """Serve the LLaRA-Studio demo.
 
-    python app.py                         # http://127.0.0.1:7860
-    python app.py --host 0.0.0.0 --port 8080
+    python app.py                                   # http://127.0.0.1:7860, 4-bit model
+    python app.py --precision bf16 --port 8080      # faster on most CPUs, twice the weight memory
+    python app.py --host 0.0.0.0                    # reachable from other machines (the default on Spaces)
 """
 from __future__ import annotations
 
 import argparse
 import os
 
+from llara.constants import PRECISIONS
 
-def main(argv: list[str] | None = None) -> None:
+
+def build_parser() -> argparse.ArgumentParser:
+    from app.state import DEFAULT_CHECKPOINT
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     on_spaces = bool(os.environ.get("SPACE_ID"))
     parser.add_argument("--host", default="0.0.0.0" if on_spaces else "127.0.0.1",
                         help="address to bind (default: 127.0.0.1; 0.0.0.0 only when asked or on Hugging Face Spaces)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 7860)), help="port (default: %(default)s)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
+                        help="LLaRA checkpoint folder (default: the committed MovieLens model)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="nf4",
+                        help="weights of the base model: nf4 (4-bit, default), bf16 or fp32")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--concurrency", type=int, default=4,
+                        help="requests handled at once; model calls still run one at a time (default: %(default)s)")
+    parser.add_argument("--queue-size", type=int, default=64, help="requests allowed to wait (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     from app import build_demo
     from app.state import Studio
+    from llara.checkpoint import CheckpointError
 
-    print("loading the catalog and recommenders ...", flush=True)
-    demo = build_demo(Studio.load())
-    demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port)
+    try:
+        studio = Studio.load(args.checkpoint, precision=args.precision, threads=args.threads)
+    except (FileNotFoundError, ValueError, CheckpointError) as err:  # refuse to start, and say why
+        raise SystemExit(f"llara-studio: cannot start: {err}") from None
+    demo = build_demo(studio)
+    demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size="1mb")
 
 
 if __name__ == "__main__":

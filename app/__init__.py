@@ -1,37 +1,131 @@
-"""The LLaRA-Studio Gradio UI (wiring only: every decision lives in the library or app.handlers)."""
+"""The LLaRA-Studio Gradio UI: layout and wiring only (decisions live in app.handlers and the llara library)."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import gradio as gr
+
+from llara.checkpoint import REPO_ROOT
+from llara.inference import ABLATIONS, ATTRIBUTION_METHODS
 
 from . import handlers
 from .state import Studio
 
 TITLE = "LLaRA-Studio"
 INTRO = (
-    "Pick the movies a user watched, in order, and see what the sequential recommenders predict next. "
-    "The recommenders are the ones whose item embeddings LLaRA projects into its language model."
+    "Pick the movies a user watched, in order. LLaRA lists each movie in its prompt by title **and** by a "
+    "behavioural token: the movie's embedding from a trained SASRec, projected into the language model. Compare the "
+    "text-only prompt, the hybrid prompt and the recommender alone, inspect the prompt and see which watched movies "
+    "drove the answer."
 )
+ABLATION_LABELS = {
+    "none": "none",
+    "no-embeddings": "drop item embeddings (every slot gets the average item)",
+    "no-titles": "drop titles (IDs only: slots alone)",
+    "shuffle": "shuffle the watch order (seeded)",
+}
+METHOD_LABELS = {"grad_x_input": "token: gradient × input (fast)", "ig": "token: integrated gradients",
+                 "ablation": "item: remove title / embedding (slow)"}
+EXAMPLES = [
+    ["Toy Story (1995)", "Aladdin (1992)", "The Lion King (1994)", "Beauty and the Beast (1991)"],
+    ["Star Wars (1977)", "The Empire Strikes Back (1980)", "Raiders of the Lost Ark (1981)", "Alien (1979)"],
+    ["Pulp Fiction (1994)", "Reservoir Dogs (1992)", "Fargo (1996)", "The Usual Suspects (1995)"],
+]
+RESULTS_DOC = REPO_ROOT / "docs" / "results.md"
+RESULTS_PLOT = REPO_ROOT / "assets" / "training_curves.png"
+
+
+def _panel(title: str, elem_id: str) -> tuple[gr.Markdown, gr.Label]:
+    with gr.Column(elem_id=elem_id):
+        gr.Markdown(f"#### {title}")
+        head = gr.Markdown("*press Predict*", elem_id=f"{elem_id}-answer")
+        bars = gr.Label(num_top_classes=20, show_label=False, elem_id=f"{elem_id}-bars")
+    return head, bars
 
 
 def build_demo(studio: Studio) -> gr.Blocks:
     """The Blocks app for an already loaded ``studio``."""
+    call = functools.partial
+    decodes = list(studio.predictor.decodes)
+    examples = [[m for m in ex if m in studio.by_label] for ex in EXAMPLES]
+    examples = [ex for ex in examples if len(ex) >= 2]
     with gr.Blocks(title=TITLE) as demo:
-        gr.Markdown(f"# {TITLE}\n{INTRO}")
-        with gr.Row():
-            history = gr.Dropdown(choices=studio.labels, multiselect=True, label="Watched movies (oldest first, up to 10)",
-                                  elem_id="history")
-        with gr.Row():
-            model = gr.Radio(choices=list(studio.recommenders), value=next(iter(studio.recommenders)), label="Recommender")
-            k = gr.Slider(1, 50, value=10, step=1, label="How many recommendations")
-        with gr.Row():
-            user = gr.Textbox(label="Test user id (empty = random)", max_lines=1, max_length=12)
-            load_user = gr.Button("Load a real test user")
-            predict = gr.Button("Recommend", variant="primary", elem_id="predict")
-        truth = gr.Markdown()
-        status = gr.Markdown(elem_id="status")
-        table = gr.Dataframe(headers=["rank", "movie", "score"], label="Predicted next movies", elem_id="predictions")
-        load_user.click(functools.partial(handlers.load_test_user, studio), inputs=user, outputs=[history, truth], api_name="load_test_user")
-        predict.click(functools.partial(handlers.recommend, studio), inputs=[history, model, k], outputs=[table, status], api_name="recommend")
+        gr.Markdown(f"# {TITLE}\n{INTRO}\n\n<sub>Model: `{Path(studio.checkpoint).name or 'in memory'}` at "
+                    f"{studio.precision or 'default'} precision, loaded in {studio.load_seconds:.1f} s.</sub>")
+        with gr.Tab("Recommend"):
+            with gr.Row():
+                with gr.Column(scale=3):
+                    history = gr.Dropdown(choices=studio.labels, multiselect=True, elem_id="history",
+                                          label="Watched movies, oldest first (up to 10: more keeps the 10 most recent)")
+                    with gr.Row():
+                        user = gr.Textbox(label="Test user id (empty = random)", max_lines=1, max_length=12,
+                                          elem_id="user-id", scale=1)
+                        load_user = gr.Button("Load a real test user", elem_id="load-user", scale=1)
+                    with gr.Row():
+                        query = gr.Textbox(label="Find movies by description", max_lines=1, max_length=500,
+                                           placeholder="a heist thriller in Los Angeles", elem_id="describe", scale=3)
+                        find = gr.Button("Search", elem_id="search", scale=1)
+                    with gr.Row():
+                        found = gr.Dropdown(choices=[], multiselect=True, label="Matches (pick, then add)",
+                                            elem_id="found", scale=3)
+                        add = gr.Button("Add to history", elem_id="add-found", scale=1)
+                    truth = gr.Markdown(elem_id="truth")
+                    if examples:
+                        gr.Examples(examples=[[ex] for ex in examples], inputs=[history], label="Example histories")
+                with gr.Column(scale=2):
+                    candidates = gr.Dropdown(choices=studio.labels, multiselect=True, elem_id="candidates",
+                                             label="Candidates (20, editable)")
+                    with gr.Row():
+                        seed = gr.Number(value=0, precision=0, minimum=0, label="Candidate / shuffle seed",
+                                         elem_id="seed", scale=2)
+                        redraw = gr.Button("Draw candidates", elem_id="redraw", scale=1)
+                    decode = gr.Radio(decodes, value="head" if "head" in decodes else "rank", label="Decode",
+                                      info="rank: title likelihood · head: candidate head (one pass) · constrained / "
+                                           "generate: decoding", elem_id="decode")
+                    ablation = gr.Radio([(ABLATION_LABELS[a], a) for a in ABLATIONS], value="none",
+                                        label="Ablation", elem_id="ablation")
+                    predict = gr.Button("Predict", variant="primary", elem_id="predict")
+            status = gr.Markdown(elem_id="status")
+            with gr.Row():
+                text_head, text_bars = _panel("Text-only LLaRA", "text-panel")
+                hybrid_head, hybrid_bars = _panel("Hybrid LLaRA", "hybrid-panel")
+                rec_head, rec_bars = _panel("Recommender alone", "rec-panel")
+            with gr.Accordion("Prompt inspector", open=False, elem_id="inspector"):
+                with gr.Row():
+                    text_prompt = gr.HighlightedText(label="Text-only prompt", elem_id="text-prompt")
+                    hybrid_prompt = gr.HighlightedText(label="Hybrid prompt (embedding slots highlighted)",
+                                                       elem_id="hybrid-prompt")
+                slots = gr.Dataframe(label="Embedding slots of the hybrid prompt", elem_id="slots", wrap=True)
+            with gr.Accordion("Attributions: which watched movies drove the answer", open=True, elem_id="attributions"):
+                with gr.Row():
+                    target = gr.Dropdown(choices=[handlers.TOP_CHOICE], value=handlers.TOP_CHOICE,
+                                         label="Candidate to explain", elem_id="attr-target", scale=2)
+                    method = gr.Radio([(METHOD_LABELS[m], m) for m in ATTRIBUTION_METHODS], value="grad_x_input",
+                                      label="Method", elem_id="attr-method", scale=2)
+                    explain = gr.Button("Explain", elem_id="attribute", scale=1)
+                attr_status = gr.Markdown(elem_id="attr-status")
+                with gr.Row(elem_id="attr-view"):
+                    text_attr = gr.HighlightedText(label="Text-only prompt", elem_id="text-attr")
+                    hybrid_attr = gr.HighlightedText(label="Hybrid prompt", elem_id="hybrid-attr")
+                item_bars = gr.BarPlot(x="item", y="effect on log-likelihood", color="part", label="Per watched movie",
+                                       x_label_angle=-30, elem_id="item-bars")
+        with gr.Tab("Results", elem_id="results-tab"):
+            gr.Markdown(RESULTS_DOC.read_text() if RESULTS_DOC.is_file() else "No results document yet (docs/results.md).")
+            if RESULTS_PLOT.is_file():
+                gr.Image(str(RESULTS_PLOT), label="Training curves", show_label=True)
+
+        load_user.click(call(handlers.load_test_user, studio), inputs=[user, seed], outputs=[history, candidates, truth],
+                        api_name="load_test_user")
+        redraw.click(call(handlers.draw_candidates, studio), inputs=[history, seed, truth], outputs=candidates,
+                     api_name="draw_candidates")
+        find.click(call(handlers.search, studio), inputs=[query, history], outputs=found, api_name="search")
+        query.submit(call(handlers.search, studio), inputs=[query, history], outputs=found, api_name=False)
+        add.click(handlers.add_found, inputs=[history, found], outputs=history, api_name="add_found")
+        candidates.change(handlers.target_choices, inputs=candidates, outputs=target, api_name=False)
+        predict.click(call(handlers.predict, studio), inputs=[history, candidates, decode, ablation, seed, truth],
+                      outputs=[text_head, text_bars, hybrid_head, hybrid_bars, rec_head, rec_bars, status, text_prompt,
+                               hybrid_prompt, slots], api_name="predict")
+        explain.click(call(handlers.attribute, studio), inputs=[history, candidates, target, method, ablation, seed],
+                      outputs=[text_attr, hybrid_attr, item_bars, attr_status], api_name="attribute")
     return demo

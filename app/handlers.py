@@ -1,63 +1,253 @@
-"""Request handlers: validate what the browser sent, call the library, shape the answer for the UI."""
+"""Request handlers: check what the browser sent, call the library, shape the answer for the UI.
+
+Every user mistake becomes a ``gr.Error`` with a sentence the person can act on; library ``ValueError``s are
+passed through the same way (their messages are written for people). Nothing here decides anything about the
+model: that lives in ``llara.inference``.
+"""
 from __future__ import annotations
 
+import math
 import random
 
 import gradio as gr
+import pandas as pd
 
-from llara.data import MAX_HISTORY
+from llara.inference import ABLATIONS, ATTRIBUTION_METHODS, MAX_SEED, Prediction
+from llara.search import MAX_QUERY_CHARS
 
 from .state import Studio
 
+MAX_LABEL_CHARS = 300  # longer than any catalog label: anything longer is not one
+MAX_PICKS = 200
+TOP_CHOICE = "the model's top choice"
 
-def parse_history(studio: Studio, labels: list[str] | None) -> tuple[list[int], str]:
-    """Item ids of the picked labels (watch order kept) and a note for the user; gr.Error on bad input."""
-    if not labels:
-        raise gr.Error("Pick at least one watched movie.")
-    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
-        raise gr.Error("The history must be a list of movie titles.")
-    unknown = [label for label in labels if label not in studio.by_label]
+
+def _labels(value, what: str) -> list[str]:
+    """A list of label strings from a dropdown value (gradio sends a list; the HTTP API may send anything)."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise gr.Error(f"The {what} must be a list of movie titles.")
+    if len(value) > MAX_PICKS:
+        raise gr.Error(f"Too many {what} ({len(value):,}); pick at most {MAX_PICKS}.")
+    return list(value)
+
+
+def to_items(studio: Studio, value, what: str = "watched movies") -> list[int]:
+    """Item ids of labels, order kept; gr.Error naming the first label that is not in the catalog."""
+    labels = _labels(value, what)
+    unknown = [label for label in labels if len(label) > MAX_LABEL_CHARS or label not in studio.by_label]
     if unknown:
-        raise gr.Error(f"Not in the catalog: {', '.join(repr(u[:80]) for u in unknown[:3])}")
-    items = list(dict.fromkeys(studio.by_label[label] for label in labels))  # duplicates once, first position kept
-    note = ""
-    if len(items) > MAX_HISTORY:
-        note = f"Only the {MAX_HISTORY} most recent of the {len(items)} picked movies are used, as in the paper."
-        items = items[-MAX_HISTORY:]
-    return items, note
+        shown = unknown[0][:80] + ("..." if len(unknown[0]) > 80 else "")
+        raise gr.Error(f"Not in the catalog: {shown!r}. Pick {what} from the list.")
+    return [studio.by_label[label] for label in labels]
 
 
-def recommend(studio: Studio, labels: list[str] | None, model_name: str, k: int = 10) -> tuple[list[list], str]:
-    """Top-``k`` next movies from one recommender: table rows ``[rank, movie, score]`` and a status line."""
-    if model_name not in studio.recommenders:
-        raise gr.Error(f"Unknown recommender {model_name!r}; choose one of {', '.join(studio.recommenders)}.")
+def parse_seed(seed) -> int:
     try:
-        k = int(k)
+        value = float(seed)
     except (TypeError, ValueError):
-        raise gr.Error("The number of recommendations must be a whole number.") from None
-    if not 1 <= k <= 50:
-        raise gr.Error("Ask for between 1 and 50 recommendations.")
-    items, note = parse_history(studio, labels)
-    top = studio.recommenders[model_name].recommend(items, k=k)
-    rows = [[rank, studio.labels[item], round(score, 3)] for rank, (item, score) in enumerate(top, start=1)]
-    status = f"{model_name} over all {studio.dataset.n_items:,} movies, given {len(items)} watched. {note}".strip()
-    return rows, status
+        raise gr.Error(f"The seed must be a whole number, got {str(seed)[:40]!r}.") from None
+    if not math.isfinite(value) or value != int(value) or not 0 <= value <= MAX_SEED:
+        raise gr.Error(f"The seed must be a whole number from 0 to {MAX_SEED:,}, got {str(seed)[:40]}.")
+    return int(value)
 
 
-def load_test_user(studio: Studio, user: str | int | None = None) -> tuple[list[str], str]:
-    """A real test user of the paper's split: their history labels and a line naming the true next movie."""
+def _call(fn, *args, **kwargs):
+    """Run a library call, turning its input errors into messages in the UI."""
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, KeyError) as err:
+        raise gr.Error(str(err.args[0] if err.args else err)) from None
+
+
+# ---- history and candidates ---------------------------------------------------------------------------------
+
+def load_test_user(studio: Studio, user=None, seed=0) -> tuple[list[str], list[str], str]:
+    """A real test user: their history, 20 candidates with the true next movie among them, and a line naming it."""
     samples = studio.dataset.test
     if user in (None, "", "random"):
         sample = random.Random().choice(samples)
     else:
         try:
-            user_id = int(user)
+            user_id = int(str(user).strip())
         except (TypeError, ValueError):
-            raise gr.Error(f"User id must be a number, got {str(user)[:40]!r}.") from None
+            raise gr.Error(f"The user id must be a number, got {str(user)[:40]!r}.") from None
         matches = [s for s in samples if s.user == user_id]
         if not matches:
             ids = sorted(s.user for s in samples)
-            raise gr.Error(f"User {user_id} is not a test user; test users are {ids[0]}..{ids[-1]} (95 of them).")
+            raise gr.Error(f"User {user_id} is not a test user; the {len(ids)} test users have ids {ids[0]}..{ids[-1]}.")
         sample = matches[0]
-    history = [studio.labels[i] for i in sample.history]
-    return history, f"Test user {sample.user}: the true next movie was **{studio.labels[sample.target]}**."
+    cands = _call(studio.predictor.draw_candidates, list(sample.history), parse_seed(seed), include=sample.target)
+    truth = f"Test user {sample.user}: the true next movie was **{studio.labels[sample.target]}** (marked ★ below)."
+    return [studio.labels[i] for i in sample.history], [studio.labels[c] for c in cands], truth
+
+
+def draw_candidates(studio: Studio, history, seed=0, truth: str = "") -> list[str]:
+    """20 unseen candidates drawn with ``seed``; a loaded user's true next movie stays among them."""
+    items = to_items(studio, history)
+    keep = true_item(studio, truth)
+    if keep in items:
+        keep = None
+    return [studio.labels[c] for c in _call(studio.predictor.draw_candidates, items, parse_seed(seed), include=keep)]
+
+
+def true_item(studio: Studio, truth: str | None) -> int | None:
+    """The item named in bold in the truth line of a loaded test user (None when no user is loaded)."""
+    if not truth or "**" not in truth:
+        return None
+    label = truth.split("**")[1]
+    return studio.by_label.get(label)
+
+
+def search(studio: Studio, query: str, history) -> list[str]:
+    """Catalog labels matching a free-text description (watched ones left out), best first."""
+    if not isinstance(query, str) or not query.strip():
+        raise gr.Error("Describe a movie first, e.g. 'a heist thriller in Los Angeles'.")
+    if len(query) > MAX_QUERY_CHARS:
+        raise gr.Error(f"The description is {len(query):,} characters; keep it under {MAX_QUERY_CHARS}.")
+    exclude = set(to_items(studio, history))
+    hits = _call(studio.search().search, query, k=8, exclude=exclude)
+    return [studio.labels[i] for i, _ in hits]
+
+
+def add_found(history, found) -> list[str]:
+    """Append the found titles to the history (watch order: they become the most recent)."""
+    history = list(history or [])
+    return history + [f for f in (found or []) if f not in history]
+
+
+# ---- predictions ---------------------------------------------------------------------------------------------
+
+def _distribution(studio: Studio, ranked: list[tuple[int, float]], truth: int | None) -> dict[str, float]:
+    """Scores turned into shares that sum to 1 over the candidates (softmax), keyed by label; ★ marks the truth."""
+    if not ranked:
+        return {}
+    top = max(s for _, s in ranked)
+    weights = [(i, math.exp(s - top)) for i, s in ranked]
+    total = sum(w for _, w in weights)
+    return {("★ " if i == truth else "") + studio.labels[i]: w / total for i, w in weights}
+
+
+def _headline(studio: Studio, answer, truth: int | None) -> str:
+    if answer is None:
+        return "*Not run: a text-only prompt without titles names no movie.*"
+    if answer.item is None:
+        return f"**Invalid answer:** {answer.text[:200]!r}\n\n{answer.note}"
+    mark = ""
+    if truth is not None:
+        mark = " ✅ the true next movie" if answer.item == truth else " ❌ not the true next movie"
+    how = {"rank": "title likelihood", "head": "candidate head", "constrained": "constrained decoding",
+           "generate": "greedy generation"}.get(answer.decode, answer.decode)
+    return f"### {studio.labels[answer.item]}{mark}\n{how}, {answer.seconds * 1000:.0f} ms"
+
+
+def summary(studio: Studio, result: Prediction, truth: int | None) -> str:
+    picks = {k: a.item for k, a in result.answers.items()}
+    agree = len({v for v in picks.values() if v is not None}) == 1 and None not in picks.values()
+    parts = [f"Predicted in {result.seconds:.2f} s ({studio.precision or 'model'} weights, ablation: {result.ablation})."]
+    if "text" in picks:
+        parts.append("All three agree." if agree else
+                     ("Text-only and hybrid agree." if picks["text"] == picks["hybrid"] else "Text-only and hybrid disagree."))
+    if result.note:
+        parts.append(result.note[0].upper() + result.note[1:] + ".")
+    return " ".join(parts)
+
+
+def predict(studio: Studio, history, candidates, decode: str = "rank", ablation: str = "none", seed=0, truth: str = ""):
+    """Both prompts and the recommender: (text headline, text bars, hybrid headline, hybrid bars, recommender
+    headline, recommender bars, summary, text prompt, hybrid prompt, slot table)."""
+    items = to_items(studio, history)
+    if not items:
+        raise gr.Error("Pick at least one watched movie.")
+    cands = to_items(studio, candidates, "candidates")
+    if not cands:
+        raise gr.Error("The candidate set is empty: draw candidates or pick some.")
+    if decode not in studio.predictor.decodes:
+        raise gr.Error(f"Unknown decode mode {str(decode)[:40]!r}; choose one of {', '.join(studio.predictor.decodes)}.")
+    if ablation not in ABLATIONS:
+        raise gr.Error(f"Unknown ablation {str(ablation)[:40]!r}; choose one of {', '.join(ABLATIONS)}.")
+    result = _call(studio.predictor.predict, items, cands, decode, ablation, parse_seed(seed))
+    known = true_item(studio, truth)
+    text, hybrid, rec = (result.answers.get(k) for k in ("text", "hybrid", "recommender"))
+    return (
+        _headline(studio, text, known), _distribution(studio, text.ranked if text else [], known),
+        _headline(studio, hybrid, known), _distribution(studio, hybrid.ranked, known),
+        _headline(studio, rec, known) + f" ({rec.decode})", _distribution(studio, rec.ranked, known),
+        summary(studio, result, known),
+        prompt_segments(result.prompts.get("text")), prompt_segments(result.prompts["hybrid"]),
+        slot_table(studio, result.prompts["hybrid"]),
+    )
+
+
+def prompt_segments(prompt) -> list[tuple[str, str | None]]:
+    """The prompt text cut into plain text and labelled slots, for gr.HighlightedText."""
+    if prompt is None:
+        return [("(no text-only prompt for this ablation)", None)]
+    from llara.constants import CANDIDATE_TOKEN, HISTORY_TOKEN, PLACEHOLDER_TOKEN
+
+    names = {HISTORY_TOKEN: "history slot", CANDIDATE_TOKEN: "candidate slot", PLACEHOLDER_TOKEN: "placeholder"}
+    out: list[tuple[str, str | None]] = []
+    text = prompt.text
+    while text:
+        hits = [(text.find(t), t) for t in names if t in text]
+        if not hits:
+            out.append((text, None))
+            break
+        pos, tok = min(hits)
+        if pos:
+            out.append((text[:pos], None))
+        out.append((tok, names[tok]))
+        text = text[pos + len(tok):]
+    return out
+
+
+def slot_table(studio: Studio, prompt) -> pd.DataFrame:
+    rows = [[s.part, studio.labels[s.item], round(s.norm, 2), ", ".join(f"{t} ({v:.2f})" for t, v in s.nearest)]
+            for s in studio.predictor.slots(prompt)]
+    return pd.DataFrame(rows, columns=["slot", "item it carries", f"norm (tokens ≈ {studio.predictor.token_norm:.2f})",
+                                       "nearest vocabulary tokens (cosine)"])
+
+
+# ---- attributions --------------------------------------------------------------------------------------------
+
+def attribute(studio: Studio, history, candidates, target: str = TOP_CHOICE, method: str = "grad_x_input",
+              ablation: str = "none", seed=0):
+    """Token highlighting of both prompts and a per-item bar chart (title vs embedding) for one candidate."""
+    items = to_items(studio, history)
+    if not items:
+        raise gr.Error("Pick at least one watched movie.")
+    cands = to_items(studio, candidates, "candidates")
+    if method not in ATTRIBUTION_METHODS:
+        raise gr.Error(f"Unknown attribution method {str(method)[:40]!r}; choose one of {', '.join(ATTRIBUTION_METHODS)}.")
+    if ablation not in ABLATIONS:
+        raise gr.Error(f"Unknown ablation {str(ablation)[:40]!r}; choose one of {', '.join(ABLATIONS)}.")
+    chosen = None
+    if target not in (None, "", TOP_CHOICE):
+        chosen = to_items(studio, [target], "candidate to explain")[0]
+        if chosen not in cands:
+            raise gr.Error(f"{target[:80]!r} is not among the candidates: pick one of them to explain.")
+    p = studio.predictor
+    history_items, _ = _call(p.clean_history, items)
+    prompts = _call(p.prompts, history_items, _call(p.check_candidates, history_items, cands), ablation, parse_seed(seed))
+    views, rows, lines = {}, [], []
+    for name in ("text", "hybrid"):
+        if name not in prompts:
+            views[name] = [("(no text-only prompt for this ablation)", None)]
+            continue
+        result = _call(p.attribute, prompts[name], method, chosen, blank=name == "hybrid" and ablation == "no-embeddings")
+        views[name] = result.highlighted()
+        for it in result.items:
+            rows.append([f"{name}: {it.title[:40]}", "title", it.title_score])
+            if it.embedding_score is not None:
+                rows.append([f"{name}: {it.title[:40]}", "embedding", it.embedding_score])
+        lines.append(f"{name}: explaining **{studio.labels[result.target]}** ({result.target_source}'s choice), "
+                     f"{result.cost['seconds']:.1f} s")
+    bars = pd.DataFrame(rows, columns=["item", "part", "effect on log-likelihood"])
+    return views["text"], views["hybrid"], bars, " · ".join(lines)
+
+
+def target_choices(candidates) -> "gr.Dropdown":
+    return gr.Dropdown(choices=[TOP_CHOICE, *_labels(candidates, "candidates")], value=TOP_CHOICE)

@@ -1,14 +1,17 @@
-"""What the demo loads once at start-up and shares (read-only) between requests."""
+"""What the demo loads once at start-up and shares between requests: the predictor, item labels, the search."""
 from __future__ import annotations
 
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llara.constants import RECOMMENDER_DIR
-from llara.data import SequenceDataset, load_dataset
-from llara.recommenders import RECOMMENDERS, SequentialRecommender, load_recommender
+from llara.checkpoint import REPO_ROOT
+from llara.data import SequenceDataset
+from llara.inference import Predictor
 
-CHECKPOINTS = RECOMMENDER_DIR
+DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "llara" / "movielens-sasrec-curriculum-head"
 
 
 def item_labels(ds: SequenceDataset) -> list[str]:
@@ -23,24 +26,51 @@ def item_labels(ds: SequenceDataset) -> list[str]:
     return [f"{label} [#{cat.raw_ids[i]}]" if seen[label] > 1 else label for i, label in enumerate(labels)]
 
 
+def _say(msg: str) -> None:
+    print(f"[llara-studio] {msg}", file=sys.stderr, flush=True)
+
+
 @dataclass
 class Studio:
-    """The dataset, its item labels and the committed recommenders."""
+    """The loaded predictor and what the UI needs around it. Read-only after ``load`` except the lazy search."""
 
-    dataset: SequenceDataset
-    recommenders: dict[str, SequentialRecommender]
+    predictor: Predictor
+    checkpoint: str
+    precision: str
     labels: list[str] = field(default_factory=list)
     by_label: dict[str, int] = field(default_factory=dict)
+    load_seconds: float = 0.0
+    _search: object = None
+    _search_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def dataset(self) -> SequenceDataset:
+        return self.predictor.dataset
 
     @classmethod
-    def load(cls, checkpoints: Path = CHECKPOINTS, dataset: str = "movielens") -> "Studio":
-        ds = load_dataset(dataset)
-        models = {}
-        for name in RECOMMENDERS:
-            stem = checkpoints / ds.name / name
-            if stem.with_suffix(".json").is_file():
-                models[name] = load_recommender(stem, n_items=ds.n_items)
-        if not models:
-            raise FileNotFoundError(f"no recommender checkpoints in {checkpoints / ds.name}: run `make recommenders`")
-        labels = item_labels(ds)
-        return cls(ds, models, labels, {label: i for i, label in enumerate(labels)})
+    def from_predictor(cls, predictor: Predictor, checkpoint: str = "", precision: str = "", seconds: float = 0.0) -> "Studio":
+        labels = item_labels(predictor.dataset)
+        return cls(predictor, str(checkpoint), precision, labels, {label: i for i, label in enumerate(labels)}, seconds)
+
+    @classmethod
+    def load(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT, precision: str = "nf4", threads: int = 0) -> "Studio":
+        """Load the checkpoint (converting the embedded base model on the very first run), saying what it does."""
+        started = time.perf_counter()
+        if not (Path(checkpoint) / "meta.json").is_file():
+            raise FileNotFoundError(f"no LLaRA checkpoint at {checkpoint} (meta.json missing): train one with "
+                                    "`python -m llara.train --output <folder>` or pass --checkpoint")
+        _say(f"loading {checkpoint} at {precision} (the first run also converts the embedded SmolLM2 once) ...")
+        predictor = Predictor.load(str(checkpoint), precision=precision, threads=threads)
+        seconds = time.perf_counter() - started
+        _say(f"model ready in {seconds:.1f} s")
+        return cls.from_predictor(predictor, str(checkpoint), precision, seconds)
+
+    def search(self):
+        """The description search, built on first use (it loads a second model: keep it out of the cold start)."""
+        with self._search_lock:
+            if self._search is None:
+                from llara.search import CatalogSearch
+
+                _say("loading the description search (all-MiniLM-L6-v2) ...")
+                self._search = CatalogSearch(self.dataset.catalog)
+            return self._search

@@ -27,11 +27,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
-import numpy as np
 import torch
 
 from .constants import CANDIDATE_TOKEN, HISTORY_TOKEN, PLACEHOLDER_TOKEN
-from .data import NUM_CANDIDATES, draw_candidates
+from .data import NUM_CANDIDATES, candidates_around
 from .llm import unpack_4bit_for_training
 from .model import LLaRA, collate
 from .prompts import SEPARATOR, Prompt
@@ -104,7 +103,7 @@ def build_prompt(model: LLaRA, history: list, candidates: list | None = None, ca
                  hybrid: bool = True, seed: int = 0, k: int = NUM_CANDIDATES, template: int = 0) -> tuple[Prompt, int | None]:
     """A prompt from titles (or item ids); returns it with the named candidate's id (``None`` when not named).
 
-    Without ``candidates``, ``k`` are drawn with ``llara.data.draw_candidates`` (seeded by ``seed``) around the
+    Without ``candidates``, ``k`` are drawn with ``llara.data.candidates_around`` (seeded by ``seed``) around the
     named candidate, or around a random unseen item when none is named."""
     catalog = model.builder.catalog
     if not history:
@@ -121,12 +120,7 @@ def build_prompt(model: LLaRA, history: list, candidates: list | None = None, ca
         if seen:
             raise ValueError(f"{catalog.titles[seen[0]]!r} is both in the history and among the candidates")
     else:
-        rng = np.random.default_rng(seed)
-        anchor = target
-        if anchor is None:  # draw_candidates builds the set around one item: any unseen one will do
-            unseen = sorted(set(range(len(catalog))) - set(hist))
-            anchor = unseen[int(rng.integers(len(unseen)))] if unseen else hist[0]  # (none: draw_candidates says so)
-        cands = list(draw_candidates(hist, anchor, catalog, rng, k=k))
+        cands = list(candidates_around(hist, catalog, seed, include=target, k=k))
     return model.builder.build(hist, cands, hybrid=hybrid, template=template), target
 
 

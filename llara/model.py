@@ -9,6 +9,7 @@ Three ways to answer a prompt:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 
@@ -107,6 +108,17 @@ class LLaRA(nn.Module):
         # candidate title, trained with cross-entropy over the candidates. It tells the model which of the 20 is right
         # in one pass, instead of only through the title tokens, and ranks all candidates in one forward pass.
         self.head, self.head_weight = head, head_weight
+        self._slot_override: torch.Tensor | None = None  # set by ``blank_slots``
+
+    @contextlib.contextmanager
+    def blank_slots(self, vector: torch.Tensor):
+        """Within the block every slot carries ``vector`` ``(D,)`` instead of its item's projection: the
+        "drop item embeddings" ablation with the prompt layout kept. Not thread-safe: callers serialise requests."""
+        self._slot_override = vector.detach()
+        try:
+            yield self
+        finally:
+            self._slot_override = None
 
     @property
     def tokenizer(self):
@@ -138,6 +150,8 @@ class LLaRA(nn.Module):
             return embeds
         assert batch.slot_rows.numel() == batch.slot_cols.numel() == batch.slot_items.numel(), "slot count != item count"
         vectors = self.projector(self.item_table[batch.slot_items]).to(embeds.dtype)  # (S, d_rec) -> (S, D)
+        if self._slot_override is not None:
+            vectors = self._slot_override.to(embeds.dtype).expand_as(vectors)
         # index_put is out of place: gradients flow to the projector, the embedding rows of the slots get none.
         return embeds.index_put((batch.slot_rows, batch.slot_cols), vectors)
 

@@ -99,14 +99,20 @@ class PromptBuilder:
         self.terminator_id = self._terminator()
         self._answers: dict[int, list[int]] = {}
 
-    def text(self, history: tuple[int, ...], candidates: tuple[int, ...], hybrid: bool, template: int = 0) -> str:
+    def text(self, history: tuple[int, ...], candidates: tuple[int, ...], hybrid: bool, template: int = 0,
+             titles: bool = True) -> str:
+        """The prompt as text. ``titles=False`` (hybrid only) lists every item by its embedding slot alone: the
+        "IDs only" ablation, where the behavioural tokens are the only thing that tells the items apart."""
+        if not titles and not hybrid:
+            raise ValueError("a text-only prompt without titles carries no items: drop titles only from a hybrid prompt")
         hist_tok = HISTORY_TOKEN if hybrid else PLACEHOLDER_TOKEN
         cand_tok = CANDIDATE_TOKEN if hybrid else PLACEHOLDER_TOKEN
-        return self.templates[template].format(
-            history=SEPARATOR.join(f"{self.titles[i]} {hist_tok}" for i in history),
-            candidates=SEPARATOR.join(f"{self.titles[i]} {cand_tok}" for i in candidates),
-            n=len(candidates),
-        )
+
+        def listed(items: tuple[int, ...], token: str) -> str:
+            return SEPARATOR.join(f"{self.titles[i]} {token}" if titles else token for i in items)
+
+        return self.templates[template].format(history=listed(history, hist_tok), candidates=listed(candidates, cand_tok),
+                                               n=len(candidates))
 
     def build(
         self,
@@ -116,8 +122,10 @@ class PromptBuilder:
         target: int | None = None,
         template: int | None = None,
         rng: random.Random | None = None,
+        titles: bool = True,
     ) -> Prompt:
-        """Encode one prompt. ``template=None`` draws a phrasing with ``rng`` (or uses the first without one)."""
+        """Encode one prompt. ``template=None`` draws a phrasing with ``rng`` (or uses the first without one);
+        ``titles=False`` builds the hybrid "IDs only" ablation (see ``text``)."""
         history, candidates = tuple(int(i) for i in history), tuple(int(i) for i in candidates)
         if not history:
             raise ValueError("the history is empty: a prompt needs at least one watched item")
@@ -133,7 +141,7 @@ class PromptBuilder:
             template = rng.randrange(len(self.templates)) if rng is not None else 0
         if not 0 <= template < len(self.templates):
             raise ValueError(f"template must be in 0..{len(self.templates) - 1}, got {template}")
-        text = self.text(history, candidates, hybrid, template)
+        text = self.text(history, candidates, hybrid, template, titles=titles)
         input_ids = tuple(self.tokenizer(text, add_special_tokens=True)["input_ids"])
         positions: tuple[int, ...] = ()
         items: tuple[int, ...] = ()

@@ -20,6 +20,7 @@ from .protocol import (
     Sample,
     SequenceDataset,
     candidate_sets,
+    candidates_around,
     draw_candidates,
     pad_histories,
 )

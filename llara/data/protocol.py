@@ -139,6 +139,23 @@ def draw_candidates(
     return tuple(chosen[i] for i in order)
 
 
+def candidates_around(
+    history: tuple[int, ...] | list[int],
+    catalog: Catalog,
+    seed: int,
+    include: int | None = None,
+    k: int = NUM_CANDIDATES,
+) -> tuple[int, ...]:
+    """``k`` seeded candidates for an ad-hoc history: drawn around ``include`` (e.g. the known next item), or
+    around a random unseen item when none is given, so the set never gives away which item is "right"."""
+    rng = np.random.default_rng(seed)
+    anchor = include
+    if anchor is None:  # draw_candidates builds the set around one item: any unseen one will do
+        unseen = sorted(set(range(len(catalog))) - set(history))
+        anchor = unseen[int(rng.integers(len(unseen)))] if unseen else history[0]  # (none: draw_candidates says so)
+    return draw_candidates(history, anchor, catalog, rng, k=k)
+
+
 def candidate_sets(samples: list[Sample], catalog: Catalog, seed: int, k: int = NUM_CANDIDATES) -> list[tuple[int, ...]]:
     """One candidate set per sample; sample ``i`` uses its own generator seeded by ``(seed, i)``.
 

@@ -1,0 +1,272 @@
+"""One request end to end, as the demo serves it: text-only and hybrid LLaRA side by side with the recommender.
+
+    python -m llara.inference --checkpoint checkpoints/llara/movielens-sasrec-curriculum-head \\
+        --history "Toy Story|Star Wars|Fargo|Scream" --decode rank --precision nf4
+
+``Predictor`` loads a trained checkpoint once (4-bit by default, as the demo runs) with the recommender whose
+embeddings it projects, validates every input with a message a person can act on, and serialises model calls
+with a lock: one CPU model serves one request at a time, and the ablation switches (``blank_slots``) and
+attributions briefly change model state.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .attribution import Attribution, attribute_items, attribute_tokens, neutral_slot_vector
+from .data import MAX_HISTORY, NUM_CANDIDATES, SequenceDataset, candidates_around, pad_histories
+from .metrics import match_answer
+from .model import LLaRA
+from .prompts import Prompt
+
+DECODES = ("rank", "head", "constrained", "generate")
+ABLATIONS = ("none", "no-embeddings", "no-titles", "shuffle")
+ATTRIBUTION_METHODS = ("grad_x_input", "ig", "ablation")
+MAX_SEED = 2**32 - 1
+
+
+@dataclass
+class Answer:
+    """What one predictor said: the chosen item, and a full ranking where the decode mode produces one."""
+
+    source: str  # "text", "hybrid" or "recommender"
+    decode: str
+    item: int | None  # None: a generated answer that names no candidate (invalid)
+    text: str  # the generated line, or the chosen title
+    ranked: list[tuple[int, float]] = field(default_factory=list)  # (item, score) best first; empty for generate/constrained
+    seconds: float = 0.0
+    note: str = ""
+
+    @property
+    def valid(self) -> bool:
+        return self.item is not None
+
+
+@dataclass
+class SlotInfo:
+    """One embedding slot of a hybrid prompt, for the prompt inspector."""
+
+    position: int
+    item: int
+    title: str
+    part: str  # "history" or "candidate"
+    norm: float  # of the projected vector; token embeddings have norm ~ ``token_norm``
+    nearest: list[tuple[str, float]]  # vocabulary tokens closest by cosine
+
+
+@dataclass
+class Prediction:
+    history: tuple[int, ...]
+    candidates: tuple[int, ...]
+    prompts: dict[str, Prompt]  # "text" (absent for the no-titles ablation) and "hybrid"
+    answers: dict[str, Answer]  # "text", "hybrid", "recommender"
+    ablation: str
+    note: str = ""
+    seconds: float = 0.0
+
+
+class Predictor:
+    """A loaded LLaRA checkpoint plus its recommender, safe to share between threads."""
+
+    def __init__(self, model: LLaRA, recommender, dataset: SequenceDataset, meta: dict) -> None:
+        self.model, self.recommender, self.dataset, self.meta = model, recommender, dataset, meta
+        self.catalog = dataset.catalog
+        self.titles = model.builder.titles
+        self.lock = threading.Lock()
+        self._neutral: torch.Tensor | None = None
+        with torch.no_grad():
+            weight = model.llm.get_input_embeddings().weight.float()  # (V, D)
+            self._vocab = torch.nn.functional.normalize(weight, dim=-1)
+            self.token_norm = float(weight.norm(dim=-1).mean())
+
+    @classmethod
+    def load(cls, checkpoint: str, precision: str = "nf4", threads: int = 0) -> "Predictor":
+        from .checkpoint import resolve_path
+        from .model import load_llara
+        from .recommenders import load_recommender
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        model, meta, dataset = load_llara(checkpoint, precision=precision)
+        recommender = load_recommender(resolve_path(meta["recommender"]["path"], checkpoint), n_items=dataset.n_items)
+        return cls(model, recommender, dataset, meta)
+
+    @property
+    def decodes(self) -> tuple[str, ...]:
+        return DECODES if self.model.head is not None else tuple(d for d in DECODES if d != "head")
+
+    # ---- input checks ------------------------------------------------------------------------------------
+
+    def clean_history(self, history: list[int]) -> tuple[list[int], str]:
+        """Item ids in watch order, duplicates kept once, the last ``MAX_HISTORY``; a note says what changed."""
+        if not history:
+            raise ValueError("Pick at least one watched movie.")
+        self.catalog.check_ids(list(history), "history item id")
+        items = list(dict.fromkeys(int(i) for i in history))
+        notes = []
+        if len(items) < len(history):
+            notes.append(f"{len(history) - len(items)} repeated pick(s) counted once")
+        if len(items) > MAX_HISTORY:
+            notes.append(f"only the {MAX_HISTORY} most recent of the {len(items)} picked movies are used, as in the paper")
+            items = items[-MAX_HISTORY:]
+        return items, "; ".join(notes)
+
+    def check_candidates(self, history: list[int], candidates: list[int]) -> list[int]:
+        cands = [int(c) for c in candidates]
+        if len(cands) < 2:
+            raise ValueError(f"Give at least 2 candidates to choose from (got {len(cands)}).")
+        if len(cands) > NUM_CANDIDATES:
+            raise ValueError(f"At most {NUM_CANDIDATES} candidates fit the prompt the model was trained on (got {len(cands)}).")
+        self.catalog.check_ids(cands, "candidate item id")
+        if len(set(cands)) != len(cands):
+            raise ValueError("The candidates contain the same movie twice.")
+        both = [self.titles[c] for c in cands if c in set(history)]
+        if both:
+            raise ValueError(f"{both[0]!r} is both watched and a candidate: candidates must be unseen movies.")
+        return cands
+
+    @staticmethod
+    def check_seed(seed: int) -> int:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"The seed must be a whole number from 0 to {MAX_SEED:,} (got {str(seed)[:40]}).")
+        return seed
+
+    def draw_candidates(self, history: list[int], seed: int = 0, include: int | None = None) -> list[int]:
+        """``NUM_CANDIDATES`` unseen items (seeded), with ``include`` (e.g. the true next movie) among them."""
+        history, _ = self.clean_history(history)
+        return list(candidates_around(history, self.catalog, self.check_seed(seed), include=include))
+
+    # ---- prompts -----------------------------------------------------------------------------------------
+
+    def prompts(self, history: list[int], candidates: list[int], ablation: str = "none", seed: int = 0) -> dict[str, Prompt]:
+        if ablation not in ABLATIONS:
+            raise ValueError(f"Unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}.")
+        if ablation == "shuffle":
+            history = list(history)
+            random.Random(self.check_seed(seed)).shuffle(history)
+        build = self.model.builder.build
+        out = {"hybrid": build(history, candidates, hybrid=True, titles=ablation != "no-titles")}
+        if ablation != "no-titles":  # without titles a text-only prompt names no item at all
+            out["text"] = build(history, candidates, hybrid=False)
+        return out
+
+    @torch.no_grad()
+    def slots(self, prompt: Prompt, nearest: int = 3) -> list[SlotInfo]:
+        """Each slot's item, projected norm and nearest vocabulary tokens (what the LLM "reads" there)."""
+        if not prompt.slot_items:
+            return []
+        vectors = self.model.projector(self.model.item_table[list(prompt.slot_items)]).float()  # (S, D)
+        sims = torch.nn.functional.normalize(vectors, dim=-1) @ self._vocab.T  # (S, V)
+        top = sims.topk(nearest, dim=-1)
+        n_hist = len(prompt.history)
+        out = []
+        for k, (pos, item) in enumerate(zip(prompt.slot_positions, prompt.slot_items)):
+            toks = [(self.model.tokenizer.decode([int(i)]).strip() or repr(self.model.tokenizer.decode([int(i)])), float(v))
+                    for v, i in zip(top.values[k], top.indices[k])]
+            out.append(SlotInfo(pos, item, self.titles[item], "history" if k < n_hist else "candidate",
+                                float(vectors[k].norm()), toks))
+        return out
+
+    # ---- answering ---------------------------------------------------------------------------------------
+
+    def _neutral_vector(self) -> torch.Tensor:
+        if self._neutral is None:
+            self._neutral = neutral_slot_vector(self.model, "mean")
+        return self._neutral
+
+    def answer(self, prompt: Prompt, decode: str) -> Answer:
+        """One prompt answered with ``decode`` (call under ``self.lock``)."""
+        if decode not in self.decodes:
+            raise ValueError(f"Unknown decode mode {decode!r}; this model offers {', '.join(self.decodes)}.")
+        started = time.perf_counter()
+        source = "hybrid" if prompt.hybrid else "text"
+        if decode in ("rank", "head"):
+            ranked = self.model.rank(prompt) if decode == "rank" else self.model.rank_head(prompt)
+            item, text = ranked[0][0], self.titles[ranked[0][0]]
+        elif decode == "constrained":
+            ranked, item = [], self.model.constrained(prompt)
+            text = self.titles[item]
+        else:
+            ranked, text = [], self.model.generate([prompt])[0]
+            index = match_answer(text, [self.titles[c] for c in prompt.candidates])
+            item = None if index is None else prompt.candidates[index]
+        note = "" if item is not None else "the generated answer names none of the candidates (invalid)"
+        return Answer(source, decode, item, text, ranked, time.perf_counter() - started, note)
+
+    @torch.inference_mode()
+    def recommend(self, history: list[int], candidates: list[int]) -> Answer:
+        """The recommender alone, scoring the same candidates from the same history."""
+        started = time.perf_counter()
+        seqs, lens = pad_histories([history], self.recommender.pad_id, self.recommender.max_len)
+        scores = self.recommender.score(torch.from_numpy(seqs), torch.from_numpy(lens), torch.tensor([candidates]))[0]
+        ranked = sorted(zip(candidates, scores.float().tolist()), key=lambda x: -x[1])
+        name = self.meta["recommender"].get("model", "recommender")
+        return Answer("recommender", name, ranked[0][0], self.titles[ranked[0][0]], ranked, time.perf_counter() - started)
+
+    def predict(self, history: list[int], candidates: list[int], decode: str = "rank", ablation: str = "none",
+                seed: int = 0) -> Prediction:
+        """Both prompts and the recommender on one request; ``seed`` orders the shuffle ablation."""
+        started = time.perf_counter()
+        history, note = self.clean_history(history)
+        candidates = self.check_candidates(history, candidates)
+        prompts = self.prompts(history, candidates, ablation, seed)
+        answers: dict[str, Answer] = {}
+        with self.lock:
+            if "text" in prompts:
+                answers["text"] = self.answer(prompts["text"], decode)
+            blank = self.model.blank_slots(self._neutral_vector()) if ablation == "no-embeddings" else contextlib.nullcontext()
+            with blank:
+                answers["hybrid"] = self.answer(prompts["hybrid"], decode)
+        answers["recommender"] = self.recommend(list(prompts["hybrid"].history), candidates)
+        return Prediction(tuple(history), tuple(candidates), prompts, answers, ablation, note, time.perf_counter() - started)
+
+    def attribute(self, prompt: Prompt, method: str = "grad_x_input", target: int | None = None,
+                  blank: bool = False) -> Attribution:
+        """Attribution of the answer ``target`` (default: the model's own top-ranked candidate) to the prompt;
+        ``blank`` runs it under the no-embeddings ablation, as ``predict`` does."""
+        if method not in ATTRIBUTION_METHODS:
+            raise ValueError(f"Unknown attribution method {method!r}; choose one of {', '.join(ATTRIBUTION_METHODS)}.")
+        with self.lock, (self.model.blank_slots(self._neutral_vector()) if blank else contextlib.nullcontext()):
+            if method == "ablation":
+                return attribute_items(self.model, prompt, target=target)
+            return attribute_tokens(self.model, prompt, target=target, method=method)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llara.inference", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="LLaRA checkpoint folder (written by python -m llara.train)")
+    parser.add_argument("--history", required=True, help="watched titles, oldest first, separated by '|'")
+    parser.add_argument("--candidates", default="", help="candidate titles separated by '|' (default: 20 drawn with --seed)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the candidate draw and of the shuffle ablation (default: 0)")
+    parser.add_argument("--decode", choices=DECODES, default="rank", help="how each prompt is answered (default: rank)")
+    parser.add_argument("--ablation", choices=ABLATIONS, default="none", help="prompt ablation (default: none)")
+    parser.add_argument("--precision", choices=("nf4", "bf16", "fp32"), default="nf4", help="weights (default: nf4)")
+    args = parser.parse_args(argv)
+    try:
+        predictor = Predictor.load(args.checkpoint, precision=args.precision)
+        find = predictor.catalog.find
+        history = [find(t.strip()) for t in args.history.split("|") if t.strip()]
+        if args.candidates.strip():
+            cands = [find(t.strip()) for t in args.candidates.split("|") if t.strip()]
+        else:
+            cands = predictor.draw_candidates(history, args.seed)
+        result = predictor.predict(history, cands, args.decode, args.ablation, args.seed)
+    except (ValueError, KeyError) as err:
+        parser.error(str(err.args[0] if isinstance(err, KeyError) else err))
+    titles = predictor.titles
+    print(f"history: {' | '.join(titles[i] for i in result.history)}" + (f"  ({result.note})" if result.note else ""))
+    for name, ans in result.answers.items():
+        shown = ans.text if ans.valid else f"{ans.text!r} (invalid)"
+        print(f"{name:>12} [{ans.decode}] {shown}  ({ans.seconds:.2f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

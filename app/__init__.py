@@ -30,7 +30,7 @@ METHOD_LABELS = {"grad_x_input": "token: gradient × input (fast)", "ig": "token
 EXAMPLES = [
     ["Toy Story (1995)", "Aladdin (1992)", "The Lion King (1994)", "Beauty and the Beast (1991)"],
     ["Star Wars (1977)", "The Empire Strikes Back (1980)", "Raiders of the Lost Ark (1981)", "Alien (1979)"],
-    ["Pulp Fiction (1994)", "Reservoir Dogs (1992)", "Fargo (1996)", "The Usual Suspects (1995)"],
+    ["Pulp Fiction (1994)", "Reservoir Dogs (1992)", "Fargo (1997)", "The Usual Suspects (1995)"],
 ]
 RESULTS_DOC = REPO_ROOT / "docs" / "results.md"
 RESULTS_PLOT = REPO_ROOT / "assets" / "training_curves.png"
@@ -126,6 +126,6 @@ def build_demo(studio: Studio) -> gr.Blocks:
         predict.click(call(handlers.predict, studio), inputs=[history, candidates, decode, ablation, seed, truth],
                       outputs=[text_head, text_bars, hybrid_head, hybrid_bars, rec_head, rec_bars, status, text_prompt,
                                hybrid_prompt, slots], api_name="predict")
-        explain.click(call(handlers.attribute, studio), inputs=[history, candidates, target, method, ablation, seed],
+        explain.click(call(handlers.attribute, studio), inputs=[history, candidates, target, method, ablation, seed, decode],
                       outputs=[text_attr, hybrid_attr, item_bars, attr_status], api_name="attribute")
     return demo

@@ -214,7 +214,7 @@ def slot_table(studio: Studio, prompt) -> pd.DataFrame:
 # ---- attributions --------------------------------------------------------------------------------------------
 
 def attribute(studio: Studio, history, candidates, target: str = TOP_CHOICE, method: str = "grad_x_input",
-              ablation: str = "none", seed=0):
+              ablation: str = "none", seed=0, decode: str = "rank"):
     """Token highlighting of both prompts and a per-item bar chart (title vs embedding) for one candidate."""
     items = to_items(studio, history)
     if not items:
@@ -224,6 +224,8 @@ def attribute(studio: Studio, history, candidates, target: str = TOP_CHOICE, met
         raise gr.Error(f"Unknown attribution method {str(method)[:40]!r}; choose one of {', '.join(ATTRIBUTION_METHODS)}.")
     if ablation not in ABLATIONS:
         raise gr.Error(f"Unknown ablation {str(ablation)[:40]!r}; choose one of {', '.join(ABLATIONS)}.")
+    if decode not in studio.predictor.decodes:
+        raise gr.Error(f"Unknown decode mode {str(decode)[:40]!r}; choose one of {', '.join(studio.predictor.decodes)}.")
     chosen = None
     if target not in (None, "", TOP_CHOICE):
         chosen = to_items(studio, [target], "candidate to explain")[0]
@@ -237,13 +239,14 @@ def attribute(studio: Studio, history, candidates, target: str = TOP_CHOICE, met
         if name not in prompts:
             views[name] = [("(no text-only prompt for this ablation)", None)]
             continue
-        result = _call(p.attribute, prompts[name], method, chosen, blank=name == "hybrid" and ablation == "no-embeddings")
+        result = _call(p.attribute, prompts[name], method, chosen, blank=name == "hybrid" and ablation == "no-embeddings",
+                       decode=decode)
         views[name] = result.highlighted()
         for it in result.items:
             rows.append([f"{name}: {it.title[:40]}", "title", it.title_score])
             if it.embedding_score is not None:
                 rows.append([f"{name}: {it.title[:40]}", "embedding", it.embedding_score])
-        lines.append(f"{name}: explaining **{studio.labels[result.target]}** ({result.target_source}'s choice), "
+        lines.append(f"{name}: explaining **{studio.labels[result.target]}** ({'your choice' if chosen is not None else f'the model’s {decode} choice'}), "
                      f"{result.cost['seconds']:.1f} s")
     bars = pd.DataFrame(rows, columns=["item", "part", "effect on log-likelihood"])
     return views["text"], views["hybrid"], bars, " · ".join(lines)

@@ -227,12 +227,15 @@ class Predictor:
         return Prediction(tuple(history), tuple(candidates), prompts, answers, ablation, note, time.perf_counter() - started)
 
     def attribute(self, prompt: Prompt, method: str = "grad_x_input", target: int | None = None,
-                  blank: bool = False) -> Attribution:
-        """Attribution of the answer ``target`` (default: the model's own top-ranked candidate) to the prompt;
-        ``blank`` runs it under the no-embeddings ablation, as ``predict`` does."""
+                  blank: bool = False, decode: str = "rank") -> Attribution:
+        """Attribution of the answer ``target`` to the prompt; by default the candidate the model chooses with
+        ``decode`` (what the prediction panel shows). ``blank``: under the no-embeddings ablation, as ``predict``."""
         if method not in ATTRIBUTION_METHODS:
             raise ValueError(f"Unknown attribution method {method!r}; choose one of {', '.join(ATTRIBUTION_METHODS)}.")
         with self.lock, (self.model.blank_slots(self._neutral_vector()) if blank else contextlib.nullcontext()):
+            if target is None:  # an invalid generated answer names nothing: explain the likeliest title instead
+                target = self.answer(prompt, decode).item
+                target = self.model.rank(prompt)[0][0] if target is None else target
             if method == "ablation":
                 return attribute_items(self.model, prompt, target=target)
             return attribute_tokens(self.model, prompt, target=target, method=method)

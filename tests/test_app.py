@@ -96,13 +96,17 @@ def test_ablations_move_only_the_hybrid_prompt(studio, user):
 
 def test_attribution_views(studio, user):
     history, cands, _ = user
-    text_view, hybrid_view, bars, status = handlers.attribute(studio, history, cands, handlers.TOP_CHOICE, "grad_x_input")
+    text_view, hybrid_view, bars, status = handlers.attribute(studio, history, cands, handlers.TOP_CHOICE, "grad_x_input",
+                                                              "none", 0, "head")
     assert text_view and hybrid_view and "explaining" in status
+    # "the model's top choice" is the answer the prediction panel shows for the same decode mode
+    shown = handlers.predict(studio, history, cands, "head", "none", 0, "")
+    assert shown[2].removeprefix("### ").split("\n")[0] in status.split(" · ")[1]
     assert set(bars["part"]) == {"title", "embedding"}
     assert (bars["item"].str.startswith("hybrid:") & (bars["part"] == "embedding")).sum() == len(history)
     chosen = cands[3]
     *_, status = handlers.attribute(studio, history, cands, chosen, "ablation")
-    assert chosen in status and "user's choice" in status
+    assert chosen in status and "your choice" in status
 
 
 BAD_PREDICTS = [
@@ -176,7 +180,7 @@ def test_served_app_over_http(studio):
         out = client.predict(history, cands, "head", "none", 0, truth, api_name="/predict")
         assert len(out) == 10 and "Predicted in" in out[6]
         text_view, hybrid_view, bars, status = client.predict(history, cands, handlers.TOP_CHOICE, "grad_x_input",
-                                                              "none", 0, api_name="/attribute")
+                                                              "none", 0, "head", api_name="/attribute")
         assert "explaining" in status
         with pytest.raises(Exception, match="Pick at least one"):
             client.predict([], cands, "rank", "none", 0, "", api_name="/predict")

@@ -1,0 +1,250 @@
+"""The MovieLens results table (docs/results.md), regenerated from the committed checkpoints.
+
+    python -m llara.results                                  # every row (see docs/results.md for the wall time)
+    python -m llara.results --rows sasrec,gru4rec,caser      # just the recommenders (seconds)
+    python -m llara.results --reuse                          # rebuild the table from docs/results/*.json only
+
+Rows: the three committed recommenders, the untrained base LLM (zero-shot, text prompt) and every LLaRA
+checkpoint under checkpoints/llara/ (its own prompt kind: text for a text-only run, hybrid otherwise). Columns:
+ValidRatio / HitRatio@1 of greedy generation (the paper's protocol) and of constrained decoding, HR@1 / NDCG@5 of
+``rank`` (title likelihood) and of the candidate ``head`` where a checkpoint has one. Every model sees the same
+95 test users and the same candidate sets (seeds 0..N-1), so differences are paired: the table ends with paired
+bootstrap intervals of HR@1 differences. One row's figures and per-user records go to docs/results/<row>.json,
+which ``--reuse`` reads instead of running the row again.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import REPO_ROOT, read_json, write_json
+from .constants import RECOMMENDER_DIR
+from .metrics import bootstrap_ci, mean_std, ranking_metrics, target_ranks
+
+LLARA_DIR = REPO_ROOT / "checkpoints" / "llara"
+OUT_DIR = REPO_ROOT / "docs" / "results"
+RECOMMENDERS = ("sasrec", "gru4rec", "caser")
+ZERO_SHOT = "zero-shot"
+# Paper Table 2 (MovieLens, Llama2-7B): ValidRatio / HitRatio@1 of greedy generation.
+PAPER = {
+    "GRU4Rec": (1.0, 0.3750), "Caser": (1.0, 0.3861), "SASRec": (1.0, 0.3444), "Llama2-7B zero-shot": (0.4421, 0.0421),
+    "TALLRec (text-only LoRA)": (0.9263, 0.3895), "LLaRA (SASRec), curriculum": (0.9684, 0.4421),
+}
+PAPER_ABLATION = {"always hybrid": 0.4211, "two-stage": 0.4316, "curriculum": 0.4421}  # HR@1, Table 3
+
+
+def _per_user(records: list[list[dict]]) -> list[float]:
+    return np.mean([[float(r["hit"]) for r in recs] for recs in records], axis=0).round(4).tolist()
+
+
+def run_recommender(name: str, ds, seeds: int) -> dict:
+    from .recommenders import load_recommender
+    from .recommenders.trainer import candidate_scores
+
+    model = load_recommender(RECOMMENDER_DIR / ds.name / name, n_items=ds.n_items)
+    samples = ds.split("test")
+    per_seed, hits = [], []
+    for seed in range(seeds):
+        cands = ds.candidates("test", seed=seed)
+        target_pos = np.array([c.index(s.target) for c, s in zip(cands, samples)])
+        scores = candidate_scores(model, samples, cands)
+        per_seed.append(ranking_metrics(scores, target_pos))
+        hits.append((target_ranks(scores, target_pos) == 0).astype(float))
+    metrics = {k: mean_std([m[k] for m in per_seed]) for k in ("hr@1", "ndcg@5")}
+    per_user = np.mean(hits, axis=0)
+    return {"row": name, "kind": "recommender", "columns": {"rank": {
+        "seeds": seeds, "valid_ratio": 1.0, "hr@1": metrics["hr@1"][0], "hr@1_std": metrics["hr@1"][1],
+        "ndcg@5": metrics["ndcg@5"][0], "ndcg@5_std": metrics["ndcg@5"][1], "hr@1_ci95": bootstrap_ci(per_user),
+        "per_user": per_user.round(4).tolist()}}}
+
+
+def run_llm(row: str, seeds: int, gen_seeds: int, decodes: list[str], precision: str, limit: int = 0) -> dict:
+    """Evaluate one LLM row with ``llara.evaluate``'s functions; per-user hits kept for paired comparisons."""
+    from .evaluate import evaluate_samples, summarize
+    from .model import build_llara, load_llara
+
+    if row == ZERO_SHOT:
+        from .data import load_dataset
+
+        ds = load_dataset("movielens")
+        model = build_llara(ds, str(RECOMMENDER_DIR / ds.name / "sasrec"), precision=precision).eval()
+        kind, meta = "text", {"config": {"mode": "zero-shot"}}
+    else:
+        model, meta, ds = load_llara(str(LLARA_DIR / row), precision=precision)
+        kind = "text" if meta.get("config", {}).get("mode") == "text" else "hybrid"
+    samples = ds.split("test")[: limit or None]
+    out: dict = {"row": row, "kind": kind, "precision": precision, "config": meta.get("config", {}),
+                 "training": {k: meta[k] for k in ("step", "total_steps", "train_seconds", "samples_per_second", "peak_rss_mb")
+                              if k in meta}, "columns": {}}
+    for decode in decodes:
+        if decode == "head" and model.head is None:
+            continue
+        n = gen_seeds if decode in ("generate", "constrained") else seeds
+        started, per_seed = time.perf_counter(), []
+        for seed in range(n):
+            cands = ds.candidates("test", seed=seed)[: len(samples)]
+            per_seed.append(evaluate_samples(model, samples, cands, kind == "hybrid", decode, progress=True,
+                                             desc=f"{row} {decode} seed {seed}"))
+        m = summarize(per_seed, decode)
+        m.update({"per_user": _per_user(per_seed), "seconds_per_sample": round((time.perf_counter() - started) / (len(samples) * n), 3)})
+        if decode == "generate":
+            m["answers"] = [r.get("answer", "") for r in per_seed[0]]
+        out["columns"][decode] = m
+        print(f"  {row} {decode}: HR@1 {m['hr@1']:.4f} ± {m['hr@1_std']:.4f}, ValidRatio {m['valid_ratio']:.4f} "
+              f"({m['seconds_per_sample']} s/sample)", flush=True)
+    return out
+
+
+def _cell(col: dict | None, key: str, valid: bool = False) -> str:
+    if not col:
+        return "–"
+    mean, std = col[key], col.get(key + "_std", 0.0)
+    text = f"{mean:.3f} ± {std:.3f}" if col.get("seeds", 1) > 1 else f"{mean:.3f}"
+    if valid:
+        return f"{col['valid_ratio']:.3f} / {text}"
+    return text
+
+
+def table(results: list[dict]) -> str:
+    """Markdown: one row per model; generate/constrained as ValidRatio / HR@1, rank/head as HR@1 and NDCG@5."""
+    lines = ["| model | prompt | generate VR / HR@1 | constrained VR / HR@1 | rank HR@1 | rank NDCG@5 | head HR@1 | head NDCG@5 | HR@1 95% CI (users) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        c = r["columns"]
+        best = c.get("head") or c.get("rank")
+        ci = f"{best['hr@1_ci95'][0]:.3f}–{best['hr@1_ci95'][1]:.3f}" if best else "–"
+        lines.append(f"| {r['row']} | {r['kind']} | {_cell(c.get('generate'), 'hr@1', True)} | "
+                     f"{_cell(c.get('constrained'), 'hr@1', True)} | {_cell(c.get('rank'), 'hr@1')} | "
+                     f"{_cell(c.get('rank'), 'ndcg@5')} | {_cell(c.get('head'), 'hr@1')} | {_cell(c.get('head'), 'ndcg@5')} | {ci} |")
+    lines += ["", "Paper (Llama2-7B, MovieLens, greedy generation, ValidRatio / HR@1): "
+              + "; ".join(f"{k} {v[0]:.4f} / {v[1]:.4f}" for k, v in PAPER.items())
+              + ". Paper ablation (HR@1): " + ", ".join(f"{k} {v:.4f}" for k, v in PAPER_ABLATION.items()) + "."]
+    return "\n".join(lines)
+
+
+def paired(results: list[dict], pairs: list[tuple[str, str, str]], n_boot: int = 2000, seed: int = 0) -> str:
+    """``a - b`` HR@1 on the same users and candidates, with a bootstrap 95% interval over users."""
+    by_row = {r["row"]: r for r in results}
+    lines = ["| comparison (same users, same candidates) | decode | HR@1 difference | 95% CI | users a better / b better |",
+             "|---|---|---|---|---|"]
+    for a, b, decode in pairs:
+        ca = by_row.get(a, {}).get("columns", {}).get(decode) or by_row.get(a, {}).get("columns", {}).get("rank")
+        cb = by_row.get(b, {}).get("columns", {}).get(decode) or by_row.get(b, {}).get("columns", {}).get("rank")
+        if not ca or not cb or len(ca["per_user"]) != len(cb["per_user"]):
+            continue
+        diff = np.array(ca["per_user"]) - np.array(cb["per_user"])
+        rng = np.random.default_rng(seed)
+        boots = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(1)
+        lo, hi = np.quantile(boots, [0.025, 0.975])
+        lines.append(f"| {a} − {b} | {decode} | {diff.mean():+.3f} | {lo:+.3f} to {hi:+.3f} | "
+                     f"{int((diff > 0).sum())} / {int((diff < 0).sum())} |")
+    return "\n".join(lines)
+
+
+def default_pairs(rows: list[str]) -> list[tuple[str, str, str]]:
+    pairs = []
+    hybrid = [r for r in rows if "curriculum" in r or "hybrid" in r or "two-stage" in r]
+    texts = [r for r in rows if "text" in r]
+    for h in hybrid:
+        for t in texts:
+            if ("head" in h) == ("head" in t):
+                pairs.append((h, t, "head" if "head" in h else "rank"))
+        pairs.append((h, "sasrec", "head" if "head" in h else "rank"))
+    return pairs
+
+
+def training_table(results: list[dict]) -> str:
+    lines = ["| run | mode | head weight | steps × prompts | wall time | samples/s | peak RSS |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        t, c = r.get("training") or {}, r.get("config") or {}
+        if not t:
+            continue
+        lines.append(f"| {r['row']} | {c.get('mode')} | {c.get('head_weight', 0)} | {t.get('step')} × {c.get('batch_size')} | "
+                     f"{t.get('train_seconds', 0) / 60:.1f} min | {t.get('samples_per_second', 0):.2f} | "
+                     f"{t.get('peak_rss_mb', 0) / 1024:.1f} GB |")
+    return "\n".join(lines)
+
+
+def plot_curves(path: Path, window: int = 15) -> Path:
+    """Training loss (moving average over ``window`` steps) and p(hybrid) of every LLaRA checkpoint, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    for meta_path in sorted(LLARA_DIR.glob("*/meta.json")):
+        log = read_json(meta_path).get("log", [])
+        if not log:
+            continue
+        steps = np.array([e["step"] for e in log])
+        loss = np.array([e["loss"] for e in log])
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid") if len(loss) >= window else loss
+        ax.plot(steps[len(steps) - len(smooth):], smooth, label=meta_path.parent.name)
+        bx.plot(steps, [e["p_hybrid"] for e in log], label=meta_path.parent.name)
+    ax.set(xlabel="optimizer step (4 prompts)", ylabel=f"training loss ({window}-step mean)", title="Loss (title CE + head CE where used)")
+    bx.set(xlabel="optimizer step", ylabel="p(hybrid prompt)", title="Curriculum")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llara.results", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default="all", help="comma-separated rows: sasrec, gru4rec, caser, zero-shot, "
+                        "or LLaRA checkpoint folder names under checkpoints/llara (default: all)")
+    parser.add_argument("--seeds", type=int, default=5, help="candidate seeds for rank/head and recommenders (default: 5)")
+    parser.add_argument("--gen-seeds", type=int, default=1, help="candidate seeds for generate/constrained (default: 1)")
+    parser.add_argument("--decodes", default="generate,constrained,rank,head", help="LLM columns to run (default: all)")
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32", "nf4"], help="LLM weights (default: bf16)")
+    parser.add_argument("--limit", type=int, default=0, help="first N test users only (0 = all 95; a smoke test)")
+    parser.add_argument("--reuse", action="store_true", help="read rows from docs/results/<row>.json where present")
+    parser.add_argument("--plot", type=Path, default=REPO_ROOT / "assets" / "training_curves.png",
+                        help="write the training curves of the LLaRA checkpoints here (default: assets/training_curves.png)")
+    parser.add_argument("--out", type=Path, default=OUT_DIR, help="folder of the per-row JSON files (default: docs/results)")
+    args = parser.parse_args(argv)
+    available = [*RECOMMENDERS, ZERO_SHOT, *sorted(q.parent.name for q in LLARA_DIR.glob("*/meta.json"))]
+    rows = available if args.rows == "all" else [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in available]
+    if unknown or args.seeds < 1 or args.gen_seeds < 1:
+        parser.error(f"unknown rows {unknown}; available: {', '.join(available)}" if unknown else "--seeds and --gen-seeds must be >= 1")
+    decodes = [d.strip() for d in args.decodes.split(",") if d.strip()]
+    started, results = time.perf_counter(), []
+    for row in rows:
+        path = args.out / f"{row}.json"
+        if args.reuse and path.is_file():
+            results.append(read_json(path))
+            continue
+        t0 = time.perf_counter()
+        print(f"[results] {row} ...", flush=True)
+        if row in RECOMMENDERS:
+            from .data import load_dataset
+
+            result = run_recommender(row, load_dataset("movielens"), args.seeds)
+        else:
+            result = run_llm(row, args.seeds, args.gen_seeds, decodes, args.precision, args.limit)
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        if not args.limit:  # a smoke run never overwrites the committed figures
+            write_json(path, result)
+        results.append(result)
+    print(table(results))
+    print()
+    print(paired(results, default_pairs(rows)))
+    print()
+    print(training_table(results))
+    if args.plot:
+        print(f"training curves: {plot_curves(args.plot)}")
+    print(f"\n[results] {len(results)} rows in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

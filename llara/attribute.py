@@ -90,7 +90,7 @@ def format_attribution(att: Attribution, top: int = 12) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .model import load_llara
+    from .checkpoint import load_llara
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

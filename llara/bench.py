@@ -1,126 +1,254 @@
-"""Speed of the embedded model on this machine: training throughput and seconds per answer for each decode mode.
+"""Speed and memory on this machine, each figure beside its target: the demo path, training, and llama.cpp.
 
-    python -m llara.bench                          # bf16 and nf4, 3 timed repeats each
-    python -m llara.bench --precisions bf16 --repeats 5 --json docs/bench.json
+    python -m llara.bench                                   # everything (about 10 minutes on 2 cores)
+    python -m llara.bench --parts demo --precisions nf4     # just the demo path at 4-bit
+    python -m llara.bench --json docs/bench.json            # also keep the raw figures
 
-Every figure is the median of ``--repeats`` timed runs after one warm-up; comparisons (nf4 vs bf16, cached vs
-uncached ``rank``) are ratios taken in the same run, because timings on shared machines drift. The model is a
-fresh LLaRA (LoRA r=8 on every projection, untrained): speed does not depend on the weights' values.
+Parts: ``demo`` loads the committed checkpoint the way the app does (fresh process per precision, so cold start
+and resident memory are clean) and times every request kind; ``train`` times LoRA training steps of a fresh model
+(bf16 / nf4, gradient checkpointing off / on); ``llamacpp`` runs the same SmolLM2 GGUF with llama-cpp-python when
+it is installed (``pip install llama-cpp-python``, a C++ build: benchmark-only, never a runtime dependency) and
+says so when it is not. Every latency is the median (p50) and p95 of ``--repeats`` timed runs after one warm-up;
+comparisons are ratios taken in the same run, because timings on shared machines drift.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .constants import RECOMMENDER_DIR
-from .checkpoint import write_json
-from .data import load_dataset
-from .model import build_llara
+from .checkpoint import REPO_ROOT, write_json
+from .constants import PLACEHOLDER_TOKEN, RECOMMENDER_DIR
 
-DEFAULT_REC = RECOMMENDER_DIR / "movielens" / "sasrec"
+DEMO_CHECKPOINT = REPO_ROOT / "checkpoints" / "llara" / "movielens-sasrec-curriculum-head"
+# Targets of issue #7 (2 cores, embedded model), printed beside the measurements.
+TARGETS = {"predict_bf16_s": 1.0, "predict_nf4_s": 2.0, "nf4_rss_gb": 1.0, "vs_llamacpp": 2.0, "rank_cache_speedup": 3.0}
 
 
-def _median_time(fn, repeats: int) -> float:
+def _rss_mb() -> float:
+    """Current resident memory (VmRSS), MB; peak comes from getrusage."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _timed(fn, repeats: int) -> dict:
     fn()  # warm-up: first calls pay for allocations and kernel selection
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return {"p50": statistics.median(times), "p95": float(np.percentile(times, 95)), "n": repeats}
 
 
-def bench_precision(precision: str, ds, rec: str, repeats: int, base_model: str) -> dict:
+# ---- the demo path (run in a child process per precision) ------------------------------------------------------
+
+def bench_demo(checkpoint: str, precision: str, repeats: int, merge: bool = True) -> dict:
+    from .inference import Predictor
+
+    rss0 = _rss_mb()
     started = time.perf_counter()
-    model = build_llara(ds, rec, base_model=base_model, precision=precision, lora={"r": 8, "alpha": 32, "dropout": 0.1})
-    load_s = time.perf_counter() - started
+    p = Predictor.load(checkpoint, precision=precision, merge=merge)
+    cold = time.perf_counter() - started
+    sample = p.dataset.test[0]
+    cands = list(p.dataset.candidates("test", seed=0)[0])
+    history = list(sample.history)
+    prompts = p.prompts(history, cands)
+    decodes = [d for d in ("head", "rank") if d in p.decodes]
+    out: dict = {"precision": precision, "merged": merge, "cold_start_s": cold, "rss_after_load_mb": _rss_mb(),
+                 "rss_before_load_mb": rss0, "prompt_tokens": len(prompts["hybrid"].input_ids), "latency": {}}
+    lat = out["latency"]
+    for kind in ("text", "hybrid"):
+        for decode in [*decodes, "constrained"]:
+            lat[f"{kind} {decode}"] = _timed(lambda: p.answer(prompts[kind], decode), repeats)
+    lat["hybrid generate"] = _timed(lambda: p.answer(prompts["hybrid"], "generate"), max(1, repeats // 2))
+    lat["hybrid rank, 20 independent passes"] = _timed(lambda: p.model.rank_uncached(prompts["hybrid"]), max(1, repeats // 3))
+    for decode in decodes:
+        lat[f"full demo predict ({decode})"] = _timed(lambda: p.predict(history, cands, decode), repeats)
+    lat["token attribution (grad x input), hybrid"] = _timed(lambda: p.attribute(prompts["hybrid"], "grad_x_input"), max(1, repeats // 2))
+    lat["item attribution (ablation), hybrid"] = _timed(lambda: p.attribute(prompts["hybrid"], "ablation"), 1)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def run_demo_child(checkpoint: str, precision: str, repeats: int, merge: bool) -> dict:
+    """``bench_demo`` in a fresh interpreter: cold start and memory are not flattered by an earlier load."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "demo.json"
+        cmd = [sys.executable, "-m", "llara.bench", "--child-demo", precision, "--checkpoint", str(checkpoint),
+               "--repeats", str(repeats), "--json", str(out), *([] if merge else ["--no-merge"])]
+        subprocess.run(cmd, check=True)
+        return json.loads(out.read_text())
+
+
+# ---- training ------------------------------------------------------------------------------------------------
+
+def bench_train(precision: str, repeats: int, checkpointing: bool, base_model: str = "smollm2-135m") -> dict:
+    from .data import load_dataset
+    from .model import build_llara
+
+    ds = load_dataset("movielens")
+    model = build_llara(ds, str(RECOMMENDER_DIR / "movielens" / "sasrec"), base_model=base_model, precision=precision,
+                        lora={"r": 8, "alpha": 32, "dropout": 0.1}, head_weight=1.0)
+    if checkpointing:
+        model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.llm.enable_input_require_grads() if hasattr(model.llm, "enable_input_require_grads") else None
     rng = random.Random(0)
-    samples = ds.test[:4]
-    cands = ds.candidates("test", seed=0)[:4]
-    prompts = [model.builder.build(s.history, c, hybrid=True, target=s.target, rng=rng) for s, c in zip(samples, cands)]
-    # training: forward + backward on a batch of 2 prompts (the optimizer step is negligible at LoRA size)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5)
+    cands = ds.candidates("test", seed=0)
+    prompts = [model.builder.build(s.history, c, hybrid=True, target=s.target, rng=rng) for s, c in zip(ds.test[:4], cands)]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     model.train()
 
-    def train_step() -> None:
-        loss = model.loss(prompts[:2])
-        loss.backward()
+    def step() -> None:
+        model.loss(prompts).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    step_s = _median_time(train_step, repeats)
-    model.eval()
-    p = prompts[0]
-    infer = {
-        "generate": _median_time(lambda: model.generate([p], max_new_tokens=32), repeats),
-        "constrained": _median_time(lambda: model.constrained(p), repeats),
-        "rank (shared-prompt KV cache)": _median_time(lambda: model.rank(p), repeats),
-        "rank (20 independent passes)": _median_time(lambda: model.rank_uncached(p), max(1, repeats // 2)),
-    }
-    return {
-        "precision": precision,
-        "load_s": load_s,
-        "prompt_tokens": len(p.input_ids),
-        "train_samples_per_s": 2 / step_s,
-        "train_step_s": step_s,
-        "seconds_per_answer": infer,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    t = _timed(step, repeats)
+    return {"precision": precision, "gradient_checkpointing": checkpointing, "batch": len(prompts),
+            "samples_per_s": len(prompts) / t["p50"], "step": t, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def format_table(results: list[dict]) -> str:
-    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads", "",
-             "| measure | " + " | ".join(r["precision"] for r in results) + " |", "|---" * (len(results) + 1) + "|"]
-    row = lambda name, vals: lines.append(f"| {name} | " + " | ".join(vals) + " |")  # noqa: E731
-    row("model load (s)", [f"{r['load_s']:.1f}" for r in results])
-    row("prompt length (tokens)", [str(r["prompt_tokens"]) for r in results])
-    row("training samples/s (batch 2, fwd+bwd)", [f"{r['train_samples_per_s']:.2f}" for r in results])
-    for key in results[0]["seconds_per_answer"]:
-        row(f"{key} (s/sample)", [f"{r['seconds_per_answer'][key]:.2f}" for r in results])
-    row("rank speed-up from cache reuse", [f"{r['seconds_per_answer']['rank (20 independent passes)'] / r['seconds_per_answer']['rank (shared-prompt KV cache)']:.1f}x" for r in results])
-    row("peak RSS so far (MB)", [f"{r['peak_rss_mb']:.0f}" for r in results])
-    if len(results) > 1:
-        base = results[0]
-        for r in results[1:]:
-            lines.append(f"\n{r['precision']} / {base['precision']} training step time: {r['train_step_s'] / base['train_step_s']:.2f}x; "
-                         f"rank time: {r['seconds_per_answer']['rank (shared-prompt KV cache)'] / base['seconds_per_answer']['rank (shared-prompt KV cache)']:.2f}x")
+# ---- llama.cpp reference -------------------------------------------------------------------------------------
+
+def bench_llamacpp(prompt_text: str, repeats: int, threads: int) -> dict:
+    """Prompt processing and per-token decoding of the packaged SmolLM2 GGUF (Q4_1) with llama-cpp-python."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return {"skipped": "llama-cpp-python is not installed (pip install llama-cpp-python; a C++ build of a few minutes)"}
+    from .llm import _packaged_gguf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gguf = _packaged_gguf("smollm2-135m", Path(tmp))
+        llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads or torch.get_num_threads(), verbose=False)
+        tokens = llm.tokenize(prompt_text.encode())
+
+        def prefill() -> None:
+            llm.reset()
+            llm.eval(tokens)
+
+        pp = _timed(prefill, repeats)
+        decode = _timed(lambda: llm.create_completion(prompt_text, max_tokens=16, temperature=0.0), max(1, repeats // 2))
+    return {"prompt_tokens": len(tokens), "prefill": pp, "prompt+16 tokens": decode, "quant": "Q4_1 (packaged GGUF)"}
+
+
+def bench_forward(checkpoint: str, precision: str, repeats: int) -> dict:
+    """One forward pass over the text-only prompt (no KV reuse), comparable to llama.cpp's prompt processing of the
+    same text (without the ``<PH>`` markers, which llama.cpp would split into several ordinary tokens)."""
+    from .inference import Predictor
+    from .model import collate
+
+    p = Predictor.load(checkpoint, precision=precision)
+    sample = p.dataset.test[0]
+    prompt = p.prompts(list(sample.history), list(p.dataset.candidates("test", seed=0)[0]))["text"]
+    batch = collate([prompt], p.model.pad_id)
+    with torch.inference_mode():
+        t = _timed(lambda: p.model.llm(inputs_embeds=p.model.embed(batch), attention_mask=batch.attention_mask,
+                                        logits_to_keep=1), repeats)
+    return {"precision": precision, "prompt_tokens": len(prompt.input_ids), "forward": t,
+            "text": " ".join(prompt.text.replace(PLACEHOLDER_TOKEN, "").split())}
+
+
+# ---- the table -----------------------------------------------------------------------------------------------
+
+def _ms(t: dict) -> str:
+    return f"{t['p50'] * 1000:,.0f} / {t['p95'] * 1000:,.0f}"
+
+
+def format_table(res: dict) -> str:
+    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads; latency cells are p50 / p95 in ms", ""]
+    demo = res.get("demo", [])
+    if demo:
+        lines += ["| demo path | " + " | ".join(d["precision"] for d in demo) + " | target |", "|---" * (len(demo) + 2) + "|"]
+        add = lambda name, vals, target="": lines.append(f"| {name} | " + " | ".join(vals) + f" | {target} |")  # noqa: E731
+        add("cold start (s, checkpoint load incl. merged-weights cache)", [f"{d['cold_start_s']:.1f}" for d in demo], "≤ 30 s")
+        add("resident memory after load (MB)", [f"{d['rss_after_load_mb']:,.0f}" for d in demo], "nf4 ≤ 1,000")
+        add("peak memory over the run (MB)", [f"{d['peak_rss_mb']:,.0f}" for d in demo])
+        for key in demo[0]["latency"]:
+            target = ""
+            if key.startswith("full demo predict"):
+                target = "bf16 ≤ 1,000, nf4 ≤ 2,000 (p50)"
+            add(key, [_ms(d["latency"][key]) if key in d["latency"] else "–" for d in demo], target)
+        for d in demo:
+            lat = d["latency"]
+            speed = lat["hybrid rank, 20 independent passes"]["p50"] / lat["hybrid rank"]["p50"]
+            lines.append(f"\n{d['precision']}: rank with shared-prompt KV cache is {speed:.1f}x faster than 20 independent "
+                         f"passes (target ≥ {TARGETS['rank_cache_speedup']:.0f}x)")
+    train = res.get("train", [])
+    if train:
+        lines += ["", "| training (batch 4, fwd+bwd+step) | samples/s | step p50 / p95 (ms) | peak RSS (MB) |", "|---|---|---|---|"]
+        for t in train:
+            lines.append(f"| {t['precision']}, gradient checkpointing {'on' if t['gradient_checkpointing'] else 'off'} | "
+                         f"{t['samples_per_s']:.2f} | {_ms(t['step'])} | {t['peak_rss_mb']:,.0f} |")
+    ref = res.get("llamacpp")
+    if ref:
+        lines.append("")
+        if "skipped" in ref:
+            lines.append(f"llama.cpp reference: skipped: {ref['skipped']}")
+        else:
+            ours = res.get("forward", {})
+            lines.append(f"llama.cpp ({ref['quant']}) prompt processing of {ref['prompt_tokens']} tokens: {_ms(ref['prefill'])} ms; "
+                         f"prompt + 16 tokens: {_ms(ref['prompt+16 tokens'])} ms")
+            if ours:
+                per_token = (ours["forward"]["p50"] / ours["prompt_tokens"]) / (ref["prefill"]["p50"] / ref["prompt_tokens"])
+                lines.append(f"ours ({ours['precision']}, merged, {ours['prompt_tokens']} tokens incl. <PH> markers) one forward pass: "
+                             f"{_ms(ours['forward'])} ms = {per_token:.2f}x llama.cpp's time per prompt token "
+                             f"(target ≤ {TARGETS['vs_llamacpp']:.0f}x)")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llara.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--precisions", default="bf16,nf4", help="comma-separated precisions to measure (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per figure; the median is reported (default: %(default)s)")
-    parser.add_argument("--base-model", default="smollm2-135m", help="base LLM (default: %(default)s)")
-    parser.add_argument("--recommender", default=str(DEFAULT_REC), help="recommender checkpoint stem (default: committed SASRec)")
+    parser.add_argument("--parts", default="demo,train,llamacpp", help="comma-separated parts: demo, train, llamacpp (default: all)")
+    parser.add_argument("--precisions", default="bf16,nf4", help="demo precisions (default: %(default)s; fp32 also valid)")
+    parser.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT), help="LLaRA checkpoint of the demo (default: the committed one)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per figure after one warm-up (default: %(default)s)")
+    parser.add_argument("--no-merge", action="store_true", help="keep LoRA unmerged in the demo path (to measure what merging buys)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
+    parser.add_argument("--child-demo", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    np.random.seed(0)
-    ds = load_dataset("movielens")
-    results = []
-    for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
-        if precision not in ("bf16", "fp32", "nf4"):
-            parser.error(f"unknown precision {precision!r}; valid: bf16, fp32, nf4")
-        results.append(bench_precision(precision, ds, args.recommender, args.repeats, args.base_model))
-    table = format_table(results)
+    if args.child_demo:
+        write_json(args.json, bench_demo(args.checkpoint, args.child_demo, args.repeats, merge=not args.no_merge))
+        return 0
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    bad = [p for p in precisions if p not in ("bf16", "fp32", "nf4")] + [p for p in parts if p not in ("demo", "train", "llamacpp")]
+    if bad:
+        parser.error(f"unknown part or precision: {', '.join(bad)}")
+    if "demo" in parts and not (Path(args.checkpoint) / "meta.json").is_file():
+        parser.error(f"no LLaRA checkpoint at {args.checkpoint}")
+    res: dict = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__}}
+    if "demo" in parts:
+        res["demo"] = [run_demo_child(args.checkpoint, p, args.repeats, not args.no_merge) for p in precisions]
+    if "train" in parts:
+        res["train"] = [bench_train(p, max(2, args.repeats // 2), ckpt) for p in ("bf16", "nf4") for ckpt in (False, True)]
+    if "llamacpp" in parts:
+        fwd = bench_forward(args.checkpoint, "bf16", args.repeats)
+        res["llamacpp"] = bench_llamacpp(fwd.pop("text"), args.repeats, args.threads)
+        res["forward"] = fwd
+    table = format_table(res)
     print(table)
     if args.json:
-        write_json(args.json, {"results": results, "table": table})
+        write_json(args.json, {**res, "table": table})
     return 0
 
 

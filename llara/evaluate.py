@@ -24,10 +24,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .constants import RECOMMENDER_DIR
-from .checkpoint import CheckpointError, write_json
+from .checkpoint import CheckpointError, load_llara, write_json
 from .data.__main__ import add_dataset_args, dataset_from_args
 from .metrics import bootstrap_ci, match_answer, mean_std, ranking_metrics
-from .model import LLaRA, build_llara, load_llara
+from .model import LLaRA, build_llara
 
 DECODES = ("generate", "constrained", "rank", "head")
 DEFAULT_REC_DIR = RECOMMENDER_DIR

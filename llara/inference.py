@@ -86,14 +86,16 @@ class Predictor:
             self.token_norm = float(weight.norm(dim=-1).mean())
 
     @classmethod
-    def load(cls, checkpoint: str, precision: str = "nf4", threads: int = 0) -> "Predictor":
+    def load(cls, checkpoint: str, precision: str = "nf4", threads: int = 0, merge: bool = True) -> "Predictor":
+        """``merge``: fold the LoRA update into the base weights once (cached), which roughly halves the cost of
+        every forward pass on a CPU; ``False`` keeps the adapter separate (bit-for-bit what training saw)."""
         from .checkpoint import resolve_path
-        from .model import load_llara
+        from .checkpoint import load_llara
         from .recommenders import load_recommender
 
         if threads > 0:
             torch.set_num_threads(threads)
-        model, meta, dataset = load_llara(checkpoint, precision=precision)
+        model, meta, dataset = load_llara(checkpoint, precision=precision, merge=merge)
         recommender = load_recommender(resolve_path(meta["recommender"]["path"], checkpoint), n_items=dataset.n_items)
         return cls(model, recommender, dataset, meta)
 

@@ -65,7 +65,8 @@ def run_recommender(name: str, ds, seeds: int) -> dict:
 def run_llm(row: str, seeds: int, gen_seeds: int, decodes: list[str], precision: str, limit: int = 0) -> dict:
     """Evaluate one LLM row with ``llara.evaluate``'s functions; per-user hits kept for paired comparisons."""
     from .evaluate import evaluate_samples, summarize
-    from .model import build_llara, load_llara
+    from .checkpoint import load_llara
+    from .model import build_llara
 
     if row == ZERO_SHOT:
         from .data import load_dataset

@@ -51,6 +51,7 @@ class CatalogSearch:
     """Cosine search over the catalog's item texts. Thread-safe for queries once built."""
 
     def __init__(self, catalog: Catalog, cache_dir: str | Path | None = None, batch_size: int = 128) -> None:
+        """``cache_dir``: where ``search/<encoder>-<hash>.npy`` is kept (default: the conversion cache)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never wait on the Hub
         from sentence_transformers import SentenceTransformer
 
@@ -60,8 +61,8 @@ class CatalogSearch:
         self.encoder = SentenceTransformer(str(encoder_folder()), device="cpu")
         texts = [item_text(catalog, i) for i in range(len(catalog))]
         key = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
-        path = Path(cache_dir) if cache_dir is not None else cache_root() / "search"
-        path = path / f"{ENCODER_PACKAGE}-{key}.npy"
+        path = (Path(cache_dir) if cache_dir is not None else cache_root()) / "search" / f"{ENCODER_PACKAGE}-{key}.npy"
+        self.cache_path = path
         if path.is_file():
             self.matrix = np.load(path, allow_pickle=False)
         else:

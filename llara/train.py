@@ -28,13 +28,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .constants import RECOMMENDER_DIR
-from .checkpoint import CheckpointError, load_trainer_state, portable_path, read_json, resolve_path, save_llara
+from .checkpoint import CheckpointError, load_llara, load_trainer_state, portable_path, read_json, resolve_path, save_llara
 from .config import add_dataclass_args, from_args, option
 from .curriculum import CURRICULUM_MODES, hybrid_probability, use_hybrid
 from .data import Sample, SequenceDataset, draw_candidates, load_dataset
 from .data.__main__ import add_dataset_args, dataset_from_args
 from .llm import unpack_4bit_for_training
-from .model import LORA_TARGETS, LLaRA, build_llara, collate, load_llara
+from .model import LORA_TARGETS, LLaRA, build_llara, collate
 
 DEFAULT_REC_DIR = RECOMMENDER_DIR
 

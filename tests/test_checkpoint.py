@@ -26,7 +26,7 @@ from llara.checkpoint import (
     write_json,
 )
 from llara.data import load_dataset
-from llara.model import load_llara
+from llara.checkpoint import load_llara
 from llara.projector import build_projector
 from llara.recommenders import build_recommender, save_recommender
 
@@ -225,3 +225,19 @@ def test_evaluate_subprocess_bad_checkpoint_exit_code(toy_run, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "projector.safetensors does not match the SHA-256" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_merged_inference_matches_the_adapter(toy_run, tmp_path, monkeypatch):
+    """``merge=True`` folds LoRA into the base weights (cached once): same scores, no LoRA modules left."""
+    monkeypatch.setenv("LLARA_CACHE", str(tmp_path))
+    plain, _, ds = load_llara(toy_run["output"], precision="fp32")
+    merged, _, _ = load_llara(toy_run["output"], precision="fp32", merge=True)
+    assert any("lora" in n for n, _ in plain.llm.named_parameters())
+    assert not any("lora" in n for n, _ in merged.llm.named_parameters())
+    assert len(list(tmp_path.glob("merged/*/config.json"))) == 1
+    for sample, cands in zip(ds.test[:3], ds.candidates("test", seed=0)):
+        prompt = plain.builder.build(sample.history, cands, hybrid=True)
+        a, b = dict(plain.rank(prompt)), dict(merged.rank(prompt))
+        assert max(abs(a[k] - b[k]) for k in a) < 1e-3
+    again, _, _ = load_llara(toy_run["output"], precision="fp32", merge=True)  # reuses the cached merge
+    assert len(list(tmp_path.glob("merged/*"))) == 1

@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo app browser test test-fast recommenders clean
+.PHONY: venv demo app table results bench browser test test-fast recommenders clean
 
 $(STAMP): requirements.txt requirements-assets.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +17,19 @@ $(STAMP): requirements.txt requirements-assets.txt requirements-dev.txt
 
 venv: $(STAMP)  ## create the virtual environment and install pinned requirements
 
-demo: $(STAMP)  ## load the committed recommenders (train any that are missing) and print their results table
+demo: $(STAMP)  ## serve the Gradio demo (committed LLaRA checkpoint, 4-bit) on http://127.0.0.1:7860
+	$(PY) app.py
+
+app: demo  ## same as `make demo`
+
+table: $(STAMP)  ## load the committed recommenders and print their results table (seconds)
 	$(PY) -m llara.train_rec --model all --dataset movielens --reuse --no-save
 
-app: $(STAMP)  ## serve the Gradio demo on http://127.0.0.1:7860
-	$(PY) app.py
+results: $(STAMP)  ## rerun every row of the LLaRA results table from the committed checkpoints (docs/results.md)
+	$(PY) -m llara.results
+
+bench: $(STAMP)  ## speed and memory of the demo path and of training, beside the targets (docs/performance.md)
+	$(PY) -m llara.bench
 
 browser:  ## install Debian's chromium + chromium-driver for the browser tests, when missing (apt-get, as root)
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \

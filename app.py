@@ -32,11 +32,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag, value, ok, rule in (("--port", args.port, 0 <= args.port <= 65535, "in 0..65535"),
+                                  ("--threads", args.threads, args.threads >= 0, ">= 0"),
+                                  ("--concurrency", args.concurrency, args.concurrency >= 1, ">= 1"),
+                                  ("--queue-size", args.queue_size, args.queue_size >= 1, ">= 1")):
+        if not ok:
+            parser.error(f"{flag} must be {rule}, got {value}")
     from app import build_demo
     from app.state import Studio
     from llara.checkpoint import CheckpointError
 
+    from llara.llm import cache_root
+
+    # gradio copies served files (the results plot) into a temp folder: keep it inside our cache folder
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(cache_root() / "gradio"))
     try:
         studio = Studio.load(args.checkpoint, precision=args.precision, threads=args.threads)
     except (FileNotFoundError, ValueError, CheckpointError) as err:  # refuse to start, and say why

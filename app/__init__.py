@@ -45,7 +45,10 @@ def _panel(title: str, elem_id: str) -> tuple[gr.Markdown, gr.Label]:
 
 
 def build_demo(studio: Studio) -> gr.Blocks:
-    """The Blocks app for an already loaded ``studio``."""
+    """The Blocks app for an already loaded ``studio``.
+
+    Dropdowns allow custom values on purpose: gradio's own check would answer an unknown title over the HTTP API
+    with the whole catalog (40 KB) and echo the input; our handlers answer with one sentence instead."""
     call = functools.partial
     decodes = list(studio.predictor.decodes)
     examples = [[m for m in ex if m in studio.by_label] for ex in EXAMPLES]
@@ -56,7 +59,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         with gr.Tab("Recommend"):
             with gr.Row():
                 with gr.Column(scale=3):
-                    history = gr.Dropdown(choices=studio.labels, multiselect=True, elem_id="history",
+                    history = gr.Dropdown(choices=studio.labels, multiselect=True, elem_id="history", allow_custom_value=True,
                                           label="Watched movies, oldest first (up to 10: more keeps the 10 most recent)")
                     with gr.Row():
                         user = gr.Textbox(label="Test user id (empty = random)", max_lines=1, max_length=12,
@@ -67,14 +70,14 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                            placeholder="a heist thriller in Los Angeles", elem_id="describe", scale=3)
                         find = gr.Button("Search", elem_id="search", scale=1)
                     with gr.Row():
-                        found = gr.Dropdown(choices=[], multiselect=True, label="Matches (pick, then add)",
+                        found = gr.Dropdown(choices=[], multiselect=True, label="Matches (pick, then add)", allow_custom_value=True,
                                             elem_id="found", scale=3)
                         add = gr.Button("Add to history", elem_id="add-found", scale=1)
                     truth = gr.Markdown(elem_id="truth")
                     if examples:
                         gr.Examples(examples=[[ex] for ex in examples], inputs=[history], label="Example histories")
                 with gr.Column(scale=2):
-                    candidates = gr.Dropdown(choices=studio.labels, multiselect=True, elem_id="candidates",
+                    candidates = gr.Dropdown(choices=studio.labels, multiselect=True, elem_id="candidates", allow_custom_value=True,
                                              label="Candidates (20, editable)")
                     with gr.Row():
                         seed = gr.Number(value=0, precision=0, minimum=0, label="Candidate / shuffle seed",
@@ -99,7 +102,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 slots = gr.Dataframe(label="Embedding slots of the hybrid prompt", elem_id="slots", wrap=True)
             with gr.Accordion("Attributions: which watched movies drove the answer", open=True, elem_id="attributions"):
                 with gr.Row():
-                    target = gr.Dropdown(choices=[handlers.TOP_CHOICE], value=handlers.TOP_CHOICE,
+                    target = gr.Dropdown(choices=[handlers.TOP_CHOICE], value=handlers.TOP_CHOICE, allow_custom_value=True,
                                          label="Candidate to explain", elem_id="attr-target", scale=2)
                     method = gr.Radio([(METHOD_LABELS[m], m) for m in ATTRIBUTION_METHODS], value="grad_x_input",
                                       label="Method", elem_id="attr-method", scale=2)

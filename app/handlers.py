@@ -19,6 +19,7 @@ from .state import Studio
 
 MAX_LABEL_CHARS = 300  # longer than any catalog label: anything longer is not one
 MAX_PICKS = 200
+MAX_USER_ID_CHARS = 12  # the user-id textbox's max_length; the HTTP API does not enforce it
 TOP_CHOICE = "the model's top choice"
 
 
@@ -71,6 +72,9 @@ def load_test_user(studio: Studio, user=None, seed=0) -> tuple[list[str], list[s
     if user in (None, "", "random"):
         sample = random.Random().choice(samples)
     else:
+        if len(str(user).strip()) > MAX_USER_ID_CHARS:
+            raise gr.Error(f"The user id must be a number of at most {MAX_USER_ID_CHARS} digits, got "
+                           f"{len(str(user)):,} characters.")
         try:
             user_id = int(str(user).strip())
         except (TypeError, ValueError):
@@ -96,27 +100,36 @@ def draw_candidates(studio: Studio, history, seed=0, truth: str = "") -> list[st
 
 def true_item(studio: Studio, truth: str | None) -> int | None:
     """The item named in bold in the truth line of a loaded test user (None when no user is loaded)."""
-    if not truth or "**" not in truth:
+    if not isinstance(truth, str) or "**" not in truth:  # the HTTP API may send anything here
         return None
     label = truth.split("**")[1]
     return studio.by_label.get(label)
 
 
-def search(studio: Studio, query: str, history) -> list[str]:
-    """Catalog labels matching a free-text description (watched ones left out), best first."""
+def search(studio: Studio, query: str, history) -> "gr.Dropdown":
+    """Catalog labels matching a free-text description (watched ones left out), best first: the matches become
+    the choices of the matches dropdown (so picking them passes gradio's choice check) and are all picked."""
     if not isinstance(query, str) or not query.strip():
         raise gr.Error("Describe a movie first, e.g. 'a heist thriller in Los Angeles'.")
     if len(query) > MAX_QUERY_CHARS:
         raise gr.Error(f"The description is {len(query):,} characters; keep it under {MAX_QUERY_CHARS}.")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\udcff"): not text the encoder can read
+        raise gr.Error("The description contains characters that are not valid Unicode text.") from None
     exclude = set(to_items(studio, history))
     hits = _call(studio.search().search, query, k=8, exclude=exclude)
-    return [studio.labels[i] for i, _ in hits]
+    labels = [studio.labels[i] for i, _ in hits]
+    return gr.Dropdown(choices=labels, value=labels)
 
 
 def add_found(history, found) -> list[str]:
     """Append the found titles to the history (watch order: they become the most recent)."""
-    history = list(history or [])
-    return history + [f for f in (found or []) if f not in history]
+    history = _labels(history, "watched movies")
+    added = history + [f for f in _labels(found, "matches") if f not in history]
+    if len(added) > MAX_PICKS:
+        raise gr.Error(f"Too many watched movies ({len(added):,}); pick at most {MAX_PICKS}.")
+    return added
 
 
 # ---- predictions ---------------------------------------------------------------------------------------------

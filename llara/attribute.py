@@ -15,7 +15,8 @@ Titles: ``--history`` and ``--candidates`` are split on ``--sep`` (default ``|``
 "The Good, The Bad and The Ugly"); each ``--item`` adds one history title verbatim, after those of ``--history``.
 Titles match the catalog case-insensitively; an unknown one fails with suggestions. Without ``--candidates``,
 20 candidates are drawn with ``--seed`` (the named ``--candidate`` among them); without ``--candidate`` the
-target is the model's top-ranked candidate.
+target is the model's top-ranked candidate. As in the demo, a repeated title counts once and only the 10 most
+recent titles are kept (a note says so).
 
 Item level (default): score = logL(target | prompt) - logL(target | prompt without the part); positive = the part
 made the target more likely. Token level: integrated gradients on the input embeddings, slots included.
@@ -28,8 +29,12 @@ import sys
 import time
 from pathlib import Path
 
-from .attribution import SLOT_BASELINES, TOKEN_METHODS, Attribution, attribute_items, attribute_tokens, build_prompt
+from .attribution import SLOT_BASELINES, TOKEN_METHODS, Attribution, _resolve, attribute_items, attribute_tokens, build_prompt
 from .checkpoint import CheckpointError, write_json
+from .data import MAX_HISTORY
+
+MAX_TITLE_CHARS = 300  # longer than any catalog title
+MAX_SEED = 2**32 - 1  # as the demo and python -m llara.inference
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,9 +102,25 @@ def run(args: argparse.Namespace) -> int:
     history = _split(args.history, args.sep) + [t for t in args.item if t.strip()]
     if not history:
         raise ValueError("no history: give --history \"A|B|C\" or one --item per title")
+    for what, names in (("--history/--item", history), ("--candidates", _split(args.candidates, args.sep)),
+                        ("--candidate", [args.candidate or ""])):
+        long = [t for t in names if len(t) > MAX_TITLE_CHARS]
+        if long:  # no catalog title is that long: say so without echoing the whole string
+            raise ValueError(f"a {what} title of {len(long[0]):,} characters is not in the catalog "
+                             f"(titles are at most {MAX_TITLE_CHARS} characters)")
     model, _, _ = load_llara(args.checkpoint, precision=args.precision)
-    prompt, target = build_prompt(model, history, _split(args.candidates, args.sep) or None, args.candidate,
+    # as the demo does (Predictor.clean_history): a repeated title counts once, the 10 most recent are kept
+    items = [_resolve(model.builder.catalog, t, f"history item {i + 1}") for i, t in enumerate(history)]
+    kept, notes = list(dict.fromkeys(items)), []
+    if len(kept) < len(items):
+        notes.append(f"{len(items) - len(kept)} repeated title(s) counted once")
+    if len(kept) > MAX_HISTORY:
+        notes.append(f"only the {MAX_HISTORY} most recent of the {len(kept)} titles are used, as in the paper")
+        kept = kept[-MAX_HISTORY:]
+    prompt, target = build_prompt(model, kept, _split(args.candidates, args.sep) or None, args.candidate,
                                   hybrid=args.prompt == "hybrid", seed=args.seed)
+    if notes:
+        print(f"note: {'; '.join(notes)}")
     results: dict[str, Attribution] = {}
     if args.level in ("item", "both"):
         results["item"] = attribute_items(model, prompt, target, slot_baseline=args.slot_baseline,
@@ -187,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--sep must not be empty")
         if args.steps < 1:
             raise ValueError("--steps must be >= 1")
+        if not 0 <= args.seed <= MAX_SEED:
+            raise ValueError(f"--seed must be a whole number from 0 to {MAX_SEED:,}, got {args.seed}")
         return run(args)
     except (ValueError, OSError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)

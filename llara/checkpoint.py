@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -118,8 +119,6 @@ def save_llara(folder: str | Path, model, meta: dict[str, Any], trainer_state: d
     scheduler state; loaded with ``weights_only=True``). The folder is written beside the target and renamed into
     place, so a crash leaves the previous checkpoint intact. The projector is always saved.
     """
-    import shutil
-
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
@@ -144,11 +143,16 @@ def save_llara(folder: str | Path, model, meta: dict[str, Any], trainer_state: d
         write_json(tmp / "meta.json", {"format": LLARA_FORMAT, **meta, "projector": model.projector.config(), "files": files})
         for path in [tmp, *tmp.rglob("*")]:  # mkdtemp/mkstemp create owner-only files; a checkpoint is for sharing
             path.chmod(0o755 if path.is_dir() else 0o644)
-        old = folder.with_name(f".{folder.name}.old")
+        old = _old_copy(folder)
         if folder.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(folder, old)
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except BaseException:
+            if old.exists() and not folder.exists():  # put the previous checkpoint back before reporting
+                os.replace(old, folder)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -156,9 +160,23 @@ def save_llara(folder: str | Path, model, meta: dict[str, Any], trainer_state: d
     return folder
 
 
+def _old_copy(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.old")
+
+
+def restore_interrupted(folder: str | Path) -> None:
+    """A process killed between ``save_llara``'s two renames leaves the previous checkpoint at ``.<name>.old`` and
+    nothing at ``<name>``: put it back (called before every load and resume)."""
+    folder = Path(folder)
+    old = _old_copy(folder)
+    if not folder.exists() and (old / "meta.json").is_file():
+        os.replace(old, folder)
+
+
 def read_llara_meta(folder: str | Path) -> dict[str, Any]:
     """``meta.json`` of a checkpoint, with every listed file present and matching its hash."""
     folder = Path(folder)
+    restore_interrupted(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
     meta = read_json(folder / "meta.json")
@@ -245,15 +263,25 @@ def merged_base(folder, meta: dict, dataset, precision: str):
 
     Cached under ``<cache>/merged/<checkpoint>-<hash of its files>-<dtype>`` (fp32 for an fp32 model, else bf16,
     which nf4 then quantizes), written to a temporary folder and renamed, so a killed build is never reused."""
-    import shutil
-
     from .llm import _say, cache_root
 
     dtype = "fp32" if precision == "fp32" else "bf16"
     key = hashlib.sha256(json.dumps(meta.get("files", {}), sort_keys=True).encode()).hexdigest()[:12]
     target = cache_root() / "merged" / f"{Path(folder).name}-{key}-{dtype}"
-    if (target / "config.json").is_file():
-        return target
+    manifest = target / "llara_merged.json"
+    if manifest.is_file():
+        try:
+            hashes = read_json(manifest)["files"]
+            if all(sha256_file(target / name) == digest for name, digest in hashes.items()):
+                return target
+        except (CheckpointError, KeyError, OSError):
+            pass
+        _say(f"the merged-weights cache {target} is damaged (a file differs from its hash): rebuilding it")
+        stale = target.with_name(f"{target.name}.stale-{os.getpid()}")
+        target.rename(stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    elif target.exists():  # no manifest: an interrupted or foreign folder; never trusted
+        shutil.rmtree(target, ignore_errors=True)
     _say(f"merging the LoRA adapter of {folder} into the base model once ({target})")
     model, _, _ = load_llara(str(folder), dataset=dataset, precision=dtype)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -261,10 +289,12 @@ def merged_base(folder, meta: dict, dataset, precision: str):
     try:
         model.llm.merge_and_unload().save_pretrained(work)
         model.tokenizer.save_pretrained(work)
+        write_json(work / "llara_merged.json", {"checkpoint": str(folder), "dtype": dtype,
+                                                 "files": {f.name: sha256_file(f) for f in sorted(work.iterdir())}})
         try:
             work.rename(target)
         except OSError:
-            if not (target / "config.json").is_file():  # lost a race to another process building the same: fine
+            if not (target / "llara_merged.json").is_file():  # lost a race to another process building the same: fine
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

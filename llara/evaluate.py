@@ -105,9 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.seeds < 1:
-        print("error: --seeds must be >= 1", file=sys.stderr)
-        return 2
+    for flag, value, low in (("--seeds", args.seeds, 1), ("--limit", args.limit, 0), ("--batch-size", args.batch_size, 1),
+                             ("--threads", args.threads, 0)):
+        if value < low:
+            print(f"error: {flag} must be >= {low}", file=sys.stderr)
+            return 2
     try:
         return run(args)
     except (ValueError, OSError, CheckpointError) as err:

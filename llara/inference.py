@@ -29,6 +29,7 @@ DECODES = ("rank", "head", "constrained", "generate")
 ABLATIONS = ("none", "no-embeddings", "no-titles", "shuffle")
 ATTRIBUTION_METHODS = ("grad_x_input", "ig", "ablation")
 MAX_SEED = 2**32 - 1
+MAX_TITLE_CHARS = 300  # longer than any catalog title (the demo's labels use the same bound)
 
 
 @dataclass
@@ -254,16 +255,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablation", choices=ABLATIONS, default="none", help="prompt ablation (default: none)")
     parser.add_argument("--precision", choices=("nf4", "bf16", "fp32"), default="nf4", help="weights (default: nf4)")
     args = parser.parse_args(argv)
+
+    def split_titles(text: str, what: str) -> list[str]:
+        names = [t.strip() for t in text.split("|") if t.strip()]
+        long = [t for t in names if len(t) > MAX_TITLE_CHARS]
+        if long:  # no catalog title is that long: say so without echoing the whole string
+            raise ValueError(f"a {what} title of {len(long[0]):,} characters is not in the catalog "
+                             f"(titles are at most {MAX_TITLE_CHARS} characters)")
+        return names
+
+    from .checkpoint import CheckpointError
+
     try:
+        history_titles, candidate_titles = split_titles(args.history, "--history"), split_titles(args.candidates, "--candidates")
         predictor = Predictor.load(args.checkpoint, precision=args.precision)
         find = predictor.catalog.find
-        history = [find(t.strip()) for t in args.history.split("|") if t.strip()]
-        if args.candidates.strip():
-            cands = [find(t.strip()) for t in args.candidates.split("|") if t.strip()]
+        history = [find(t) for t in history_titles]
+        if candidate_titles:
+            cands = [find(t) for t in candidate_titles]
         else:
             cands = predictor.draw_candidates(history, args.seed)
         result = predictor.predict(history, cands, args.decode, args.ablation, args.seed)
-    except (ValueError, KeyError) as err:
+    except (ValueError, KeyError, OSError, CheckpointError) as err:
         parser.error(str(err.args[0] if isinstance(err, KeyError) else err))
     titles = predictor.titles
     print(f"history: {' | '.join(titles[i] for i in result.history)}" + (f"  ({result.note})" if result.note else ""))

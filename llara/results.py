@@ -84,7 +84,7 @@ def run_llm(row: str, seeds: int, gen_seeds: int, decodes: list[str], precision:
     for decode in decodes:
         if decode == "head" and model.head is None:
             continue
-        n = gen_seeds if decode in ("generate", "constrained") else seeds
+        n = seeds if decode == "head" else gen_seeds  # one pass per sample: all seeds; the slow decodes: fewer
         started, per_seed = time.perf_counter(), []
         for seed in range(n):
             cands = ds.candidates("test", seed=seed)[: len(samples)]
@@ -94,14 +94,58 @@ def run_llm(row: str, seeds: int, gen_seeds: int, decodes: list[str], precision:
         m.update({"per_user": _per_user(per_seed), "seconds_per_sample": round((time.perf_counter() - started) / (len(samples) * n), 3)})
         if decode == "generate":
             m["answers"] = [r.get("answer", "") for r in per_seed[0]]
+        if decode == "head":  # kept for the fusion row: head log-probabilities per sample and seed
+            m["scores"] = [[r["scores"] for r in recs] for recs in per_seed]
+            val = ds.split("val")[: limit or None]
+            m["val_scores"] = [r["scores"] for r in evaluate_samples(model, val, ds.candidates("val", seed=0)[: len(val)],
+                                                                      kind == "hybrid", "head", progress=True, desc=f"{row} head val")]
         out["columns"][decode] = m
         print(f"  {row} {decode}: HR@1 {m['hr@1']:.4f} ± {m['hr@1_std']:.4f}, ValidRatio {m['valid_ratio']:.4f} "
               f"({m['seconds_per_sample']} s/sample)", flush=True)
     return out
 
 
+FUSION_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def fusion_row(llm: dict, ds, recommender: str = "sasrec") -> dict | None:
+    """Late fusion (beyond the paper): log p_head + w * log p_recommender over the 20 candidates, ``w`` chosen on
+    the validation users (candidate seed 0) and then applied unchanged to the test users."""
+    from .recommenders import load_recommender
+    from .recommenders.trainer import candidate_scores
+
+    head = llm["columns"].get("head")
+    if not head or "scores" not in head:
+        return None
+    rec = load_recommender(RECOMMENDER_DIR / ds.name / recommender, n_items=ds.n_items)
+
+    def hits(split: str, seed: int, head_scores: list[dict], w: float) -> np.ndarray:
+        samples = ds.split(split)[: len(head_scores)]
+        cands = ds.candidates(split, seed=seed)[: len(samples)]
+        h = np.array([[float(sc[str(c)] if str(c) in sc else sc[c]) for c in cs] for sc, cs in zip(head_scores, cands)])
+        r = _log_softmax(candidate_scores(rec, samples, cands).astype(np.float64))
+        fused = _log_softmax(h) + w * r
+        target = np.array([cs.index(s.target) for cs, s in zip(cands, samples)])
+        return (target_ranks(fused, target) == 0).astype(float)
+
+    val = {w: hits("val", 0, head["val_scores"], w).mean() for w in FUSION_WEIGHTS}
+    best = max(FUSION_WEIGHTS, key=lambda w: (round(val[w], 6), -w))  # ties: the smaller weight
+    per_seed = [hits("test", seed, scores, best) for seed, scores in enumerate(head["scores"])]
+    accs = [h.mean() for h in per_seed]
+    per_user = np.mean(per_seed, axis=0)
+    mean, std = mean_std(accs)
+    return {"row": f"{llm['row']} + {recommender} fusion (w={best:g} from val)", "kind": llm["kind"], "columns": {"head": {
+        "seeds": len(per_seed), "valid_ratio": 1.0, "hr@1": mean, "hr@1_std": std, "hr@1_ci95": bootstrap_ci(per_user),
+        "per_user": per_user.round(4).tolist(), "val_hr@1_by_weight": {str(w): round(v, 4) for w, v in val.items()}}}}
+
+
 def _cell(col: dict | None, key: str, valid: bool = False) -> str:
-    if not col:
+    if not col or key not in col:
         return "–"
     mean, std = col[key], col.get(key + "_std", 0.0)
     text = f"{mean:.3f} ± {std:.3f}" if col.get("seeds", 1) > 1 else f"{mean:.3f}"
@@ -202,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="all", help="comma-separated rows: sasrec, gru4rec, caser, zero-shot, "
                         "or LLaRA checkpoint folder names under checkpoints/llara (default: all)")
-    parser.add_argument("--seeds", type=int, default=5, help="candidate seeds for rank/head and recommenders (default: 5)")
-    parser.add_argument("--gen-seeds", type=int, default=1, help="candidate seeds for generate/constrained (default: 1)")
+    parser.add_argument("--seeds", type=int, default=5, help="candidate seeds for the head and the recommenders (default: 5)")
+    parser.add_argument("--gen-seeds", type=int, default=1,
+                        help="candidate seeds for generate / constrained / rank, 2-6x slower per sample (default: 1)")
     parser.add_argument("--decodes", default="generate,constrained,rank,head", help="LLM columns to run (default: all)")
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32", "nf4"], help="LLM weights (default: bf16)")
     parser.add_argument("--limit", type=int, default=0, help="first N test users only (0 = all 95; a smoke test)")
@@ -236,9 +281,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.limit:  # a smoke run never overwrites the committed figures
             write_json(path, result)
         results.append(result)
+    from .data import load_dataset
+
+    fused = [f for f in (fusion_row(r, load_dataset("movielens")) for r in results if r.get("kind") != "recommender") if f]
+    results += fused
     print(table(results))
     print()
-    print(paired(results, default_pairs(rows)))
+    print(paired(results, default_pairs(rows) + [(f["row"], "sasrec", "head") for f in fused]))
     print()
     print(training_table(results))
     if args.plot:

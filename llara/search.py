@@ -83,6 +83,10 @@ class CatalogSearch:
             raise ValueError(f"the description is {len(query):,} characters; keep it under {MAX_QUERY_CHARS}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: the tokenizer would fail with a TypeError
+            raise ValueError("the description contains characters that are not valid Unicode text") from None
         vec = self.encoder.encode([query.strip()], normalize_embeddings=True, convert_to_numpy=True)[0]  # (384,)
         scores = self.matrix @ vec.astype(np.float32)  # (N,)
         order = np.argsort(-scores, kind="stable")
@@ -97,12 +101,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=10, help="how many items to list (default: %(default)s)")
     parser.add_argument("--dataset", default="movielens", help="catalog to search (default: %(default)s)")
     args = parser.parse_args(argv)
-    from .data import load_dataset
+    from .data import DatasetUnavailable, load_dataset
 
-    catalog = load_dataset(args.dataset).catalog
+    # the cheap checks first: a bad query must not cost loading the encoder and embedding the catalog
+    query = args.query
+    if not query.strip():
+        parser.error("describe what you are looking for, e.g. 'a heist thriller in Los Angeles'")
+    if len(query) > MAX_QUERY_CHARS:
+        parser.error(f"the description is {len(query):,} characters; keep it under {MAX_QUERY_CHARS}")
     try:
-        hits = CatalogSearch(catalog).search(args.query, k=args.top)
-    except (ValueError, EncoderUnavailable) as err:
+        query.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 reach argv as lone surrogates
+        parser.error("the description is not valid UTF-8 text")
+    if args.top < 1:
+        parser.error(f"--top must be >= 1, got {args.top}")
+    try:
+        catalog = load_dataset(args.dataset).catalog
+        hits = CatalogSearch(catalog).search(query, k=args.top)
+    except (ValueError, OSError, EncoderUnavailable, DatasetUnavailable) as err:
         parser.error(str(err))
     for rank, (item, score) in enumerate(hits, start=1):
         print(f"{rank:>3}  {score:.3f}  {item_text(catalog, item)}")

@@ -28,7 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .constants import RECOMMENDER_DIR
-from .checkpoint import CheckpointError, load_llara, load_trainer_state, portable_path, read_json, resolve_path, save_llara
+from .checkpoint import (CheckpointError, load_llara, load_trainer_state, portable_path, read_json, resolve_path,
+                         restore_interrupted, save_llara)
 from .config import add_dataclass_args, from_args, option
 from .curriculum import CURRICULUM_MODES, hybrid_probability, use_hybrid
 from .data import Sample, SequenceDataset, draw_candidates, load_dataset
@@ -73,6 +74,31 @@ class TrainConfig:
     seed: int = option(0, "seed of sub-sampling, order, candidates, phrasing and the curriculum draws")
     threads: int = option(0, "torch CPU threads (0 = torch's default)")
     resume: bool = option(False, "continue from the checkpoint in --output")
+
+
+def config_problems(cfg: TrainConfig) -> list[str]:
+    """What is wrong with the numbers of ``cfg`` (each would otherwise crash mid-run or train nonsense)."""
+    checks = [
+        ("--batch-size", cfg.batch_size, cfg.batch_size >= 1, ">= 1"),
+        ("--grad-accum", cfg.grad_accum, cfg.grad_accum >= 1, ">= 1"),
+        ("--save-every", cfg.save_every, cfg.save_every >= 1, ">= 1"),
+        ("--epochs", cfg.epochs, math.isfinite(cfg.epochs) and cfg.epochs > 0, "a finite number > 0"),
+        ("--max-steps", cfg.max_steps, cfg.max_steps >= 0, ">= 0 (0 = from --epochs)"),
+        ("--max-train-samples", cfg.max_train_samples, cfg.max_train_samples >= 0, ">= 0 (0 = all)"),
+        ("--eval-every", cfg.eval_every, cfg.eval_every >= 0, ">= 0"),
+        ("--val-samples", cfg.val_samples, cfg.val_samples >= 0, ">= 0"),
+        ("--lr", cfg.lr, math.isfinite(cfg.lr) and cfg.lr > 0, "a finite number > 0"),
+        ("--projector-lr", cfg.projector_lr, math.isfinite(cfg.projector_lr) and cfg.projector_lr >= 0, ">= 0 (0 = --lr)"),
+        ("--head-weight", cfg.head_weight, math.isfinite(cfg.head_weight) and cfg.head_weight >= 0, ">= 0"),
+        ("--warmup-ratio", cfg.warmup_ratio, 0 <= cfg.warmup_ratio < 1, "in [0, 1)"),
+        ("--min-lr-ratio", cfg.min_lr_ratio, 0 <= cfg.min_lr_ratio <= 1, "in [0, 1]"),
+        ("--switch-fraction", cfg.switch_fraction, 0 <= cfg.switch_fraction <= 1, "in [0, 1]"),
+        ("--lora-r", cfg.lora_r, cfg.lora_r >= 1, ">= 1"),
+        ("--lora-dropout", cfg.lora_dropout, 0 <= cfg.lora_dropout < 1, "in [0, 1)"),
+        ("--seed", cfg.seed, 0 <= cfg.seed < 2**32, "in 0..4294967295"),
+        ("--threads", cfg.threads, cfg.threads >= 0, ">= 0 (0 = torch's default)"),
+    ]
+    return [f"{flag} must be {rule}, got {value}" for flag, value, ok, rule in checks if not ok]
 
 
 def select_samples(train: list[Sample], limit: int, strategy: str, seed: int) -> list[Sample]:
@@ -153,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = from_args(TrainConfig, args)
     if not cfg.output:
         parser.error("--output is required")
+    problems = config_problems(cfg)
+    if problems:
+        parser.error("; ".join(problems))
     try:
         return train(cfg, args)
     except (ValueError, OSError, CheckpointError) as err:
@@ -169,6 +198,8 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     out = Path(cfg.output)
     start_step, state = 0, None
+    if cfg.resume:
+        restore_interrupted(out)  # killed mid-save: the previous checkpoint is put back
     resuming = cfg.resume and (out / "meta.json").is_file()
     if resuming:
         # The saved config defines the run; flags given now may only repeat it. output/threads may change (a moved

@@ -172,7 +172,8 @@ def format_table(res: dict) -> str:
     lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads; latency cells are p50 / p95 in ms", ""]
     demo = res.get("demo", [])
     if demo:
-        lines += ["| demo path | " + " | ".join(d["precision"] for d in demo) + " | target |", "|---" * (len(demo) + 2) + "|"]
+        names = [d["precision"] + ("" if d.get("merged", True) else ", LoRA unmerged") for d in demo]
+        lines += ["| demo path | " + " | ".join(names) + " | target |", "|---" * (len(demo) + 2) + "|"]
         add = lambda name, vals, target="": lines.append(f"| {name} | " + " | ".join(vals) + f" | {target} |")  # noqa: E731
         add("cold start (s, checkpoint load incl. merged-weights cache)", [f"{d['cold_start_s']:.1f}" for d in demo], "≤ 30 s")
         add("resident memory after load (MB)", [f"{d['rss_after_load_mb']:,.0f}" for d in demo], "nf4 ≤ 1,000")
@@ -185,7 +186,7 @@ def format_table(res: dict) -> str:
         for d in demo:
             lat = d["latency"]
             speed = lat["hybrid rank, 20 independent passes"]["p50"] / lat["hybrid rank"]["p50"]
-            lines.append(f"\n{d['precision']}: rank with shared-prompt KV cache is {speed:.1f}x faster than 20 independent "
+            lines.append(f"\n{d['precision']}{'' if d.get('merged', True) else ' (unmerged)'}: rank with shared-prompt KV cache is {speed:.1f}x faster than 20 independent "
                          f"passes (target ≥ {TARGETS['rank_cache_speedup']:.0f}x)")
     train = res.get("train", [])
     if train:
@@ -216,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", default="bf16,nf4", help="demo precisions (default: %(default)s; fp32 also valid)")
     parser.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT), help="LLaRA checkpoint of the demo (default: the committed one)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per figure after one warm-up (default: %(default)s)")
-    parser.add_argument("--no-merge", action="store_true", help="keep LoRA unmerged in the demo path (to measure what merging buys)")
+    parser.add_argument("--no-merge", action="store_true", help="keep LoRA unmerged in the demo path")
+    parser.add_argument("--merge-ablation", action="store_true",
+                        help="also run the first precision with LoRA unmerged, in the same run: what merging buys")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
     parser.add_argument("--child-demo", default=None, help=argparse.SUPPRESS)
@@ -239,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     res: dict = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__}}
     if "demo" in parts:
         res["demo"] = [run_demo_child(args.checkpoint, p, args.repeats, not args.no_merge) for p in precisions]
+        if args.merge_ablation and not args.no_merge:
+            res["demo"].append(run_demo_child(args.checkpoint, precisions[0], args.repeats, merge=False))
     if "train" in parts:
         res["train"] = [bench_train(p, max(2, args.repeats // 2), ckpt) for p in ("bf16", "nf4") for ckpt in (False, True)]
     if "llamacpp" in parts:

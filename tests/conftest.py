@@ -2,6 +2,8 @@
 memory: unit tests exercise the real transformers code paths in well under a second, without any weights."""
 from __future__ import annotations
 
+import contextlib
+import socket
 from pathlib import Path
 
 import pytest
@@ -202,3 +204,25 @@ def toy_run(toy_setup, tmp_path_factory) -> dict:
         patch.setattr(train_mod, "build_llara", build_and_keep)
         assert train_mod.main(args) == 0
     return {"output": output, "args": args, **captured}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the demo served in-process on a free loopback port, driven over HTTP
+
+
+@contextlib.contextmanager
+def served_client(studio):
+    """Launch ``build_demo(studio)`` on 127.0.0.1 (queue as in app.py's defaults) and yield a gradio_client."""
+    from gradio_client import Client
+
+    from app import build_demo
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo = build_demo(studio)
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        demo.close()

@@ -3,17 +3,15 @@
 The real model behind the same UI is covered by ``test_app_real.py`` (integration) and the browser test."""
 from __future__ import annotations
 
-import socket
-
 import gradio as gr
 import pandas as pd
 import pytest
 
-from app import build_demo, handlers
+from app import handlers
 from app.state import Studio, item_labels
 from llara.inference import ABLATIONS, Predictor
 
-from .conftest import toy_train_args
+from .conftest import served_client, toy_train_args
 
 
 @pytest.fixture(scope="module")
@@ -167,15 +165,7 @@ def test_predictor_refuses_a_checkpoint_for_another_catalog(toy_checkpoint, tmp_
 
 
 def test_served_app_over_http(studio):
-    from gradio_client import Client
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    demo = build_demo(studio)
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    with served_client(studio) as client:
         history, cands, truth = client.predict(str(studio.dataset.test[0].user), 0, api_name="/load_test_user")
         out = client.predict(history, cands, "head", "none", 0, truth, api_name="/predict")
         assert len(out) == 10 and "Predicted in" in out[6]
@@ -186,5 +176,3 @@ def test_served_app_over_http(studio):
             client.predict([], cands, "rank", "none", 0, "", api_name="/predict")
         # the server keeps serving after an error
         assert "Predicted in" in client.predict(history, cands, "rank", "none", 0, truth, api_name="/predict")[6]
-    finally:
-        demo.close()

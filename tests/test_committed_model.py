@@ -2,11 +2,11 @@
 candidate, and the served app drives it end to end over HTTP (load a user, predict both ways, attribute)."""
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from app.state import DEFAULT_CHECKPOINT
+
+from .conftest import served_client
 
 pytestmark = pytest.mark.integration
 HISTORY = ["Toy Story", "Star Wars", "Fargo", "Scream", "Liar Liar"]
@@ -33,17 +33,9 @@ def test_committed_checkpoint_answers_a_fixed_prompt(studio):
 
 
 def test_served_app_end_to_end(studio):
-    from gradio_client import Client
+    from app import handlers
 
-    from app import build_demo, handlers
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    demo = build_demo(studio)
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    with served_client(studio) as client:
         history, cands, truth = client.predict(str(studio.dataset.test[0].user), 0, api_name="/load_test_user")
         assert len(cands) == 20 and "true next movie" in truth
         out = client.predict(history, cands, "head", "none", 0, truth, api_name="/predict")
@@ -54,5 +46,3 @@ def test_served_app_end_to_end(studio):
         assert status.count("explaining") == 2
         with pytest.raises(Exception, match="candidate set is empty"):
             client.predict(history, [], "head", "none", 0, truth, api_name="/predict")
-    finally:
-        demo.close()

@@ -23,6 +23,7 @@ Results are :class:`Attribution` objects a UI renders directly (``to_dict()``, `
 """
 from __future__ import annotations
 
+import copy
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -295,6 +296,10 @@ def _attributing(model: LLaRA, upcast: bool):
     nothing else in their forward reads the flag) until the block ends."""
     was_training = model.training
     model.eval()
+    # bitsandbytes' repacking after an unpack does not reproduce the original packed weights (measured: a served
+    # nf4 model answered differently after one attribution), so the exact packed form is put back afterwards
+    packed = [(m, m.weight.data, copy.deepcopy(m.weight.quant_state)) for m in model.llm.modules()
+              if getattr(getattr(m, "weight", None), "quant_state", None) is not None]
     layers = unpack_4bit_for_training(model.llm)
     for m in layers:
         m.training = True
@@ -308,6 +313,8 @@ def _attributing(model: LLaRA, upcast: bool):
     finally:
         for t, dtype in zip(tensors, dtypes):
             t.data = t.data.to(dtype)
+        for m, data, state in packed:
+            m.weight.data, m.weight.quant_state = data, state
         model.train(was_training)
 
 

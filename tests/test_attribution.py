@@ -300,3 +300,18 @@ def test_cli_argparse_errors_are_one_line(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: argument --level: invalid choice") and len(err.splitlines()) == 1
+
+
+def test_nf4_model_answers_the_same_after_an_attribution(tmp_path):
+    """Regression: bitsandbytes re-packs 4-bit weights differently after the unpack that gradients need; a served
+    nf4 model then ranked differently after one attribution. The packed form is restored exactly."""
+    tok = make_word_tokenizer(" ".join(TITLES))
+    make_tiny_llama(len(tok), hidden_size=64).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    llm, tok = load_base_model(str(tmp_path), precision="nf4")
+    model = _llara(llm, tok).eval()
+    prompt = model.builder.build(HIST, CANDS, hybrid=True)
+    model.rank(prompt)  # a no-grad pass first: bitsandbytes packs for its inference kernel here
+    before = model.rank(prompt)
+    attribute_tokens(model, prompt, TARGET, method="grad_x_input")
+    assert model.rank(prompt) == before

@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo app table results bench browser test test-fast recommenders clean
+.PHONY: venv demo app table results bench bench-deps browser test test-fast recommenders clean
 
 $(STAMP): requirements.txt requirements-assets.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,10 @@ results: $(STAMP)  ## rerun every row of the LLaRA results table from the commit
 	$(PY) -m llara.results
 
 bench: $(STAMP)  ## speed and memory of the demo path and of training, beside the targets (docs/performance.md)
-	$(PY) -m llara.bench
+	$(PY) -m llara.bench --merge-ablation
+
+bench-deps: $(STAMP)  ## the llama.cpp reference for `make bench`, in .bench-deps/ only (a C++ build, several minutes)
+	$(PY) -m pip install --quiet --no-deps --target .bench-deps llama-cpp-python==0.3.36 diskcache==5.6.3
 
 browser:  ## install Debian's chromium + chromium-driver for the browser tests, when missing (apt-get, as root)
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \

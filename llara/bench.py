@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import statistics
@@ -125,10 +126,13 @@ def bench_train(precision: str, repeats: int, checkpointing: bool, base_model: s
 
 def bench_llamacpp(prompt_text: str, repeats: int, threads: int) -> dict:
     """Prompt processing and per-token decoding of the packaged SmolLM2 GGUF (Q4_1) with llama-cpp-python."""
+    deps = Path(os.environ.get("LLARA_BENCH_DEPS", REPO_ROOT / ".bench-deps"))
+    if deps.is_dir() and str(deps) not in sys.path:
+        sys.path.append(str(deps))  # the benchmark's own packages (`make bench-deps`), never the app's environment
     try:
         from llama_cpp import Llama
     except ImportError:
-        return {"skipped": "llama-cpp-python is not installed (pip install llama-cpp-python; a C++ build of a few minutes)"}
+        return {"skipped": "llama-cpp-python is not installed (`make bench-deps`: a C++ build of llama.cpp, several minutes)"}
     from .llm import _packaged_gguf
 
     with tempfile.TemporaryDirectory() as tmp:

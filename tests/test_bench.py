@@ -29,7 +29,7 @@ def test_table_shows_targets_and_ratios():
 def test_llamacpp_absent_is_a_note(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # import fails as when not installed
     result = bench.bench_llamacpp("x", 1, 1)
-    assert "pip install llama-cpp-python" in result["skipped"]
+    assert "make bench-deps" in result["skipped"]
     assert "llama.cpp reference: skipped: pip" in bench.format_table({"llamacpp": {"skipped": "pip ..."}})
 
 

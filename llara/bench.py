@@ -149,6 +149,21 @@ def bench_llamacpp(prompt_text: str, repeats: int, threads: int) -> dict:
     return {"prompt_tokens": len(tokens), "prefill": pp, "prompt+16 tokens": decode, "quant": "Q4_1 (packaged GGUF)"}
 
 
+def run_llamacpp_child(prompt_text: str, repeats: int, threads: int) -> dict:
+    """``bench_llamacpp`` in a child process: a llama.cpp built for another CPU dies with SIGILL, which Python
+    cannot catch; the table then says so instead of losing every other figure."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out, prompt = Path(tmp) / "llama.json", Path(tmp) / "prompt.txt"
+        prompt.write_text(prompt_text)
+        cmd = [sys.executable, "-m", "llara.bench", "--child-llamacpp", str(prompt), "--repeats", str(repeats),
+               "--threads", str(threads), "--json", str(out)]
+        rc = subprocess.run(cmd).returncode
+        if rc != 0:
+            why = "SIGILL: built for instructions this CPU lacks; rebuild with `make bench-deps`" if rc in (-4, 132) else f"exit {rc}"
+            return {"skipped": f"llama.cpp crashed ({why})"}
+        return json.loads(out.read_text())
+
+
 def bench_forward(checkpoint: str, precision: str, repeats: int) -> dict:
     """One forward pass over the text-only prompt (no KV reuse), comparable to llama.cpp's prompt processing of the
     same text (without the ``<PH>`` markers, which llama.cpp would split into several ordinary tokens)."""
@@ -227,12 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
     parser.add_argument("--child-demo", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-llamacpp", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.child_llamacpp:
+        write_json(args.json, bench_llamacpp(Path(args.child_llamacpp).read_text(), args.repeats, args.threads))
+        return 0
     if args.child_demo:
         write_json(args.json, bench_demo(args.checkpoint, args.child_demo, args.repeats, merge=not args.no_merge))
         return 0
@@ -252,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         res["train"] = [bench_train(p, max(2, args.repeats // 2), ckpt) for p in ("bf16", "nf4") for ckpt in (False, True)]
     if "llamacpp" in parts:
         fwd = bench_forward(args.checkpoint, "bf16", args.repeats)
-        res["llamacpp"] = bench_llamacpp(fwd.pop("text"), args.repeats, args.threads)
+        res["llamacpp"] = run_llamacpp_child(fwd.pop("text"), args.repeats, args.threads)
         res["forward"] = fwd
     table = format_table(res)
     print(table)

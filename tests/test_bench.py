@@ -38,3 +38,12 @@ def test_llamacpp_absent_is_a_note(monkeypatch):
 def test_bad_arguments(argv):
     with pytest.raises(SystemExit):
         bench.main(argv)
+
+
+def test_llamacpp_crash_is_a_note_not_a_lost_table(monkeypatch):
+    """A llama.cpp built for other CPU instructions dies with SIGILL; the child process keeps the table alive."""
+    class Done:
+        returncode = -4
+
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd: Done())
+    assert "SIGILL" in bench.run_llamacpp_child("a prompt", 1, 1)["skipped"]

@@ -33,7 +33,7 @@ bench: $(STAMP)  ## speed and memory of the demo path and of training, beside th
 
 bench-deps: $(STAMP)  ## the llama.cpp reference for `make bench`, in .bench-deps/ only (a C++ build, several minutes)
 	# GGML_NATIVE=OFF: the default -march=native build died with SIGILL on our VM's CPU (see docs/performance.md)
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install --quiet --no-deps --target .bench-deps llama-cpp-python==0.3.36 diskcache==5.6.3
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install --quiet --no-cache-dir --no-deps --target .bench-deps llama-cpp-python==0.3.36 diskcache==5.6.3
 
 browser:  ## install Debian's chromium + chromium-driver for the browser tests, when missing (apt-get, as root)
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \

@@ -56,6 +56,12 @@ def parse_seed(seed) -> int:
     return int(value)
 
 
+def _choice(value, valid, what: str) -> None:
+    """gr.Error unless ``value`` is one of ``valid`` (radio values can be anything over the HTTP API)."""
+    if value not in valid:
+        raise gr.Error(f"Unknown {what} {str(value)[:40]!r}; choose one of {', '.join(valid)}.")
+
+
 def _call(fn, *args, **kwargs):
     """Run a library call, turning its input errors into messages in the UI."""
     try:
@@ -178,10 +184,8 @@ def predict(studio: Studio, history, candidates, decode: str = "rank", ablation:
     cands = to_items(studio, candidates, "candidates")
     if not cands:
         raise gr.Error("The candidate set is empty: draw candidates or pick some.")
-    if decode not in studio.predictor.decodes:
-        raise gr.Error(f"Unknown decode mode {str(decode)[:40]!r}; choose one of {', '.join(studio.predictor.decodes)}.")
-    if ablation not in ABLATIONS:
-        raise gr.Error(f"Unknown ablation {str(ablation)[:40]!r}; choose one of {', '.join(ABLATIONS)}.")
+    _choice(decode, studio.predictor.decodes, "decode mode")
+    _choice(ablation, ABLATIONS, "ablation")
     result = _call(studio.predictor.predict, items, cands, decode, ablation, parse_seed(seed))
     known = true_item(studio, truth)
     text, hybrid, rec = (result.answers.get(k) for k in ("text", "hybrid", "recommender"))
@@ -233,12 +237,9 @@ def attribute(studio: Studio, history, candidates, target: str = TOP_CHOICE, met
     if not items:
         raise gr.Error("Pick at least one watched movie.")
     cands = to_items(studio, candidates, "candidates")
-    if method not in ATTRIBUTION_METHODS:
-        raise gr.Error(f"Unknown attribution method {str(method)[:40]!r}; choose one of {', '.join(ATTRIBUTION_METHODS)}.")
-    if ablation not in ABLATIONS:
-        raise gr.Error(f"Unknown ablation {str(ablation)[:40]!r}; choose one of {', '.join(ABLATIONS)}.")
-    if decode not in studio.predictor.decodes:
-        raise gr.Error(f"Unknown decode mode {str(decode)[:40]!r}; choose one of {', '.join(studio.predictor.decodes)}.")
+    _choice(method, ATTRIBUTION_METHODS, "attribution method")
+    _choice(ablation, ABLATIONS, "ablation")
+    _choice(decode, studio.predictor.decodes, "decode mode")
     chosen = None
     if target not in (None, "", TOP_CHOICE):
         chosen = to_items(studio, [target], "candidate to explain")[0]

@@ -15,6 +15,7 @@ which ``--reuse`` reads instead of running the row again.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,14 @@ PAPER = {
     "TALLRec (text-only LoRA)": (0.9263, 0.3895), "LLaRA (SASRec), curriculum": (0.9684, 0.4421),
 }
 PAPER_ABLATION = {"always hybrid": 0.4211, "two-stage": 0.4316, "curriculum": 0.4421}  # HR@1, Table 3
+
+
+@functools.cache
+def movielens():
+    """The paper's MovieLens split, loaded once per run (every row and the fusion rows share it)."""
+    from .data import load_dataset
+
+    return load_dataset("movielens")
 
 
 def _per_user(records: list[list[dict]]) -> list[float]:
@@ -69,9 +78,7 @@ def run_llm(row: str, seeds: int, gen_seeds: int, decodes: list[str], precision:
     from .model import build_llara
 
     if row == ZERO_SHOT:
-        from .data import load_dataset
-
-        ds = load_dataset("movielens")
+        ds = movielens()
         model = build_llara(ds, str(RECOMMENDER_DIR / ds.name / "sasrec"), precision=precision).eval()
         kind, meta = "text", {"config": {"mode": "zero-shot"}}
     else:
@@ -272,18 +279,14 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         print(f"[results] {row} ...", flush=True)
         if row in RECOMMENDERS:
-            from .data import load_dataset
-
-            result = run_recommender(row, load_dataset("movielens"), args.seeds)
+            result = run_recommender(row, movielens(), args.seeds)
         else:
             result = run_llm(row, args.seeds, args.gen_seeds, decodes, args.precision, args.limit)
         result["seconds"] = round(time.perf_counter() - t0, 1)
         if not args.limit:  # a smoke run never overwrites the committed figures
             write_json(path, result)
         results.append(result)
-    from .data import load_dataset
-
-    fused = [f for f in (fusion_row(r, load_dataset("movielens")) for r in results if r.get("kind") != "recommender") if f]
+    fused = [f for f in (fusion_row(r, movielens()) for r in results if r.get("kind") != "recommender") if f]
     results += fused
     print(table(results))
     print()

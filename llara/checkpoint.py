@@ -88,6 +88,8 @@ def load_tensors(path: str | Path, expected_sha256: str | None = None) -> dict[s
 # ---- LLaRA checkpoints: LoRA adapter + projector + meta.json ------------------------------------------------------
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# trained modules besides the adapter and the projector, each saved as <name>.safetensors when the model has it
+OPTIONAL_PARTS = ("head", "user_projector", "next_head")
 LLARA_FORMAT = "llara-checkpoint/1"
 
 
@@ -132,8 +134,9 @@ def save_llara(folder: str | Path, model, meta: dict[str, Any], trainer_state: d
                 files[f"adapter/{f.name}"] = sha256_file(f)
         files["projector.safetensors"] = save_tensors(tmp / "projector.safetensors", model.projector.state_dict())
         files["token_rows.safetensors"] = save_tensors(tmp / "token_rows.safetensors", model.placeholder_rows())
-        if getattr(model, "head", None) is not None:
-            files["head.safetensors"] = save_tensors(tmp / "head.safetensors", model.head.state_dict())
+        for name in OPTIONAL_PARTS:
+            if getattr(model, name, None) is not None:
+                files[f"{name}.safetensors"] = save_tensors(tmp / f"{name}.safetensors", getattr(model, name).state_dict())
         if trainer_state is not None:
             import io
 
@@ -217,7 +220,7 @@ def load_llara(folder: str, dataset=None, precision: str | None = None, trainabl
     from peft import PeftModel
 
     from .data import load_dataset
-    from .model import build_llara
+    from .model import build_llara, model_options
 
     folder = Path(folder)
     meta = read_llara_meta(folder)
@@ -235,19 +238,21 @@ def load_llara(folder: str, dataset=None, precision: str | None = None, trainabl
     if read_json(rec_json).get("weights_sha256") != meta["recommender"]["weights_sha256"]:
         raise CheckpointError(f"the recommender at {rec_stem} is not the one {folder} was trained with (weights hash differs)")
     proj = meta["projector"]
-    head_weight = float(meta.get("config", {}).get("head_weight", 0.0))
     precision = precision or meta["precision"]
     merged = merge and not trainable and (folder / "adapter").is_dir()
     base = str(merged_base(folder, meta, dataset, precision)) if merged else meta["base_model"]
     model = build_llara(dataset, str(rec_stem), base_model=base, precision=precision,
-                        projector_spec=proj["spec"], norm_to_tokens=False, head_weight=head_weight)
+                        projector_spec=proj["spec"], norm_to_tokens=False, **model_options(meta.get("config", {})))
     if model.projector.d_out != proj["d_out"] or model.projector.d_in != proj["d_in"]:
         raise CheckpointError(f"{folder}'s projector maps {proj['d_in']}->{proj['d_out']} but the base model needs "
                               f"{model.projector.d_in}->{model.projector.d_out}")
     model.projector.target_norm = proj.get("target_norm")
     model.projector.load_state_dict(load_tensors(folder / "projector.safetensors"))
-    if model.head is not None:
-        model.head.load_state_dict(load_tensors(folder / "head.safetensors"))
+    for name in OPTIONAL_PARTS:
+        if getattr(model, name) is not None:
+            getattr(model, name).load_state_dict(load_tensors(folder / f"{name}.safetensors"))
+    if model.user_projector is not None:
+        model.user_projector.target_norm = model.projector.target_norm
     if (folder / "token_rows.safetensors").is_file() and not merged:  # merged: the rows are in the saved embedding
         try:
             model.load_placeholder_rows(load_tensors(folder / "token_rows.safetensors"))

@@ -13,7 +13,9 @@ from pathlib import Path
 HISTORY_TOKEN = "<HistoryEmb>"  # slot for a history item's projected recommender embedding
 CANDIDATE_TOKEN = "<CansEmb>"  # slot for a candidate item's projected recommender embedding
 PLACEHOLDER_TOKEN = "<PH>"  # text-only prompt: same layout, no embedding spliced in
-PLACEHOLDER_TOKENS: tuple[str, ...] = (HISTORY_TOKEN, CANDIDATE_TOKEN, PLACEHOLDER_TOKEN)
+USER_TOKEN = "<UserEmb>"  # slot for the projected sequence state of the whole history (the "user token")
+# Order matters: ids are assigned in this order, and checkpoints saved before the user token hold the first three.
+PLACEHOLDER_TOKENS: tuple[str, ...] = (HISTORY_TOKEN, CANDIDATE_TOKEN, PLACEHOLDER_TOKEN, USER_TOKEN)
 
 # Label value ignored by torch.nn.CrossEntropyLoss (and the HF causal-LM loss): prompt tokens and padding.
 IGNORE_INDEX = -100

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .constants import IGNORE_INDEX
+from .next_item import NextItemHead, distillation_loss, next_item_loss, title_features
 from .projector import Projector
 from .prompts import Prompt, PromptBuilder
 
@@ -33,12 +35,20 @@ class Batch:
     labels: torch.Tensor | None = None  # (B, T), IGNORE_INDEX on prompt and padding
     cand_cols: torch.Tensor | None = None  # (B, C) position of the token after each candidate title
     cand_targets: torch.Tensor | None = None  # (B,) index of the target among the candidates (training)
+    # next-item scoring (llara.next_item): where the head reads, and what each read position should predict
+    next_rows: torch.Tensor | None = None  # (H,) history slots, then the user slot where there is one
+    next_cols: torch.Tensor | None = None  # (H,)
+    next_items: torch.Tensor | None = None  # (H,) the item that followed, IGNORE_INDEX where unknown
+    query_cols: torch.Tensor | None = None  # (B,) each prompt's query position (user slot, else last history slot)
+    targets: torch.Tensor | None = None  # (B,) target item ids, IGNORE_INDEX where unknown
+    candidates: torch.Tensor | None = None  # (B, C) candidate item ids, when every prompt lists the same number
+    histories: tuple[tuple[int, ...], ...] = ()  # (B,) for the recommender (user token, residual, distillation)
+    user_rows: torch.Tensor | None = None  # (U,) prompts with a hybrid user slot
+    user_cols: torch.Tensor | None = None  # (U,)
 
 
 def collate(prompts: list[Prompt], pad_id: int, with_targets: bool = False, padding_side: str = "left") -> Batch:
     """Pad prompts (with their target tokens when training) into one batch."""
-    from .constants import IGNORE_INDEX
-
     if not prompts:
         raise ValueError("no prompts to collate")
     seqs, labels = [], []
@@ -67,8 +77,25 @@ def collate(prompts: list[Prompt], pad_id: int, with_targets: bool = False, padd
         cand_cols = as_long([[o + c for c in p.candidate_positions] for o, p in zip(offsets, prompts)])
         if with_targets and all(p.target is not None for p in prompts):
             cand_targets = as_long([p.candidates.index(p.target) for p in prompts])
+    offsets = [width - len(s) if padding_side == "left" else 0 for s in seqs]
+    next_rows, next_cols, next_items, user_rows, user_cols = [], [], [], [], []
+    for b, (o, p) in enumerate(zip(offsets, prompts)):
+        reads = list(p.history_positions) + ([p.user_position] if p.user_position is not None else [])
+        nxt = list(p.next_items()) + ([p.next_items()[-1]] if p.user_position is not None else [])
+        next_rows += [b] * len(reads)
+        next_cols += [o + c for c in reads]
+        next_items += nxt if with_targets else [IGNORE_INDEX] * len(reads)
+        if p.hybrid and p.user_position is not None:
+            user_rows.append(b)
+            user_cols.append(o + p.user_position)
+    has_history = all(p.history_positions for p in prompts)
+    targets = as_long([p.target if with_targets and p.target is not None else IGNORE_INDEX for p in prompts])
+    same_c = len({len(p.candidates) for p in prompts}) == 1 and len(prompts[0].candidates) > 0
     return Batch(ids_t, mask, position_ids, as_long(rows), as_long(cols), as_long(items), lab_t if with_targets else None,
-                 cand_cols, cand_targets)
+                 cand_cols, cand_targets, as_long(next_rows), as_long(next_cols), as_long(next_items),
+                 as_long([o + p.query_position for o, p in zip(offsets, prompts)]) if has_history else None, targets,
+                 as_long([list(p.candidates) for p in prompts]) if same_c else None,
+                 tuple(p.history for p in prompts), as_long(user_rows), as_long(user_cols))
 
 
 class AnswerTrie:
@@ -96,7 +123,9 @@ class LLaRA(nn.Module):
     """Owns the frozen recommender item table ``(n_items, d_rec)``, the projector and the LLM."""
 
     def __init__(self, llm: nn.Module, builder: PromptBuilder, item_table: torch.Tensor, projector: Projector,
-                 head: nn.Linear | None = None, head_weight: float = 1.0) -> None:
+                 head: nn.Linear | None = None, head_weight: float = 1.0, recommender: nn.Module | None = None,
+                 user_projector: Projector | None = None, next_head: NextItemHead | None = None,
+                 weights: dict[str, float] | None = None) -> None:
         super().__init__()
         if item_table.dim() != 2 or item_table.shape[1] != projector.d_in:
             raise ValueError(f"item table {tuple(item_table.shape)} does not fit a projector with d_in={projector.d_in}")
@@ -108,7 +137,24 @@ class LLaRA(nn.Module):
         # candidate title, trained with cross-entropy over the candidates. It tells the model which of the 20 is right
         # in one pass, instead of only through the title tokens, and ranks all candidates in one forward pass.
         self.head, self.head_weight = head, head_weight
+        # Next-item levers (llara.next_item). The recommender is frozen and always in eval mode (see ``train``).
+        if (user_projector is not None or (next_head is not None and next_head.gate is not None)) and recommender is None:
+            raise ValueError("the user token and residual scoring need the recommender")
+        if user_projector is not None and not builder.user_token:
+            raise ValueError("a user projector needs a PromptBuilder with user_token=True")
+        self.recommender, self.user_projector, self.next_head = recommender, user_projector, next_head
+        if recommender is not None:
+            recommender.requires_grad_(False).eval()
+        # loss weights: title (the paper's LM loss), next (next-item CE), dense (every history slot or only the
+        # query), distill (KL from the recommender over the candidates)
+        self.weights = {"title": 1.0, "next": 1.0, "dense": 1.0, "distill": 0.0, **(weights or {})}
         self._slot_override: torch.Tensor | None = None  # set by ``blank_slots``
+
+    def train(self, mode: bool = True) -> "LLaRA":
+        super().train(mode)
+        if self.recommender is not None:
+            self.recommender.eval()  # a frozen teacher: no dropout, whatever the LLM does
+        return self
 
     @contextlib.contextmanager
     def blank_slots(self, vector: torch.Tensor):
@@ -153,18 +199,96 @@ class LLaRA(nn.Module):
         if self._slot_override is not None:
             vectors = self._slot_override.to(embeds.dtype).expand_as(vectors)
         # index_put is out of place: gradients flow to the projector, the embedding rows of the slots get none.
-        return embeds.index_put((batch.slot_rows, batch.slot_cols), vectors)
+        embeds = embeds.index_put((batch.slot_rows, batch.slot_cols), vectors)
+        if self.user_projector is not None and batch.user_rows is not None and batch.user_rows.numel():
+            states = self.sequence_states([batch.histories[int(b)] for b in batch.user_rows])  # (U, d_rec)
+            users = self.user_projector(states).to(embeds.dtype)  # (U, D)
+            if self._slot_override is not None:
+                users = self._slot_override.to(embeds.dtype).expand_as(users)
+            embeds = embeds.index_put((batch.user_rows, batch.user_cols), users)
+        return embeds
+
+    def _padded(self, histories) -> tuple[torch.Tensor, torch.Tensor]:
+        rec = self.recommender
+        seqs = torch.full((len(histories), rec.max_len), rec.pad_id, dtype=torch.long)
+        lens = torch.zeros(len(histories), dtype=torch.long)
+        for b, h in enumerate(histories):
+            h = list(h)[-rec.max_len:]
+            seqs[b, : len(h)] = torch.tensor(h)
+            lens[b] = len(h)
+        return seqs, lens
+
+    @torch.no_grad()
+    def sequence_states(self, histories) -> torch.Tensor:
+        """The frozen recommender's ``encode`` of each history: ``(B, d_rec)``."""
+        return self.recommender.encode(*self._padded(histories)).float()
+
+    @torch.no_grad()
+    def recommender_scores(self, histories) -> torch.Tensor:
+        """The frozen recommender's scores of every item ``(B, N)``."""
+        return self.recommender.full_scores(*self._padded(histories)).float()
 
     def forward(self, batch: Batch, **kwargs):
         use_head = self.head is not None and batch.cand_cols is not None
+        use_next = self.next_head is not None and batch.query_cols is not None
+        labels = batch.labels if self.weights["title"] > 0 else None
+        if labels is None and (use_head or use_next) and "logits_to_keep" not in kwargs:
+            kwargs["logits_to_keep"] = 1  # only hidden states are read: skip most of the (T x vocab) output layer
         out = self.llm(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                       labels=batch.labels, output_hidden_states=use_head, **kwargs)
+                       labels=labels, output_hidden_states=use_head or use_next, **kwargs)
+        losses: dict[str, torch.Tensor] = {}
+        if out.loss is not None:
+            losses["title"] = out.loss * self.weights["title"]
         if use_head:
             out.candidate_logits = self.candidate_logits(out.hidden_states[-1], batch.cand_cols)  # (B, C)
             if batch.cand_targets is not None:
                 out.head_loss = nn.functional.cross_entropy(out.candidate_logits, batch.cand_targets)
-                out.loss = out.head_loss * self.head_weight + (out.loss if out.loss is not None else 0.0)
+                losses["head"] = out.head_loss * self.head_weight
+        if use_next:
+            self._next_item_outputs(out, batch, losses)
+        out.losses = {k: float(v.detach()) for k, v in losses.items()}
+        out.loss = sum(losses.values()) if losses else None
         return out
+
+    def _next_item_outputs(self, out, batch: Batch, losses: dict) -> None:
+        """Next-item logits at each query ``(B, N)`` (and residual ones) plus the losses their targets allow."""
+        hidden = out.hidden_states[-1]  # (B, T, D)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        out.item_logits = self.next_head(hidden[rows, batch.query_cols])  # (B, N)
+        rec = None
+        if self.recommender is not None and (self.next_head.gate is not None or self.weights["distill"] > 0):
+            rec = self.recommender_scores(batch.histories).to(out.item_logits.device)  # (B, N)
+        if self.next_head.gate is not None:
+            out.residual_logits = self.next_head.residual(out.item_logits, rec)
+        known = batch.targets is not None and bool((batch.targets != IGNORE_INDEX).any())
+        if not known:
+            return
+        w = self.weights["next"]
+        if self.weights["dense"] > 0 and batch.next_cols is not None and batch.next_cols.numel():
+            # every history slot (and the user slot) predicts the item that followed it, over the whole catalog
+            dense = self.next_head(hidden[batch.next_rows, batch.next_cols])  # (H, N)
+            losses["next"] = next_item_loss(dense, batch.next_items) * w
+        else:
+            losses["next"] = next_item_loss(out.item_logits, batch.targets) * w
+        if self.next_head.gate is not None:
+            losses["residual"] = next_item_loss(out.residual_logits, batch.targets) * w
+        if self.weights["distill"] > 0 and batch.candidates is not None:
+            cands = batch.candidates.to(out.item_logits.device)  # (B, C)
+            losses["distill"] = distillation_loss(out.item_logits.gather(1, cands), rec.gather(1, cands)) * self.weights["distill"]
+
+    @torch.inference_mode()
+    def item_scores(self, prompts: list[Prompt], residual: bool = False) -> torch.Tensor:
+        """Next-item scores of every catalog item ``(B, N)`` for each prompt, read at its query position; the pass
+        runs over the prompts cut after it, so it costs the history alone and serves any candidate set."""
+        if self.next_head is None:
+            raise ValueError("this model has no next-item head (train with --next-weight > 0)")
+        out = self.forward(collate([p.truncated() for p in prompts], self.pad_id))
+        return (out.residual_logits if residual else out.item_logits).float()
+
+    def rank_items(self, prompt: Prompt, residual: bool = False) -> list[tuple[int, float]]:
+        """``(item, log-softmax over the candidates)`` for every candidate, best first, from the next-item head."""
+        scores = self.item_scores([prompt], residual=residual)[0, list(prompt.candidates)].log_softmax(-1).tolist()
+        return sorted(zip(prompt.candidates, scores), key=lambda x: -x[1])
 
     def candidate_logits(self, hidden: torch.Tensor, cand_cols: torch.Tensor) -> torch.Tensor:
         """Head scores ``(B, C)`` from final hidden states ``(B, T, D)`` at the candidate positions ``(B, C)``."""
@@ -310,6 +434,15 @@ def attach_lora(llm: nn.Module, r: int = 8, alpha: int = 32, dropout: float = 0.
     return get_peft_model(llm, config)
 
 
+def model_options(config: dict) -> dict:
+    """``build_llara`` keyword arguments from a training config (a saved one may predate some options)."""
+    return {"head_weight": float(config.get("head_weight", 0.0)), "next_item": float(config.get("next_weight", 0.0)) > 0,
+            "user_token": bool(config.get("user_token", False)), "residual": bool(config.get("residual", False)),
+            "text_items": bool(config.get("text_items", False)),
+            "weights": {"title": float(config.get("title_weight", 1.0)), "next": float(config.get("next_weight", 0.0)),
+                        "dense": float(bool(config.get("dense", True))), "distill": float(config.get("distill_weight", 0.0))}}
+
+
 def build_llara(
     dataset,
     recommender_stem: str,
@@ -320,6 +453,11 @@ def build_llara(
     lora: dict | None = None,
     seed: int = 0,
     head_weight: float = 0.0,
+    next_item: bool = False,
+    user_token: bool = False,
+    residual: bool = False,
+    weights: dict[str, float] | None = None,
+    text_items: bool = False,
 ) -> LLaRA:
     """A fresh LLaRA for ``dataset``: base LLM (+ LoRA when ``lora`` is given), frozen recommender table, projector.
 
@@ -338,10 +476,23 @@ def build_llara(
     if lora is not None:
         llm = attach_lora(llm, **lora)
     context = getattr(llm.config, "max_position_embeddings", None)
-    builder = PromptBuilder(tokenizer, dataset.catalog, max_length=context)
+    builder = PromptBuilder(tokenizer, dataset.catalog, max_length=context, user_token=user_token)
+    user_projector = next_head = None
+    if user_token:
+        user_projector = build_projector(projector_spec, recommender.dim, llm.config.hidden_size, target_norm=target_norm)
+    if next_item:
+        if text_items and (user_token or residual):
+            raise ValueError("title-feature items are for text-only models: no user token or residual scoring")
+        # A model trained on text-only prompts never sees the recommender: its items are their titles.
+        features = recommender.item_embeddings()
+        if text_items:
+            answers = [builder.answer_ids(i)[:-1] for i in range(len(dataset.catalog))]  # titles without terminator
+            features = title_features(llm.get_input_embeddings().weight, answers)
+        next_head = NextItemHead(features, llm.config.hidden_size, d_key=recommender.dim, residual=residual)
     head = None
     if head_weight > 0:
         head = nn.Linear(llm.config.hidden_size, 1)
         nn.init.zeros_(head.weight)  # starts neutral: every candidate scores the same
         nn.init.zeros_(head.bias)
-    return LLaRA(llm, builder, recommender.item_embeddings(), projector, head=head, head_weight=head_weight)
+    return LLaRA(llm, builder, recommender.item_embeddings(), projector, head=head, head_weight=head_weight,
+                 recommender=recommender, user_projector=user_projector, next_head=next_head, weights=weights)

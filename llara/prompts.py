@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .constants import CANDIDATE_TOKEN, HISTORY_TOKEN, IGNORE_INDEX, PLACEHOLDER_TOKEN, PLACEHOLDER_TOKENS
+from .constants import CANDIDATE_TOKEN, HISTORY_TOKEN, IGNORE_INDEX, PLACEHOLDER_TOKEN, PLACEHOLDER_TOKENS, USER_TOKEN
 from .data import Catalog
 
 # Three phrasings per domain (the paper draws one per sample). {n} is the real number of candidates listed:
@@ -45,6 +45,9 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 SEPARATOR = ", "
+# The user slot follows the history list, so with causal attention no history slot can see it (the dense
+# next-item loss at history slot k must not see the items after k, which the user token summarises).
+USER_SLOT = " (profile {token})"
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,30 @@ class Prompt:
     target: int | None = None
     target_ids: tuple[int, ...] = ()
     candidate_positions: tuple[int, ...] = ()  # the slot (hybrid) or <PH> (text) token after each candidate title
+    history_positions: tuple[int, ...] = ()  # the slot (hybrid) or <PH> (text) token after each history title
+    user_position: int | None = None  # the user slot (<UserEmb> hybrid, <PH> text), when the prompt has one
+
+    @property
+    def query_position(self) -> int:
+        """Where the next-item head reads the user: the user slot, else the last history slot. Everything up to it is
+        the same whatever the candidates, so it scores any candidate set (or the whole catalog) from one pass."""
+        return self.user_position if self.user_position is not None else self.history_positions[-1]
+
+    def next_items(self) -> tuple[int, ...]:
+        """What each history slot predicts under the dense loss: the next history item, and the target (or
+        IGNORE_INDEX when unknown) after the last one."""
+        nxt = self.target if self.target is not None else IGNORE_INDEX
+        return self.history[1:] + (nxt,)
+
+    def truncated(self) -> "Prompt":
+        """The prompt cut right after its query position: no candidates, no answer. Its hidden states up to the query
+        equal the full prompt's (causal attention), at about a third of the tokens; what dense training reads. The
+        candidates stay as data (distillation compares scores over them) but are no longer in the tokens."""
+        end = self.query_position + 1
+        keep = [k for k, p in enumerate(self.slot_positions) if p < end]
+        return Prompt(self.text, self.input_ids[:end], tuple(self.slot_positions[k] for k in keep),
+                      tuple(self.slot_items[k] for k in keep), self.hybrid, self.history, self.candidates, self.template,
+                      self.target, (), (), self.history_positions, self.user_position)
 
     def training_ids(self) -> tuple[list[int], list[int]]:
         """``input_ids + target_ids`` and labels with the prompt masked: loss only on the target tokens."""
@@ -84,7 +111,7 @@ def safe_title(title: str) -> str:
 class PromptBuilder:
     """Builds prompts for one catalog and tokenizer (which must already know the placeholder tokens)."""
 
-    def __init__(self, tokenizer, catalog: Catalog, max_length: int | None = None) -> None:
+    def __init__(self, tokenizer, catalog: Catalog, max_length: int | None = None, user_token: bool = False) -> None:
         if catalog.domain not in TEMPLATES:
             raise ValueError(f"no prompt templates for domain {catalog.domain!r}; valid: {', '.join(TEMPLATES)}")
         ids = tokenizer.convert_tokens_to_ids(list(PLACEHOLDER_TOKENS))
@@ -93,7 +120,8 @@ class PromptBuilder:
             raise ValueError("the tokenizer lacks the placeholder tokens: load it with llara.llm.load_base_model")
         self.tokenizer, self.catalog = tokenizer, catalog
         self.templates = TEMPLATES[catalog.domain]
-        self.history_id, self.candidate_id, self.placeholder_id = ids
+        self.history_id, self.candidate_id, self.placeholder_id, self.user_id = ids
+        self.user_token = user_token  # prompts carry a user slot after the history
         self.titles = [safe_title(t) for t in catalog.titles]
         self.max_length = max_length
         self.terminator_id = self._terminator()
@@ -111,7 +139,10 @@ class PromptBuilder:
         def listed(items: tuple[int, ...], token: str) -> str:
             return SEPARATOR.join(f"{self.titles[i]} {token}" if titles else token for i in items)
 
-        return self.templates[template].format(history=listed(history, hist_tok), candidates=listed(candidates, cand_tok),
+        listed_history = listed(history, hist_tok)
+        if self.user_token:
+            listed_history += USER_SLOT.format(token=USER_TOKEN if hybrid else PLACEHOLDER_TOKEN)
+        return self.templates[template].format(history=listed_history, candidates=listed(candidates, cand_tok),
                                                n=len(candidates))
 
     def build(
@@ -145,16 +176,23 @@ class PromptBuilder:
         input_ids = tuple(self.tokenizer(text, add_special_tokens=True)["input_ids"])
         positions: tuple[int, ...] = ()
         items: tuple[int, ...] = ()
+        user_pos: int | None = None
+        n_user = int(self.user_token)
         if hybrid:
             hist_pos = [p for p, t in enumerate(input_ids) if t == self.history_id]
             cand_pos = [p for p, t in enumerate(input_ids) if t == self.candidate_id]
+            users = [p for p, t in enumerate(input_ids) if t == self.user_id]
             # One slot per item, in order: the invariant the splice relies on.
             assert len(hist_pos) == len(history) and len(cand_pos) == len(candidates), "slot count != item count"
+            if len(users) != n_user:
+                raise ValueError(f"the prompt has {len(users)} user slots, expected {n_user}")
             positions, items = tuple(hist_pos + cand_pos), history + candidates
+            user_pos = users[0] if users else None
         else:
             marks = [p for p, t in enumerate(input_ids) if t == self.placeholder_id]
-            assert len(marks) == len(history) + len(candidates), "placeholder count != item count"
-            cand_pos = marks[len(history) :]
+            assert len(marks) == len(history) + n_user + len(candidates), "placeholder count != item count"
+            hist_pos, cand_pos = marks[: len(history)], marks[len(history) + n_user :]
+            user_pos = marks[len(history)] if n_user else None
         target_ids: tuple[int, ...] = ()
         if target is not None:
             target_ids = tuple(self.answer_ids(target))
@@ -165,7 +203,7 @@ class PromptBuilder:
                 f"{self.max_length}: use fewer or shorter history items"
             )
         return Prompt(text, input_ids, positions, items, hybrid, history, candidates, template, target, target_ids,
-                      candidate_positions=tuple(cand_pos))
+                      candidate_positions=tuple(cand_pos), history_positions=tuple(hist_pos), user_position=user_pos)
 
     def answer_ids(self, item: int) -> list[int]:
         """Token ids of the answer: ``" <title>"`` then one terminator token (the newline, or EOS).

@@ -35,7 +35,7 @@ from .curriculum import CURRICULUM_MODES, hybrid_probability, use_hybrid
 from .data import Sample, SequenceDataset, draw_candidates, load_dataset
 from .data.__main__ import add_dataset_args, dataset_from_args
 from .llm import unpack_4bit_for_training
-from .model import LORA_TARGETS, LLaRA, build_llara, collate
+from .model import LORA_TARGETS, LLaRA, build_llara, collate, model_options
 
 DEFAULT_REC_DIR = RECOMMENDER_DIR
 
@@ -58,6 +58,19 @@ class TrainConfig:
     lora_dropout: float = option(0.1, "LoRA dropout")
     lora_targets: str = option(LORA_TARGETS, "comma-separated module names that get LoRA")
     head_weight: float = option(0.0, "weight of the candidate-head cross-entropy over the 20 candidates (0 = the paper's recipe: title loss only)")
+    title_weight: float = option(1.0, "weight of the paper's loss on the answer's title tokens; 0 = no title loss, and "
+                                 "with --head-weight 0 training prompts are cut after the query slot (about 3x shorter)")
+    next_weight: float = option(0.0, "weight of the next-item head's cross-entropy over the whole catalog (0 = no "
+                                "next-item head); see llara/next_item.py")
+    dense: bool = option(True, "next-item loss at every history slot (each predicts the item after it), not only at "
+                         "the query slot")
+    user_token: bool = option(False, "add a user slot after the history carrying the recommender's projected sequence "
+                              "state (hybrid prompts; a plain placeholder in text-only prompts)")
+    distill_weight: float = option(0.0, "weight of the KL from the recommender's softmax over the candidates to the "
+                                   "next-item head's (needs --next-weight > 0)")
+    residual: bool = option(False, "also learn residual scoring: recommender score + gate * next-item score, gate from 0")
+    text_items: bool = option(False, "next-item head over title features (mean title-token embedding) instead of the "
+                              "recommender's item table: for text-only models, which then never use the recommender")
     lr: float = option(8e-4, "peak learning rate of the LoRA weights")
     projector_lr: float = option(0.0, "peak learning rate of the projector (0 = same as --lr)")
     warmup_ratio: float = option(0.05, "fraction of steps with linear warm-up")
@@ -90,6 +103,16 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         ("--lr", cfg.lr, math.isfinite(cfg.lr) and cfg.lr > 0, "a finite number > 0"),
         ("--projector-lr", cfg.projector_lr, math.isfinite(cfg.projector_lr) and cfg.projector_lr >= 0, ">= 0 (0 = --lr)"),
         ("--head-weight", cfg.head_weight, math.isfinite(cfg.head_weight) and cfg.head_weight >= 0, ">= 0"),
+        ("--title-weight", cfg.title_weight, math.isfinite(cfg.title_weight) and cfg.title_weight >= 0, ">= 0"),
+        ("--next-weight", cfg.next_weight, math.isfinite(cfg.next_weight) and cfg.next_weight >= 0, ">= 0"),
+        ("--distill-weight", cfg.distill_weight, math.isfinite(cfg.distill_weight) and cfg.distill_weight >= 0
+         and (cfg.distill_weight == 0 or cfg.next_weight > 0), ">= 0, and > 0 only with --next-weight > 0"),
+        ("--residual", cfg.residual, not cfg.residual or cfg.next_weight > 0, "used with --next-weight > 0"),
+        ("--text-items", cfg.text_items, not cfg.text_items or (cfg.next_weight > 0 and cfg.mode == "text" and not cfg.user_token
+                                                                and not cfg.residual),
+         "used with --next-weight > 0 and --mode text, without --user-token or --residual"),
+        ("the losses", "all 0", cfg.title_weight + cfg.head_weight + cfg.next_weight > 0,
+         "not all 0 (--title-weight, --head-weight, --next-weight)"),
         ("--warmup-ratio", cfg.warmup_ratio, 0 <= cfg.warmup_ratio < 1, "in [0, 1)"),
         ("--min-lr-ratio", cfg.min_lr_ratio, 0 <= cfg.min_lr_ratio <= 1, "in [0, 1]"),
         ("--switch-fraction", cfg.switch_fraction, 0 <= cfg.switch_fraction <= 1, "in [0, 1]"),
@@ -153,7 +176,13 @@ class PromptStream:
         rng = np.random.default_rng([self.cfg.seed, 1, g])
         candidates = draw_candidates(s.history, s.target, self.model.builder.catalog, rng)
         hybrid = use_hybrid(self.cfg.mode, step, self.total, sample_key=g, seed=self.cfg.seed, switch_fraction=self.cfg.switch_fraction)
-        return self.model.builder.build(s.history, candidates, hybrid=hybrid, target=s.target, rng=random.Random(int(rng.integers(2**31))))
+        prompt = self.model.builder.build(s.history, candidates, hybrid=hybrid, target=s.target, rng=random.Random(int(rng.integers(2**31))))
+        return prompt.truncated() if short_prompts(self.cfg) else prompt
+
+
+def short_prompts(cfg: TrainConfig) -> bool:
+    """No loss reads past the query slot: train on prompts cut there (same hidden states, a third of the tokens)."""
+    return cfg.title_weight == 0 and cfg.head_weight == 0 and cfg.next_weight > 0
 
 
 @torch.inference_mode()
@@ -165,7 +194,10 @@ def quick_validation(model: LLaRA, ds: SequenceDataset, n: int, hybrid: bool) ->
     hits = 0
     for s, c in zip(samples, cands):
         prompt = model.builder.build(s.history, c, hybrid=hybrid)
-        ranked = model.rank_head(prompt) if model.head is not None else model.rank(prompt)
+        if model.next_head is not None:
+            ranked = model.rank_items(prompt, residual=False)
+        else:
+            ranked = model.rank_head(prompt) if model.head is not None else model.rank(prompt)
         hits += ranked[0][0] == s.target
     return hits / max(1, len(samples))
 
@@ -230,13 +262,14 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
         rec_stem = Path(cfg.recommender_dir) / ds.name / cfg.recommender
         lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout, "targets": cfg.lora_targets}
         model = build_llara(ds, str(rec_stem), cfg.base_model, cfg.precision, cfg.projector, cfg.norm_to_tokens, lora, cfg.seed,
-                            head_weight=cfg.head_weight)
+                            **model_options(asdict(cfg)))
     samples = select_samples(ds.train, cfg.max_train_samples, cfg.sample_strategy, cfg.seed)
     per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
     total = cfg.max_steps or max(1, math.ceil(len(samples) * cfg.epochs / per_step))
     lora_params = [p for n, p in model.llm.named_parameters() if p.requires_grad]
+    extra = [m for m in (model.head, model.user_projector, model.next_head) if m is not None]
     groups = [{"params": lora_params, "lr": cfg.lr, "base_lr": cfg.lr},
-              {"params": list(model.projector.parameters()) + (list(model.head.parameters()) if model.head is not None else []),
+              {"params": list(model.projector.parameters()) + [p for m in extra for p in m.parameters()],
                "lr": cfg.projector_lr or cfg.lr, "base_lr": cfg.projector_lr or cfg.lr}]
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     if state is not None:
@@ -271,7 +304,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, 2, step, accelerator.process_index]).generate_state(1)[0]))
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(step, total, cfg.warmup_ratio, cfg.min_lr_ratio)
-        step_loss = 0.0
+        step_loss, parts = 0.0, {}
         for micro in range(cfg.grad_accum):
             first = (step * cfg.grad_accum + micro) * cfg.batch_size * accelerator.num_processes
             first += accelerator.process_index * cfg.batch_size
@@ -279,8 +312,11 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
             batch = collate(prompts, model.pad_id, with_targets=True, padding_side="right")
             sync = micro == cfg.grad_accum - 1
             with accelerator.no_sync(wrapped) if not sync else contextlib.nullcontext():
-                loss = wrapped(batch).loss / cfg.grad_accum
+                result = wrapped(batch)
+                loss = result.loss / cfg.grad_accum
                 accelerator.backward(loss)
+            for k, v in getattr(result, "losses", {}).items():
+                parts[k] = parts.get(k, 0.0) + v / cfg.grad_accum
             step_loss += accelerator.reduce(loss.detach(), reduction="mean").item()  # averaged over processes
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
         optimizer.step()
@@ -288,7 +324,8 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
         seen += per_step
         p_hybrid = hybrid_probability(cfg.mode, step, total, cfg.switch_fraction)
         rate = seen / (time.perf_counter() - started)
-        log.append({"step": step + 1, "loss": round(step_loss, 5), "p_hybrid": round(p_hybrid, 4), "lr": optimizer.param_groups[0]["lr"]})
+        log.append({"step": step + 1, "loss": round(step_loss, 5), "p_hybrid": round(p_hybrid, 4), "lr": optimizer.param_groups[0]["lr"],
+                    **({f"loss_{k}": round(v, 5) for k, v in parts.items()} if len(parts) > 1 else {})})
         bar.set_postfix(loss=f"{step_loss:.3f}", p_hybrid=f"{p_hybrid:.2f}", samples_s=f"{rate:.2f}")
         done = step + 1
         if cfg.eval_every and done % cfg.eval_every == 0 and done < total and accelerator.is_main_process:

@@ -36,14 +36,15 @@ def test_placeholder_tokens_added_with_rows_on_token_scale(tiny_llama, tiny_toke
     ids = add_placeholder_tokens(tiny_llama, tiny_tokenizer)
 
     assert list(ids) == list(PLACEHOLDER_TOKENS)
-    assert sorted(ids.values()) == list(range(old_vocab, old_vocab + 3))
-    weight = tiny_llama.get_input_embeddings().weight  # (V + 3, d)
-    assert weight.shape[0] == old_vocab + 3 == tiny_llama.config.vocab_size
+    n = len(PLACEHOLDER_TOKENS)
+    assert sorted(ids.values()) == list(range(old_vocab, old_vocab + n))
+    weight = tiny_llama.get_input_embeddings().weight  # (V + n, d)
+    assert weight.shape[0] == old_vocab + n == tiny_llama.config.vocab_size
     new_norms = _row_norms(weight[list(ids.values())])
     # every new row has exactly the mean norm of the existing rows
     assert torch.allclose(new_norms, torch.full_like(new_norms, old_norm), rtol=1e-4)
     rows = weight[list(ids.values())].detach()
-    assert not torch.allclose(rows[0], rows[1]) and not torch.allclose(rows[1], rows[2])  # distinguishable
+    assert all(not torch.allclose(rows[i], rows[i + 1]) for i in range(n - 1))  # distinguishable
     assert tiny_llama.get_output_embeddings().weight is weight  # still tied after the resize
 
     enc = tiny_tokenizer("toy story <HistoryEmb> , heat <CansEmb> , babe <PH>").input_ids

@@ -13,7 +13,7 @@ from llara.constants import PRECISIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from app.state import DEFAULT_CHECKPOINT
+    from app.state import DEFAULT_CHECKPOINT, DEFAULT_TEXT_CHECKPOINT
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     on_spaces = bool(os.environ.get("SPACE_ID"))
@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 7860)), help="port (default: %(default)s)")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                         help="LLaRA checkpoint folder (default: the committed MovieLens model)")
+    parser.add_argument("--text-checkpoint", default=str(DEFAULT_TEXT_CHECKPOINT) if DEFAULT_TEXT_CHECKPOINT else None,
+                        help="text-only checkpoint for the text-only panel (default: the committed text-only model "
+                             "matching the default; 'none': the main model answers its text-only prompt too)")
     parser.add_argument("--precision", choices=PRECISIONS, default="nf4",
                         help="weights of the base model: nf4 (4-bit, default), bf16 or fp32")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -49,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     # gradio copies served files (the results plot) into a temp folder: keep it inside our cache folder
     os.environ.setdefault("GRADIO_TEMP_DIR", str(cache_root() / "gradio"))
     try:
-        studio = Studio.load(args.checkpoint, precision=args.precision, threads=args.threads)
+        text = None if (args.text_checkpoint or "none").lower() == "none" else args.text_checkpoint
+        studio = Studio.load(args.checkpoint, precision=args.precision, threads=args.threads, text_checkpoint=text)
     except (FileNotFoundError, ValueError, CheckpointError) as err:  # refuse to start, and say why
         raise SystemExit(f"llara-studio: cannot start: {err}") from None
     demo = build_demo(studio)

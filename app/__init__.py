@@ -83,8 +83,9 @@ def build_demo(studio: Studio) -> gr.Blocks:
                         seed = gr.Number(value=0, precision=0, minimum=0, label="Candidate / shuffle seed",
                                          elem_id="seed", scale=2)
                         redraw = gr.Button("Draw candidates", elem_id="redraw", scale=1)
-                    decode = gr.Radio(decodes, value="head" if "head" in decodes else "rank", label="Decode",
-                                      info="rank: title likelihood · head: candidate head (one pass) · constrained / "
+                    decode = gr.Radio(decodes, value=decodes[0], label="Decode",
+                                      info="residual: recommender + LLM correction · next: the LLM's next-item head "
+                                           "alone · head: candidate head · rank: title likelihood · constrained / "
                                            "generate: decoding", elem_id="decode")
                     ablation = gr.Radio([(ABLATION_LABELS[a], a) for a in ABLATIONS], value="none",
                                         label="Ablation", elem_id="ablation")

@@ -159,8 +159,10 @@ def _headline(studio: Studio, answer, truth: int | None) -> str:
     if truth is not None:
         mark = " ✅ the true next movie" if answer.item == truth else " ❌ not the true next movie"
     how = {"rank": "title likelihood", "head": "candidate head", "constrained": "constrained decoding",
-           "generate": "greedy generation"}.get(answer.decode, answer.decode)
-    return f"### {studio.labels[answer.item]}{mark}\n{how}, {answer.seconds * 1000:.0f} ms"
+           "generate": "greedy generation", "next": "next-item head (the LLM alone)",
+           "residual": "recommender + the LLM's learned correction"}.get(answer.decode, answer.decode)
+    note = f" ({answer.note})" if answer.note else ""
+    return f"### {studio.labels[answer.item]}{mark}\n{how}, {answer.seconds * 1000:.0f} ms{note}"
 
 
 def summary(studio: Studio, result: Prediction, truth: int | None) -> str:

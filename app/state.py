@@ -12,6 +12,7 @@ from llara.data import SequenceDataset
 from llara.inference import Predictor
 
 DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "llara" / "movielens-sasrec-curriculum-head"
+DEFAULT_TEXT_CHECKPOINT = None  # the text-only model of the text-only panel (None: the main model answers it)
 
 
 def item_labels(ds: SequenceDataset) -> list[str]:
@@ -53,14 +54,17 @@ class Studio:
         return cls(predictor, str(checkpoint), precision, labels, {label: i for i, label in enumerate(labels)}, seconds)
 
     @classmethod
-    def load(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT, precision: str = "nf4", threads: int = 0) -> "Studio":
+    def load(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT, precision: str = "nf4", threads: int = 0,
+             text_checkpoint: str | Path | None = DEFAULT_TEXT_CHECKPOINT) -> "Studio":
         """Load the checkpoint (converting the embedded base model on the very first run), saying what it does."""
         started = time.perf_counter()
-        if not (Path(checkpoint) / "meta.json").is_file():
-            raise FileNotFoundError(f"no LLaRA checkpoint at {checkpoint} (meta.json missing): train one with "
-                                    "`python -m llara.train --output <folder>` or pass --checkpoint")
+        for folder in (checkpoint, text_checkpoint):
+            if folder is not None and not (Path(folder) / "meta.json").is_file():
+                raise FileNotFoundError(f"no LLaRA checkpoint at {folder} (meta.json missing): train one with "
+                                        "`python -m llara.train --output <folder>` or pass --checkpoint / --text-checkpoint")
         _say(f"loading {checkpoint} at {precision} (the first run also converts the embedded SmolLM2 once) ...")
-        predictor = Predictor.load(str(checkpoint), precision=precision, threads=threads)
+        predictor = Predictor.load(str(checkpoint), precision=precision, threads=threads,
+                                   text_checkpoint=str(text_checkpoint) if text_checkpoint else None)
         seconds = time.perf_counter() - started
         _say(f"model ready in {seconds:.1f} s")
         return cls.from_predictor(predictor, str(checkpoint), precision, seconds)

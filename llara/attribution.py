@@ -19,6 +19,10 @@ candidate by default, or any candidate the user names):
 Both compute in float32 by default: a bf16 model is upcast for the call and cast back exactly (see
 :func:`_attributing` for why: bf16 rounding is as large as the effects being measured).
 
+A model with a next-item head (``--next-weight``) ranks candidates by that head, not by title likelihood: for it
+both views measure the target's log-softmax over the candidates of the head at the query position instead. Its user
+slot (the recommender's encoding of the whole history) is left in place when one item is ablated.
+
 Results are :class:`Attribution` objects a UI renders directly (``to_dict()``, ``highlighted()``).
 """
 from __future__ import annotations
@@ -185,7 +189,8 @@ def _check_target(model: LLaRA, prompt: Prompt, target: int | None) -> tuple[int
     if target is None:  # the model's choice as it ranks in its own precision (what the user is shown elsewhere)
         was_training = model.training
         try:
-            best = model.eval().rank(prompt)[0][0]
+            model.eval()
+            best = (model.rank_items(prompt) if model.next_head is not None else model.rank(prompt))[0][0]
         finally:
             model.train(was_training)
         return best, "model", {"forward_passes": 2, "sequences": 1 + len(prompt.candidates)}
@@ -230,6 +235,21 @@ def _answer_logl(model: LLaRA, embeds: torch.Tensor, mask: torch.Tensor, answer:
     return logp.gather(-1, answer.to(logp.device)[None, :, None].expand(logp.shape[0], m, 1)).squeeze(-1).sum(-1)
 
 
+def _target_score(model: LLaRA, prompt: Prompt, embeds: torch.Tensor, mask: torch.Tensor, answer: torch.Tensor,
+                  target: int) -> torch.Tensor:
+    """``(B,)`` what the model ranks the target by: with a next-item head, the target's log-softmax over the
+    candidates of that head at the query position (all positions after it are irrelevant and not run); otherwise
+    the answer's log-likelihood."""
+    if model.next_head is None:
+        return _answer_logl(model, embeds, mask, answer)
+    q = prompt.query_position
+    positions = (mask.cumsum(1) - 1).clamp(min=0)[:, : q + 1]  # (B, q + 1)
+    out = model.llm(inputs_embeds=embeds[:, : q + 1], attention_mask=mask[:, : q + 1], position_ids=positions,
+                    logits_to_keep=1, output_hidden_states=True, use_cache=False)
+    logits = model.next_head(out.hidden_states[-1][:, q])[:, list(prompt.candidates)]  # (B, C)
+    return logits.log_softmax(-1)[:, prompt.candidates.index(target)]
+
+
 @torch.no_grad()
 def _spliced(model: LLaRA, prompt: Prompt, target: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``inputs_embeds`` ``(1, L + m, D)`` of prompt + answer (slots spliced) and the answer ids ``(m,)``."""
@@ -261,7 +281,7 @@ def ablation_log_likelihoods(model: LLaRA, prompt: Prompt, target: int, ablation
             mask[row, list(ab.hide)] = 0
             if ab.neutral_slots:
                 x[row, list(ab.neutral_slots)] = neutral
-        scores += _answer_logl(model, x, mask, answer).tolist()
+        scores += _target_score(model, prompt, x, mask, answer, target).tolist()
         calls += 1
     return scores[0], scores[1:], calls
 
@@ -372,7 +392,7 @@ def attribute_tokens(model: LLaRA, prompt: Prompt, target: int | None = None, me
         counter["calls"] += 1
         counter["rows"] += inp.shape[0]
         seq = torch.cat([inp.to(embeds.dtype), embeds[:, length:].expand(inp.shape[0], -1, -1)], dim=1)
-        return _answer_logl(model, seq, torch.ones(seq.shape[:2], dtype=torch.long, device=seq.device), answer)
+        return _target_score(model, prompt, seq, torch.ones(seq.shape[:2], dtype=torch.long, device=seq.device), answer, target)
 
     target, source, cost = _check_target(model, prompt, target)
     with _attributing(model, upcast):

@@ -8,8 +8,15 @@
 Metrics, as the paper defines them: ValidRatio = valid answers / all samples, HitRatio@1 = correct / all
 (an invalid answer is a miss). ``generate`` is greedy decoding with the first line kept, ``constrained`` decodes
 over the candidate titles only, ``rank`` orders the candidates by the likelihood of their titles (also HR@5,
-NDCG@5) and ``head`` by the candidate head's scores (checkpoints trained with ``--head-weight``). Each figure is
-the mean +- std over candidate seeds 0..seeds-1; per-sample records go to the JSON.
+NDCG@5), ``head`` by the candidate head's scores (checkpoints trained with ``--head-weight``), ``next`` by the
+next-item head read at the query slot (``--next-weight``: the LLM alone) and ``residual`` by the recommender's score
+plus the gated next-item score (``--residual``). Each figure is the mean +- std over the candidate seeds (0..N-1,
+or ``--candidate-seeds``); per-sample records go to the JSON.
+
+Personalization, for every row (llara/probes.py): the **swap test** (each user gets another user's history, same
+target and candidates: HR@1 under swap and the share of choices kept), the **genre probe** (``--genre-probe``) and,
+with ``--baselines``, the recommender, global and recent popularity as rows with the same measures and paired
+comparisons of every row against them.
 """
 from __future__ import annotations
 
@@ -27,9 +34,11 @@ from .constants import RECOMMENDER_DIR
 from .checkpoint import CheckpointError, load_llara, write_json
 from .data.__main__ import add_dataset_args, dataset_from_args
 from .metrics import bootstrap_ci, match_answer, mean_std, ranking_metrics
-from .model import LLaRA, build_llara
+from .model import REQUIRES, LLaRA, available, build_llara
+from .probes import genre_probe, hits_and_swap, paired, popularity, prior_scorer, recommender_scorer
 
-DECODES = ("generate", "constrained", "rank", "head")
+DECODES = ("generate", "constrained", "rank", "head", "next", "residual")
+SCORED = ("rank", "head", "next", "residual")  # decodes that score every candidate
 DEFAULT_REC_DIR = RECOMMENDER_DIR
 
 
@@ -48,6 +57,12 @@ def evaluate_samples(model: LLaRA, samples, candidate_sets, hybrid: bool, decode
                 chosen = match_answer(answer, names)
                 records.append({"answer": answer, "choice": None if chosen is None else p.candidates[chosen]})
             bar.update(len(chunk))
+    elif decode in ("next", "residual"):
+        scores = cached_item_scores(model, prompts, decode == "residual", batch_size)
+        for p, row in zip(prompts, scores):
+            ranked = sorted(((c, float(row[c])) for c in p.candidates), key=lambda x: -x[1])
+            records.append({"choice": ranked[0][0], "scores": {int(c): round(v, 4) for c, v in ranked}})
+        bar.update(len(prompts))
     else:
         for p in prompts:
             if decode == "constrained":
@@ -63,6 +78,85 @@ def evaluate_samples(model: LLaRA, samples, candidate_sets, hybrid: bool, decode
             # ties count against the target, as in metrics.target_ranks
             r["target_rank"] = sum(v >= r["scores"][s.target] for v in r["scores"].values()) - 1
     return records
+
+
+def cached_item_scores(model: LLaRA, prompts, residual: bool, batch_size: int = 8) -> list[np.ndarray]:
+    """Next-item scores ``(N,)`` of every prompt. The pass reads only the history (the prompt cut at its query), so
+    prompts with the same history share one pass, across candidate seeds and the swap test alike."""
+    cache = model.__dict__.setdefault("_item_score_cache", {})
+    keys = [(p.history, p.hybrid, residual, p.user_position is not None) for p in prompts]
+    todo = list({k: p for k, p in zip(keys, prompts) if k not in cache}.items())
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        rows = model.item_scores([p for _, p in chunk], residual=residual).numpy()
+        for (k, _), row in zip(chunk, rows):
+            cache[k] = row
+    return [cache[k] for k in keys]
+
+
+def llm_scorer(model: LLaRA, hybrid: bool, decode: str, batch_size: int = 8):
+    """A ``llara.probes`` scorer for one prompt kind and decode: candidate scores ``(B, C)``; decodes that only
+    choose give the chosen candidate 0 and the rest -inf (an invalid answer: all -inf)."""
+    from .data import Sample
+
+    def score(histories, candidate_sets) -> np.ndarray:
+        samples = [Sample(tuple(h), c[0]) for h, c in zip(histories, candidate_sets)]  # the target is not read
+        records = evaluate_samples(model, samples, candidate_sets, hybrid, decode, batch_size)
+        out = np.full((len(records), len(candidate_sets[0])), -np.inf)
+        for b, (r, cands) in enumerate(zip(records, candidate_sets)):
+            if "scores" in r:
+                out[b] = [r["scores"][c] for c in cands]
+            elif r["choice"] is not None:
+                out[b, list(cands).index(r["choice"])] = 0.0
+        return out
+    return score
+
+
+def probe_row(scorer, ds, samples, seeds: list[int], swap_seed: int | None, genre: bool, split: str) -> dict:
+    """Hits, swap test and (optionally) the genre probe of one scorer on ``samples`` and candidate ``seeds``."""
+    cands = {seed: ds.candidates(split, seed=seed)[: len(samples)] for seed in seeds}
+    out = hits_and_swap(scorer, samples, cands, swap_seed=swap_seed)
+    if genre:
+        out["genre"] = genre_probe(scorer, ds.catalog, popularity(ds))
+    return out
+
+
+def baseline_rows(ds, samples, seeds: list[int], swap_seed: int | None, genre: bool, split: str,
+                  recommender_dir: Path, recommenders: list[str]) -> dict[str, dict]:
+    """The recommenders and the history-free priors, probed exactly as the LLM rows."""
+    from .recommenders import load_recommender
+
+    scorers = {name: recommender_scorer(load_recommender(recommender_dir / ds.name / name, n_items=ds.n_items))
+               for name in recommenders}
+    scorers["popularity"] = prior_scorer(popularity(ds))
+    scorers["recent popularity"] = prior_scorer(popularity(ds, recent=10))
+    return {name: probe_row(sc, ds, samples, seeds, swap_seed, genre, split) for name, sc in scorers.items()}
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,7"`` -> [0, 1, 7]; ranges too: ``"10-14"``."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"candidate seeds must be whole numbers >= 0 or ranges like 10-14, got {part!r}")
+        if hi and int(hi) < int(lo):
+            raise ValueError(f"a seed range must go upwards, got {part!r}")
+        seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"candidate seeds must be a non-empty list without repeats, got {text!r}")
+    return seeds
+
+
+def format_probe(name: str, m: dict) -> str:
+    lo, hi = m["hr@1_ci95"]
+    text = f"{name:40s} HR@1 {m['hr@1']:.4f} ± {m['hr@1_std']:.4f} [95% CI {lo:.3f}-{hi:.3f}]"
+    if "swap" in m:
+        text += f"  swap: HR@1 {m['swap']['hr@1']:.4f}, kept {m['swap']['kept']:.0%}"
+    if "genre" in m:
+        g = m["genre"]
+        text += f"  genre: min {g['min_in_genre']:.0%} mean {g['mean_in_genre']:.0%} in-genre, {g['distinct_top_answers']} distinct"
+    return text
 
 
 def summarize(per_seed: list[list[dict]], decode: str) -> dict:
@@ -93,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", default="hybrid", choices=["text", "hybrid", "both"], help="prompt kind (default: %(default)s)")
     parser.add_argument("--decode", default="rank", choices=[*DECODES, "all"], help="how the model answers (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=5, help="candidate seeds 0..N-1 (default: %(default)s)")
+    parser.add_argument("--candidate-seeds", default="", help="explicit candidate seeds instead, e.g. 5,6,7 or 100-104 "
+                        "(seeds never looked at while developing a model)")
+    parser.add_argument("--swap-seed", type=int, default=0, help="seed of the history swap (a derangement of the users); "
+                        "-1 skips the swap test (default: %(default)s)")
+    parser.add_argument("--genre-probe", action="store_true", help="also run the genre probe (70 genre-pure histories)")
+    parser.add_argument("--baselines", action="store_true", help="also probe the recommenders and the global/recent "
+                        "popularity priors, and compare every row with them (paired over users)")
     parser.add_argument("--eval-split", default="test", choices=["val", "test"], help="which users to evaluate (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N samples (0 = all)")
     parser.add_argument("--precision", default=None, choices=["bf16", "fp32", "nf4"], help="override the checkpoint's precision")
@@ -106,10 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for flag, value, low in (("--seeds", args.seeds, 1), ("--limit", args.limit, 0), ("--batch-size", args.batch_size, 1),
-                             ("--threads", args.threads, 0)):
+                             ("--threads", args.threads, 0), ("--swap-seed", args.swap_seed, -1)):
         if value < low:
             print(f"error: {flag} must be >= {low}", file=sys.stderr)
             return 2
+    try:
+        args.seed_list = parse_seeds(args.candidate_seeds) if args.candidate_seeds else list(range(args.seeds))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         return run(args)
     except (ValueError, OSError, CheckpointError) as err:
@@ -135,23 +241,42 @@ def run(args: argparse.Namespace) -> int:
     if args.limit > 0:
         samples = samples[: args.limit]
     kinds = ["text", "hybrid"] if args.prompt == "both" else [args.prompt]
-    decodes = [d for d in DECODES if d != "head" or model.head is not None] if args.decode == "all" else [args.decode]
-    if "head" in decodes and model.head is None:
-        raise ValueError("--decode head needs a checkpoint trained with --head-weight > 0")
-    results: dict = {"model": name, "split": args.eval_split, "samples": len(samples), "metrics": {}, "records": {}}
+    decodes = [d for d in DECODES if available(model, d)] if args.decode == "all" else [args.decode]
+    if not available(model, decodes[0]):
+        raise ValueError(f"--decode {decodes[0]} needs a checkpoint trained for it ({REQUIRES[decodes[0]]})")
+    results: dict = {"model": name, "split": args.eval_split, "samples": len(samples), "candidate_seeds": args.seed_list,
+                     "metrics": {}, "records": {}, "probes": {}, "baselines": {}, "paired": {}}
     for kind in kinds:
         for decode in decodes:
             started, per_seed = time.perf_counter(), []
-            for seed in range(args.seeds):
+            for seed in args.seed_list:
                 cands = ds.candidates(args.eval_split, seed=seed)[: len(samples)]
                 with accelerator.split_between_processes(list(range(len(samples)))) as mine:
                     records = evaluate_samples(model, [samples[i] for i in mine], [cands[i] for i in mine], kind == "hybrid", decode,
                                                args.batch_size, progress=accelerator.is_main_process, desc=f"{kind}/{decode} seed {seed}")
                 per_seed.append(_gather(accelerator, records))
             key = f"{kind}/{decode}"
-            results["metrics"][key] = {**summarize(per_seed, decode), "seconds_per_sample": round((time.perf_counter() - started) / (len(samples) * args.seeds), 3)}
+            results["metrics"][key] = {**summarize(per_seed, decode), "seconds_per_sample": round((time.perf_counter() - started) / (len(samples) * len(args.seed_list)), 3)}
             results["records"][key] = per_seed
             accelerator.print(format_row(name, key, results["metrics"][key]))
+            if accelerator.num_processes == 1 and (args.swap_seed >= 0 or args.genre_probe or args.baselines):
+                probe = probe_row(llm_scorer(model, kind == "hybrid", decode, args.batch_size), ds, samples, args.seed_list,
+                                  args.swap_seed if args.swap_seed >= 0 else None, args.genre_probe, args.eval_split)
+                results["probes"][key] = probe
+                accelerator.print(format_probe(f"{name} {key}", probe))
+    if args.baselines and accelerator.is_main_process:
+        own = meta["recommender"]["model"] if args.checkpoint else args.recommender
+        rec_names = list(dict.fromkeys([own, "sasrec"]))  # its own recommender, and SASRec (the paper's) for reference
+        for base, m in baseline_rows(ds, samples, args.seed_list, args.swap_seed if args.swap_seed >= 0 else None,
+                                     args.genre_probe, args.eval_split, Path(args.recommender_dir), rec_names).items():
+            results["baselines"][base] = m
+            accelerator.print(format_probe(base, m))
+        for key, m in results["probes"].items():
+            for base, b in results["baselines"].items():
+                c = paired(m["per_user"], b["per_user"])
+                results["paired"][f"{key} - {base}"] = c
+                accelerator.print(f"  {key} - {base}: {c['diff']:+.4f} [95% CI {c['ci95'][0]:+.3f} to {c['ci95'][1]:+.3f}], "
+                                  f"better for {c['a_better']} users, worse for {c['b_better']}")
     if accelerator.is_main_process and args.json:
         write_json(args.json, results)
     return 0

@@ -22,10 +22,12 @@ import torch
 from .attribution import Attribution, attribute_items, attribute_tokens, neutral_slot_vector
 from .data import MAX_HISTORY, NUM_CANDIDATES, SequenceDataset, candidates_around, pad_histories
 from .metrics import match_answer
-from .model import LLaRA
+from .model import LLaRA, available
 from .prompts import Prompt
 
-DECODES = ("rank", "head", "constrained", "generate")
+# Best first: the first one a model offers is its default. residual: recommender score + the LLM's gated
+# next-item correction; next: the LLM's next-item head alone; head: the candidate head; rank: title likelihood.
+DECODES = ("residual", "next", "head", "rank", "constrained", "generate")
 ABLATIONS = ("none", "no-embeddings", "no-titles", "shuffle")
 ATTRIBUTION_METHODS = ("grad_x_input", "ig", "ablation")
 MAX_SEED = 2**32 - 1
@@ -75,8 +77,12 @@ class Prediction:
 class Predictor:
     """A loaded LLaRA checkpoint plus its recommender, safe to share between threads."""
 
-    def __init__(self, model: LLaRA, recommender, dataset: SequenceDataset, meta: dict) -> None:
+    def __init__(self, model: LLaRA, recommender, dataset: SequenceDataset, meta: dict,
+                 text_model: LLaRA | None = None, text_meta: dict | None = None) -> None:
         self.model, self.recommender, self.dataset, self.meta = model, recommender, dataset, meta
+        # The text-only panel: a model trained on text-only prompts with the same levers and budget, when given;
+        # else the main model answers its text-only prompt too.
+        self.text_model, self.text_meta = text_model, text_meta
         self.catalog = dataset.catalog
         self.titles = model.builder.titles
         self.lock = threading.Lock()
@@ -87,9 +93,11 @@ class Predictor:
             self.token_norm = float(weight.norm(dim=-1).mean())
 
     @classmethod
-    def load(cls, checkpoint: str, precision: str = "nf4", threads: int = 0, merge: bool = True) -> "Predictor":
+    def load(cls, checkpoint: str, precision: str = "nf4", threads: int = 0, merge: bool = True,
+             text_checkpoint: str | None = None) -> "Predictor":
         """``merge``: fold the LoRA update into the base weights once (cached), which roughly halves the cost of
-        every forward pass on a CPU; ``False`` keeps the adapter separate (bit-for-bit what training saw)."""
+        every forward pass on a CPU; ``False`` keeps the adapter separate (bit-for-bit what training saw).
+        ``text_checkpoint``: a text-only model for the text-only panel (same dataset)."""
         from .checkpoint import resolve_path
         from .checkpoint import load_llara
         from .recommenders import load_recommender
@@ -98,11 +106,21 @@ class Predictor:
             torch.set_num_threads(threads)
         model, meta, dataset = load_llara(checkpoint, precision=precision, merge=merge)
         recommender = load_recommender(resolve_path(meta["recommender"]["path"], checkpoint), n_items=dataset.n_items)
-        return cls(model, recommender, dataset, meta)
+        text_model = text_meta = None
+        if text_checkpoint:
+            text_model, text_meta, _ = load_llara(text_checkpoint, dataset=dataset, precision=precision, merge=merge)
+            if text_meta.get("config", {}).get("mode") != "text":
+                raise ValueError(f"{text_checkpoint} was not trained on text-only prompts (mode "
+                                 f"{text_meta.get('config', {}).get('mode')!r}): it cannot stand for the text-only model")
+        return cls(model, recommender, dataset, meta, text_model, text_meta)
 
     @property
     def decodes(self) -> tuple[str, ...]:
-        return DECODES if self.model.head is not None else tuple(d for d in DECODES if d != "head")
+        """The main (hybrid) model's decodes, best first."""
+        return tuple(d for d in DECODES if available(self.model, d))
+
+    def model_for(self, prompt: Prompt) -> LLaRA:
+        return self.text_model if self.text_model is not None and not prompt.hybrid else self.model
 
     # ---- input checks ------------------------------------------------------------------------------------
 
@@ -153,10 +171,9 @@ class Predictor:
         if ablation == "shuffle":
             history = list(history)
             random.Random(self.check_seed(seed)).shuffle(history)
-        build = self.model.builder.build
-        out = {"hybrid": build(history, candidates, hybrid=True, titles=ablation != "no-titles")}
+        out = {"hybrid": self.model.builder.build(history, candidates, hybrid=True, titles=ablation != "no-titles")}
         if ablation != "no-titles":  # without titles a text-only prompt names no item at all
-            out["text"] = build(history, candidates, hybrid=False)
+            out["text"] = (self.text_model or self.model).builder.build(history, candidates, hybrid=False)
         return out
 
     @torch.no_grad()
@@ -189,17 +206,25 @@ class Predictor:
             raise ValueError(f"Unknown decode mode {decode!r}; this model offers {', '.join(self.decodes)}.")
         started = time.perf_counter()
         source = "hybrid" if prompt.hybrid else "text"
-        if decode in ("rank", "head"):
-            ranked = self.model.rank(prompt) if decode == "rank" else self.model.rank_head(prompt)
+        model, note = self.model_for(prompt), ""
+        if not available(model, decode):  # e.g. residual scoring for a text-only model, which has no recommender
+            fallback = next(d for d in DECODES if available(model, d))
+            note, decode = f"the text-only model has no {decode} decode: answered with {fallback}", fallback
+        if decode in ("rank", "head", "next", "residual"):
+            if decode in ("next", "residual"):
+                ranked = model.rank_items(prompt, residual=decode == "residual")
+            else:
+                ranked = model.rank(prompt) if decode == "rank" else model.rank_head(prompt)
             item, text = ranked[0][0], self.titles[ranked[0][0]]
         elif decode == "constrained":
-            ranked, item = [], self.model.constrained(prompt)
+            ranked, item = [], model.constrained(prompt)
             text = self.titles[item]
         else:
-            ranked, text = [], self.model.generate([prompt])[0]
+            ranked, text = [], model.generate([prompt])[0]
             index = match_answer(text, [self.titles[c] for c in prompt.candidates])
             item = None if index is None else prompt.candidates[index]
-        note = "" if item is not None else "the generated answer names none of the candidates (invalid)"
+        if item is None:
+            note = "the generated answer names none of the candidates (invalid)"
         return Answer(source, decode, item, text, ranked, time.perf_counter() - started, note)
 
     @torch.inference_mode()
@@ -238,10 +263,10 @@ class Predictor:
         with self.lock, (self.model.blank_slots(self._neutral_vector()) if blank else contextlib.nullcontext()):
             if target is None:  # an invalid generated answer names nothing: explain the likeliest title instead
                 target = self.answer(prompt, decode).item
-                target = self.model.rank(prompt)[0][0] if target is None else target
+                target = self.model_for(prompt).rank(prompt)[0][0] if target is None else target
             if method == "ablation":
-                return attribute_items(self.model, prompt, target=target)
-            return attribute_tokens(self.model, prompt, target=target, method=method)
+                return attribute_items(self.model_for(prompt), prompt, target=target)
+            return attribute_tokens(self.model_for(prompt), prompt, target=target, method=method)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,7 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", required=True, help="watched titles, oldest first, separated by '|'")
     parser.add_argument("--candidates", default="", help="candidate titles separated by '|' (default: 20 drawn with --seed)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the candidate draw and of the shuffle ablation (default: 0)")
-    parser.add_argument("--decode", choices=DECODES, default="rank", help="how each prompt is answered (default: rank)")
+    parser.add_argument("--decode", choices=DECODES, default=None,
+                        help="how each prompt is answered (default: the best the checkpoint offers, in the order "
+                             + ", ".join(DECODES) + ")")
+    parser.add_argument("--text-checkpoint", default=None, help="a text-only checkpoint for the text-only answer "
+                        "(default: the main checkpoint answers its text-only prompt too)")
     parser.add_argument("--ablation", choices=ABLATIONS, default="none", help="prompt ablation (default: none)")
     parser.add_argument("--precision", choices=("nf4", "bf16", "fp32"), default="nf4", help="weights (default: nf4)")
     args = parser.parse_args(argv)
@@ -268,14 +297,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         history_titles, candidate_titles = split_titles(args.history, "--history"), split_titles(args.candidates, "--candidates")
-        predictor = Predictor.load(args.checkpoint, precision=args.precision)
+        predictor = Predictor.load(args.checkpoint, precision=args.precision, text_checkpoint=args.text_checkpoint)
         find = predictor.catalog.find
         history = [find(t) for t in history_titles]
         if candidate_titles:
             cands = [find(t) for t in candidate_titles]
         else:
             cands = predictor.draw_candidates(history, args.seed)
-        result = predictor.predict(history, cands, args.decode, args.ablation, args.seed)
+        result = predictor.predict(history, cands, args.decode or predictor.decodes[0], args.ablation, args.seed)
     except (ValueError, KeyError, OSError, CheckpointError) as err:
         parser.error(str(err.args[0] if isinstance(err, KeyError) else err))
     titles = predictor.titles

@@ -4,10 +4,14 @@
     python -m llara.results --rows sasrec,gru4rec,caser      # just the recommenders (seconds)
     python -m llara.results --reuse                          # rebuild the table from docs/results/*.json only
 
-Rows: the three committed recommenders, the untrained base LLM (zero-shot, text prompt) and every LLaRA
-checkpoint under checkpoints/llara/ (its own prompt kind: text for a text-only run, hybrid otherwise). Columns:
-ValidRatio / HitRatio@1 of greedy generation (the paper's protocol) and of constrained decoding, HR@1 / NDCG@5 of
-``rank`` (title likelihood) and of the candidate ``head`` where a checkpoint has one. Every model sees the same
+    python -m llara.results --rows path/to/checkpoint               # any LLaRA checkpoint folder, by path
+
+Rows: the three committed recommenders, the history-free priors (global and recent popularity), the untrained
+base LLM (zero-shot, text prompt) and every LLaRA checkpoint under checkpoints/llara/ or given by path (its own
+prompt kind: text for a text-only run, hybrid otherwise). Columns: ValidRatio / HitRatio@1 of greedy generation
+(the paper's protocol) and of constrained decoding, HR@1 / NDCG@5 of ``rank`` (title likelihood), of the candidate
+``head``, of the ``next``-item head and of ``residual`` scoring where a checkpoint has them. Every scored column is
+also probed for personalization (llara/probes.py): the history swap test and the genre probe. Every model sees the same
 95 test users and the same candidate sets (seeds 0..N-1), so differences are paired: the table ends with paired
 bootstrap intervals of HR@1 differences. One row's figures and per-user records go to docs/results/<row>.json,
 which ``--reuse`` reads instead of running the row again.
@@ -29,6 +33,7 @@ from .metrics import bootstrap_ci, mean_std, ranking_metrics, target_ranks
 LLARA_DIR = REPO_ROOT / "checkpoints" / "llara"
 OUT_DIR = REPO_ROOT / "docs" / "results"
 RECOMMENDERS = ("sasrec", "gru4rec", "caser")
+PRIORS = {"popularity": 0, "recent-popularity": 10}  # history-free rows: counts of all / the last 10 training targets
 ZERO_SHOT = "zero-shot"
 # Paper Table 2 (MovieLens, Llama2-7B): ValidRatio / HitRatio@1 of greedy generation.
 PAPER = {
@@ -50,30 +55,46 @@ def _per_user(records: list[list[dict]]) -> list[float]:
     return np.mean([[float(r["hit"]) for r in recs] for recs in records], axis=0).round(4).tolist()
 
 
-def run_recommender(name: str, ds, seeds: int) -> dict:
+def run_baseline(name: str, ds, seeds: int) -> dict:
+    """A recommender or a history-free prior: ranked like the LLM rows, and probed the same way."""
+    from .probes import popularity, prior_scorer, recommender_scorer
+    from .evaluate import probe_row
     from .recommenders import load_recommender
-    from .recommenders.trainer import candidate_scores
 
-    model = load_recommender(RECOMMENDER_DIR / ds.name / name, n_items=ds.n_items)
+    if name in PRIORS:
+        scorer, kind = prior_scorer(popularity(ds, recent=PRIORS[name])), "history-free"
+    else:
+        scorer, kind = recommender_scorer(load_recommender(RECOMMENDER_DIR / ds.name / name, n_items=ds.n_items)), "recommender"
     samples = ds.split("test")
     per_seed, hits = [], []
     for seed in range(seeds):
         cands = ds.candidates("test", seed=seed)
         target_pos = np.array([c.index(s.target) for c, s in zip(cands, samples)])
-        scores = candidate_scores(model, samples, cands)
+        scores = scorer([s.history for s in samples], cands)
+    per_seed, hits = [], []
+    for seed in range(seeds):
+        cands = ds.candidates("test", seed=seed)
+        target_pos = np.array([c.index(s.target) for c, s in zip(cands, samples)])
         per_seed.append(ranking_metrics(scores, target_pos))
         hits.append((target_ranks(scores, target_pos) == 0).astype(float))
     metrics = {k: mean_std([m[k] for m in per_seed]) for k in ("hr@1", "ndcg@5")}
     per_user = np.mean(hits, axis=0)
-    return {"row": name, "kind": "recommender", "columns": {"rank": {
+    probe = probe_row(scorer, ds, samples, list(range(seeds)), swap_seed=0, genre=True, split="test")
+    return {"row": name, "kind": kind, "columns": {"rank": {
         "seeds": seeds, "valid_ratio": 1.0, "hr@1": metrics["hr@1"][0], "hr@1_std": metrics["hr@1"][1],
         "ndcg@5": metrics["ndcg@5"][0], "ndcg@5_std": metrics["ndcg@5"][1], "hr@1_ci95": bootstrap_ci(per_user),
-        "per_user": per_user.round(4).tolist()}}}
+        "per_user": per_user.round(4).tolist(), "probe": _probe_summary(probe)}}}
+
+
+def _probe_summary(probe: dict) -> dict:
+    """What the tables read of a probe: the swap test and the genre probe (per-user hits are the column's own)."""
+    return {k: probe[k] for k in ("swap", "genre") if k in probe}
 
 
 def run_llm(row: str, seeds: int, gen_seeds: int, decodes: list[str], precision: str, limit: int = 0) -> dict:
     """Evaluate one LLM row with ``llara.evaluate``'s functions; per-user hits kept for paired comparisons."""
-    from .evaluate import evaluate_samples, summarize
+    from .evaluate import SCORED, evaluate_samples, llm_scorer, probe_row, summarize
+    from .model import available
     from .checkpoint import load_llara
     from .model import build_llara
 
@@ -82,16 +103,17 @@ def run_llm(row: str, seeds: int, gen_seeds: int, decodes: list[str], precision:
         model = build_llara(ds, str(RECOMMENDER_DIR / ds.name / "sasrec"), precision=precision).eval()
         kind, meta = "text", {"config": {"mode": "zero-shot"}}
     else:
-        model, meta, ds = load_llara(str(LLARA_DIR / row), precision=precision)
+        model, meta, ds = load_llara(str(checkpoint_path(row)), precision=precision)
         kind = "text" if meta.get("config", {}).get("mode") == "text" else "hybrid"
+        row = checkpoint_path(row).name
     samples = ds.split("test")[: limit or None]
     out: dict = {"row": row, "kind": kind, "precision": precision, "config": meta.get("config", {}),
                  "training": {k: meta[k] for k in ("step", "total_steps", "train_seconds", "samples_per_second", "peak_rss_mb")
                               if k in meta}, "columns": {}}
     for decode in decodes:
-        if decode == "head" and model.head is None:
+        if not available(model, decode):
             continue
-        n = seeds if decode == "head" else gen_seeds  # one pass per sample: all seeds; the slow decodes: fewer
+        n = seeds if decode in ("head", "next", "residual") else gen_seeds  # one pass per sample: all seeds; the slow decodes: fewer
         started, per_seed = time.perf_counter(), []
         for seed in range(n):
             cands = ds.candidates("test", seed=seed)[: len(samples)]
@@ -106,10 +128,21 @@ def run_llm(row: str, seeds: int, gen_seeds: int, decodes: list[str], precision:
             val = ds.split("val")[: limit or None]
             m["val_scores"] = [r["scores"] for r in evaluate_samples(model, val, ds.candidates("val", seed=0)[: len(val)],
                                                                       kind == "hybrid", "head", progress=True, desc=f"{row} head val")]
+        if decode in SCORED:  # personalization: swap test and genre probe, on the same users and candidate seeds
+            probe = probe_row(llm_scorer(model, kind == "hybrid", decode), ds, samples, list(range(n)), swap_seed=0,
+                              genre=True, split="test")
+            m["probe"] = _probe_summary(probe)
+            print(f"  {row} {decode}: swap HR@1 {probe['swap']['hr@1']:.4f}, kept {probe['swap']['kept']:.0%}; genre "
+                  f"min {probe['genre']['min_in_genre']:.0%}, {probe['genre']['distinct_top_answers']} distinct", flush=True)
         out["columns"][decode] = m
         print(f"  {row} {decode}: HR@1 {m['hr@1']:.4f} ± {m['hr@1_std']:.4f}, ValidRatio {m['valid_ratio']:.4f} "
               f"({m['seconds_per_sample']} s/sample)", flush=True)
     return out
+
+
+def checkpoint_path(row: str) -> Path:
+    """A row names a folder under checkpoints/llara/ or is a path to a checkpoint folder."""
+    return Path(row) if "/" in row else LLARA_DIR / row
 
 
 FUSION_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -178,8 +211,10 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def paired(results: list[dict], pairs: list[tuple[str, str, str]], n_boot: int = 2000, seed: int = 0) -> str:
+def paired_table(results: list[dict], pairs: list[tuple[str, str, str]]) -> str:
     """``a - b`` HR@1 on the same users and candidates, with a bootstrap 95% interval over users."""
+    from .probes import paired
+
     by_row = {r["row"]: r for r in results}
     lines = ["| comparison (same users, same candidates) | decode | HR@1 difference | 95% CI | users a better / b better |",
              "|---|---|---|---|---|"]
@@ -188,12 +223,40 @@ def paired(results: list[dict], pairs: list[tuple[str, str, str]], n_boot: int =
         cb = by_row.get(b, {}).get("columns", {}).get(decode) or by_row.get(b, {}).get("columns", {}).get("rank")
         if not ca or not cb or len(ca["per_user"]) != len(cb["per_user"]):
             continue
-        diff = np.array(ca["per_user"]) - np.array(cb["per_user"])
-        rng = np.random.default_rng(seed)
-        boots = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(1)
-        lo, hi = np.quantile(boots, [0.025, 0.975])
-        lines.append(f"| {a} − {b} | {decode} | {diff.mean():+.3f} | {lo:+.3f} to {hi:+.3f} | "
-                     f"{int((diff > 0).sum())} / {int((diff < 0).sum())} |")
+        c = paired(ca["per_user"], cb["per_user"])
+        lines.append(f"| {a} − {b} | {decode} | {c['diff']:+.3f} | {c['ci95'][0]:+.3f} to {c['ci95'][1]:+.3f} | "
+                     f"{c['a_better']} / {c['b_better']} |")
+    return "\n".join(lines)
+
+
+def personalization_table(results: list[dict], references: tuple[str, ...] = ("sasrec", "recent-popularity")) -> str:
+    """One line per scored column: HR@1, the swap test, the genre probe, and paired differences with the
+    references (same users, same candidate seeds)."""
+    from .probes import paired
+
+    by_row = {r["row"]: r for r in results}
+    ref_cols = {name: by_row[name]["columns"]["rank"] for name in references if name in by_row}
+    head = ("| model | prompt | decode | HR@1 | 95% CI | swap: HR@1 | swap: choices kept | genre: in-genre min / mean | "
+            "genre: distinct answers | " + " | ".join(f"− {n} (95% CI; users +/−)" for n in ref_cols) + " |")
+    lines = [head, "|" + "---|" * (9 + len(ref_cols))]
+    for r in results:
+        for decode, col in r["columns"].items():
+            probe = col.get("probe")
+            if not probe:
+                continue
+            swap, genre = probe.get("swap", {}), probe.get("genre", {})
+            cells = []
+            for name, ref in ref_cols.items():
+                if r["row"] == name or len(ref["per_user"]) != len(col["per_user"]) or ref.get("seeds") != col.get("seeds"):
+                    cells.append("–")
+                    continue
+                c = paired(col["per_user"], ref["per_user"])
+                cells.append(f"{c['diff']:+.3f} ({c['ci95'][0]:+.3f} to {c['ci95'][1]:+.3f}; {c['a_better']}/{c['b_better']})")
+            lo, hi = col["hr@1_ci95"]
+            lines.append(f"| {r['row']} | {r['kind']} | {decode} | {col['hr@1']:.3f} ± {col.get('hr@1_std', 0):.3f} | "
+                         f"{lo:.3f}–{hi:.3f} | {swap.get('hr@1', float('nan')):.3f} | {swap.get('kept', float('nan')):.0%} | "
+                         f"{genre.get('min_in_genre', float('nan')):.0%} / {genre.get('mean_in_genre', float('nan')):.0%} | "
+                         f"{genre.get('distinct_top_answers', '–')} of {len(genre.get('genres', {}))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -256,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5, help="candidate seeds for the head and the recommenders (default: 5)")
     parser.add_argument("--gen-seeds", type=int, default=1,
                         help="candidate seeds for generate / constrained / rank, 2-6x slower per sample (default: 1)")
-    parser.add_argument("--decodes", default="generate,constrained,rank,head", help="LLM columns to run (default: all)")
+    parser.add_argument("--decodes", default="generate,constrained,rank,head,next,residual",
+                        help="LLM columns to run, each where the checkpoint has it (default: all)")
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32", "nf4"], help="LLM weights (default: bf16)")
     parser.add_argument("--limit", type=int, default=0, help="first N test users only (0 = all 95; a smoke test)")
     parser.add_argument("--reuse", action="store_true", help="read rows from docs/results/<row>.json where present")
@@ -264,33 +328,35 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the training curves of the LLaRA checkpoints here (default: assets/training_curves.png)")
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="folder of the per-row JSON files (default: docs/results)")
     args = parser.parse_args(argv)
-    available = [*RECOMMENDERS, ZERO_SHOT, *sorted(q.parent.name for q in LLARA_DIR.glob("*/meta.json"))]
+    available = [*RECOMMENDERS, *PRIORS, ZERO_SHOT, *sorted(q.parent.name for q in LLARA_DIR.glob("*/meta.json"))]
     rows = available if args.rows == "all" else [r.strip() for r in args.rows.split(",") if r.strip()]
-    unknown = [r for r in rows if r not in available]
+    unknown = [r for r in rows if r not in available and not (checkpoint_path(r) / "meta.json").is_file()]
     if unknown or args.seeds < 1 or args.gen_seeds < 1:
         parser.error(f"unknown rows {unknown}; available: {', '.join(available)}" if unknown else "--seeds and --gen-seeds must be >= 1")
     decodes = [d.strip() for d in args.decodes.split(",") if d.strip()]
     started, results = time.perf_counter(), []
     for row in rows:
-        path = args.out / f"{row}.json"
+        path = args.out / f"{checkpoint_path(row).name if '/' in row else row}.json"
         if args.reuse and path.is_file():
             results.append(read_json(path))
             continue
         t0 = time.perf_counter()
         print(f"[results] {row} ...", flush=True)
-        if row in RECOMMENDERS:
-            result = run_recommender(row, movielens(), args.seeds)
+        if row in RECOMMENDERS or row in PRIORS:
+            result = run_baseline(row, movielens(), args.seeds)
         else:
             result = run_llm(row, args.seeds, args.gen_seeds, decodes, args.precision, args.limit)
         result["seconds"] = round(time.perf_counter() - t0, 1)
         if not args.limit:  # a smoke run never overwrites the committed figures
             write_json(path, result)
         results.append(result)
-    fused = [f for f in (fusion_row(r, movielens()) for r in results if r.get("kind") != "recommender") if f]
+    fused = [f for f in (fusion_row(r, movielens()) for r in results if r.get("kind") in ("text", "hybrid")) if f]
     results += fused
     print(table(results))
     print()
-    print(paired(results, default_pairs(rows) + [(f["row"], "sasrec", "head") for f in fused]))
+    print(paired_table(results, default_pairs([r["row"] for r in results]) + [(f["row"], "sasrec", "head") for f in fused]))
+    print()
+    print(personalization_table(results))
     print()
     print(training_table(results))
     if args.plot:

@@ -99,16 +99,26 @@ def llm_scorer(model: LLaRA, hybrid: bool, decode: str, batch_size: int = 8):
     choose give the chosen candidate 0 and the rest -inf (an invalid answer: all -inf)."""
     from .data import Sample
 
-    def score(histories, candidate_sets) -> np.ndarray:
-        samples = [Sample(tuple(h), c[0]) for h, c in zip(histories, candidate_sets)]  # the target is not read
-        records = evaluate_samples(model, samples, candidate_sets, hybrid, decode, batch_size)
-        out = np.full((len(records), len(candidate_sets[0])), -np.inf)
-        for b, (r, cands) in enumerate(zip(records, candidate_sets)):
+    cache: dict[tuple, np.ndarray] = {}  # (history, candidates) -> scores; ``remember`` fills it from records
+
+    def remember(histories, candidate_sets, records: list[dict]) -> None:
+        for h, cands, r in zip(histories, candidate_sets, records):
+            row = np.full(len(cands), -np.inf)
             if "scores" in r:
-                out[b] = [r["scores"][c] for c in cands]
+                row[:] = [r["scores"][c] for c in cands]
             elif r["choice"] is not None:
-                out[b, list(cands).index(r["choice"])] = 0.0
-        return out
+                row[list(cands).index(r["choice"])] = 0.0
+            cache[(tuple(h), tuple(cands))] = row
+
+    def score(histories, candidate_sets) -> np.ndarray:
+        todo = [k for k in dict.fromkeys((tuple(h), tuple(c)) for h, c in zip(histories, candidate_sets)) if k not in cache]
+        if todo:
+            samples = [Sample(h, c[0]) for h, c in todo]  # the target is not read
+            remember([h for h, _ in todo], [c for _, c in todo],
+                     evaluate_samples(model, samples, [c for _, c in todo], hybrid, decode, batch_size))
+        return np.stack([cache[(tuple(h), tuple(c))] for h, c in zip(histories, candidate_sets)])
+
+    score.remember = remember  # type: ignore[attr-defined]
     return score
 
 
@@ -260,7 +270,10 @@ def run(args: argparse.Namespace) -> int:
             results["records"][key] = per_seed
             accelerator.print(format_row(name, key, results["metrics"][key]))
             if accelerator.num_processes == 1 and (args.swap_seed >= 0 or args.genre_probe or args.baselines):
-                probe = probe_row(llm_scorer(model, kind == "hybrid", decode, args.batch_size), ds, samples, args.seed_list,
+                scorer = llm_scorer(model, kind == "hybrid", decode, args.batch_size)
+                for seed, records in zip(args.seed_list, per_seed):  # the answers above are not computed again
+                    scorer.remember([s.history for s in samples], ds.candidates(args.eval_split, seed=seed)[: len(samples)], records)
+                probe = probe_row(scorer, ds, samples, args.seed_list,
                                   args.swap_seed if args.swap_seed >= 0 else None, args.genre_probe, args.eval_split)
                 results["probes"][key] = probe
                 accelerator.print(format_probe(f"{name} {key}", probe))

@@ -71,10 +71,6 @@ def run_baseline(name: str, ds, seeds: int) -> dict:
         cands = ds.candidates("test", seed=seed)
         target_pos = np.array([c.index(s.target) for c, s in zip(cands, samples)])
         scores = scorer([s.history for s in samples], cands)
-    per_seed, hits = [], []
-    for seed in range(seeds):
-        cands = ds.candidates("test", seed=seed)
-        target_pos = np.array([c.index(s.target) for c, s in zip(cands, samples)])
         per_seed.append(ranking_metrics(scores, target_pos))
         hits.append((target_ranks(scores, target_pos) == 0).astype(float))
     metrics = {k: mean_std([m[k] for m in per_seed]) for k in ("hr@1", "ndcg@5")}
@@ -129,8 +125,10 @@ def run_llm(row: str, seeds: int, gen_seeds: int, decodes: list[str], precision:
             m["val_scores"] = [r["scores"] for r in evaluate_samples(model, val, ds.candidates("val", seed=0)[: len(val)],
                                                                       kind == "hybrid", "head", progress=True, desc=f"{row} head val")]
         if decode in SCORED:  # personalization: swap test and genre probe, on the same users and candidate seeds
-            probe = probe_row(llm_scorer(model, kind == "hybrid", decode), ds, samples, list(range(n)), swap_seed=0,
-                              genre=True, split="test")
+            scorer = llm_scorer(model, kind == "hybrid", decode)
+            for seed, records in enumerate(per_seed):  # the answers above are not computed again
+                scorer.remember([s.history for s in samples], ds.candidates("test", seed=seed)[: len(samples)], records)
+            probe = probe_row(scorer, ds, samples, list(range(n)), swap_seed=0, genre=True, split="test")
             m["probe"] = _probe_summary(probe)
             print(f"  {row} {decode}: swap HR@1 {probe['swap']['hr@1']:.4f}, kept {probe['swap']['kept']:.0%}; genre "
                   f"min {probe['genre']['min_in_genre']:.0%}, {probe['genre']['distinct_top_answers']} distinct", flush=True)
@@ -324,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32", "nf4"], help="LLM weights (default: bf16)")
     parser.add_argument("--limit", type=int, default=0, help="first N test users only (0 = all 95; a smoke test)")
     parser.add_argument("--reuse", action="store_true", help="read rows from docs/results/<row>.json where present")
+    parser.add_argument("--update", action="store_true", help="run the --decodes columns and merge them into a row's "
+                        "existing JSON, keeping its other columns")
     parser.add_argument("--plot", type=Path, default=REPO_ROOT / "assets" / "training_curves.png",
                         help="write the training curves of the LLaRA checkpoints here (default: assets/training_curves.png)")
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="folder of the per-row JSON files (default: docs/results)")
@@ -340,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.reuse and path.is_file():
             results.append(read_json(path))
             continue
+        previous = read_json(path) if args.update and path.is_file() else None
         t0 = time.perf_counter()
         print(f"[results] {row} ...", flush=True)
         if row in RECOMMENDERS or row in PRIORS:
@@ -347,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = run_llm(row, args.seeds, args.gen_seeds, decodes, args.precision, args.limit)
         result["seconds"] = round(time.perf_counter() - t0, 1)
+        if previous:  # --update: the columns run now replace theirs, the others are kept
+            result = {**previous, **{k: v for k, v in result.items() if k != "columns"},
+                      "columns": {**previous.get("columns", {}), **result["columns"]}}
         if not args.limit:  # a smoke run never overwrites the committed figures
             write_json(path, result)
         results.append(result)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .attribution import SLOT_BASELINES, TOKEN_METHODS, Attribution, _resolve, attribute_items, attribute_tokens, build_prompt
 from .checkpoint import CheckpointError, write_json
+from .constants import RECOMMENDER_DIR
 from .data import MAX_HISTORY
 
 MAX_TITLE_CHARS = 300  # longer than any catalog title
@@ -145,12 +146,11 @@ def run(args: argparse.Namespace) -> int:
 def bench(precision: str = "bf16", repeats: int = 3, n_steps: int = 8) -> list[dict]:
     """Median seconds per attribution for the embedded SmolLM2 (+ LoRA, untrained: speed does not depend on the
     weights) on the first MovieLens test user with a 10-item history, 20 candidates, target named (no ranking)."""
-    from .bench import DEFAULT_REC
     from .data import load_dataset
     from .model import build_llara
 
     ds = load_dataset("movielens")
-    model = build_llara(ds, str(DEFAULT_REC), precision=precision, lora={"r": 8, "alpha": 32, "dropout": 0.1}).eval()
+    model = build_llara(ds, str(RECOMMENDER_DIR / ds.name / "sasrec"), precision=precision, lora={"r": 8, "alpha": 32, "dropout": 0.1}).eval()
     index = next(i for i, s in enumerate(ds.test) if len(s.history) == 10)
     sample, cands = ds.test[index], ds.candidates("test", seed=0)[index]
     prompts = {kind: model.builder.build(sample.history, cands, hybrid=kind == "hybrid", template=0) for kind in ("hybrid", "text")}

@@ -6,7 +6,9 @@
 
 Parts: ``demo`` loads the committed checkpoint the way the app does (fresh process per precision, so cold start
 and resident memory are clean) and times every request kind; ``train`` times LoRA training steps of a fresh model
-(bf16 / nf4, gradient checkpointing off / on); ``llamacpp`` runs the same SmolLM2 GGUF with llama-cpp-python when
+(bf16 / nf4, gradient checkpointing off / on); ``recipes`` compares the training recipes (full prompt with title
+loss vs prompts cut after the user slot with the next-item losses) in fresh processes: tokens per prompt,
+samples/s, and resident memory after each phase; ``llamacpp`` runs the same SmolLM2 GGUF with llama-cpp-python when
 it is installed (``pip install llama-cpp-python``, a C++ build: benchmark-only, never a runtime dependency) and
 says so when it is not. Every latency is the median (p50) and p95 of ``--repeats`` timed runs after one warm-up;
 comparisons are ratios taken in the same run, because timings on shared machines drift.
@@ -122,6 +124,66 @@ def bench_train(precision: str, repeats: int, checkpointing: bool, base_model: s
             "samples_per_s": len(prompts) / t["p50"], "step": t, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+# Training recipes compared in fresh processes (``--parts recipes``): what one prompt costs and where memory goes.
+RECIPES = {
+    "title": ("the paper's: full prompt, loss on the answer's title tokens", {}),
+    "title+head": ("full prompt, title loss + candidate head (the first demo model)", {"head_weight": 1.0}),
+    "next-item": ("prompt cut after the user slot, next-item head at every history slot + user token + residual + "
+                  "distillation (the personalized models)",
+                  {"next_item": True, "user_token": True, "residual": True,
+                   "weights": {"title": 0.0, "next": 1.0, "dense": 1.0, "distill": 1.0}}),
+}
+
+
+def bench_recipe(recipe: str, repeats: int, batch: int = 8) -> dict:
+    """RSS after each phase of training with one recipe (bf16, batch ``batch`` of real training prompts)."""
+    from .data import load_dataset
+    from .model import build_llara
+    from .train import quick_validation
+
+    rss = {"start": _rss_mb()}
+    ds = load_dataset("movielens")
+    options = RECIPES[recipe][1]
+    model = build_llara(ds, str(RECOMMENDER_DIR / "movielens" / "sasrec"), precision="bf16",
+                        lora={"r": 8, "alpha": 32, "dropout": 0.1}, **options)
+    rss["model loaded"] = _rss_mb()
+    rng = random.Random(0)
+    short = recipe == "next-item"
+    prompts = []
+    for s, c in zip(ds.test[: batch * 4], ds.candidates("test", seed=0)):  # prompts of real length; no update is kept
+        p = model.builder.build(s.history, c, hybrid=True, target=s.target, rng=rng)
+        prompts.append(p.truncated() if short else p)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    model.train()
+    from .batch import collate
+
+    def step(k: int) -> None:
+        chunk = prompts[(k % 4) * batch : (k % 4 + 1) * batch]  # four batches of different lengths, in turn
+        model(collate(chunk, model.pad_id, with_targets=True, padding_side="right")).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    counter = iter(range(10**6))
+    t = _timed(lambda: step(next(counter)), repeats)
+    rss["after training steps"] = _rss_mb()
+    rss["peak during training"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    model.eval()
+    quick_validation(model, ds, 16, hybrid=True)
+    rss["after a validation pass"] = _rss_mb()
+    rss["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"recipe": recipe, "what": RECIPES[recipe][0], "batch": batch,
+            "tokens_per_prompt": float(np.mean([len(p.input_ids) + len(p.target_ids) for p in prompts])),
+            "samples_per_s": batch / t["p50"], "step": t, "rss_mb": rss}
+
+
+def run_recipe_child(recipe: str, repeats: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "recipe.json"
+        subprocess.run([sys.executable, "-m", "llara.bench", "--child-recipe", recipe, "--repeats", str(repeats),
+                        "--json", str(out)], check=True)
+        return json.loads(out.read_text())
+
+
 # ---- llama.cpp reference -------------------------------------------------------------------------------------
 
 def bench_llamacpp(prompt_text: str, repeats: int, threads: int) -> dict:
@@ -213,6 +275,14 @@ def format_table(res: dict) -> str:
         for t in train:
             lines.append(f"| {t['precision']}, gradient checkpointing {'on' if t['gradient_checkpointing'] else 'off'} | "
                          f"{t['samples_per_s']:.2f} | {_ms(t['step'])} | {t['peak_rss_mb']:,.0f} |")
+    recipes = res.get("recipes", [])
+    if recipes:
+        phases = list(recipes[0]["rss_mb"])
+        lines += ["", "| training recipe (bf16, batch 8, fresh process) | tokens / prompt | samples/s | step p50 (ms) | "
+                  + " | ".join(f"RSS {p} (MB)" for p in phases) + " |", "|---" * (4 + len(phases)) + "|"]
+        for r in recipes:
+            lines.append(f"| {r['recipe']}: {r['what']} | {r['tokens_per_prompt']:.0f} | {r['samples_per_s']:.2f} | "
+                         f"{r['step']['p50'] * 1000:,.0f} | " + " | ".join(f"{r['rss_mb'][p]:,.0f}" for p in phases) + " |")
     ref = res.get("llamacpp")
     if ref:
         lines.append("")
@@ -232,7 +302,8 @@ def format_table(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llara.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="demo,train,llamacpp", help="comma-separated parts: demo, train, llamacpp (default: all)")
+    parser.add_argument("--parts", default="demo,train,recipes,llamacpp",
+                        help="comma-separated parts: demo, train, recipes, llamacpp (default: all)")
     parser.add_argument("--precisions", default="bf16,nf4", help="demo precisions (default: %(default)s; fp32 also valid)")
     parser.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT), help="LLaRA checkpoint of the demo (default: the committed one)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per figure after one warm-up (default: %(default)s)")
@@ -242,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
     parser.add_argument("--child-demo", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-recipe", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-llamacpp", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -252,12 +324,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.child_llamacpp:
         write_json(args.json, bench_llamacpp(Path(args.child_llamacpp).read_text(), args.repeats, args.threads))
         return 0
+    if args.child_recipe:
+        write_json(args.json, bench_recipe(args.child_recipe, args.repeats))
+        return 0
     if args.child_demo:
         write_json(args.json, bench_demo(args.checkpoint, args.child_demo, args.repeats, merge=not args.no_merge))
         return 0
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    bad = [p for p in precisions if p not in ("bf16", "fp32", "nf4")] + [p for p in parts if p not in ("demo", "train", "llamacpp")]
+    bad = [p for p in precisions if p not in ("bf16", "fp32", "nf4")] + [p for p in parts if p not in ("demo", "train", "recipes", "llamacpp")]
     if bad:
         parser.error(f"unknown part or precision: {', '.join(bad)}")
     if "demo" in parts and not (Path(args.checkpoint) / "meta.json").is_file():
@@ -269,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             res["demo"].append(run_demo_child(args.checkpoint, precisions[0], args.repeats, merge=False))
     if "train" in parts:
         res["train"] = [bench_train(p, max(2, args.repeats // 2), ckpt) for p in ("bf16", "nf4") for ckpt in (False, True)]
+    if "recipes" in parts:
+        res["recipes"] = [run_recipe_child(r, args.repeats) for r in RECIPES]
     if "llamacpp" in parts:
         fwd = bench_forward(args.checkpoint, "bf16", args.repeats)
         res["llamacpp"] = run_llamacpp_child(fwd.pop("text"), args.repeats, args.threads)

@@ -324,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="read rows from docs/results/<row>.json where present")
     parser.add_argument("--update", action="store_true", help="run the --decodes columns and merge them into a row's "
                         "existing JSON, keeping its other columns")
-    parser.add_argument("--plot", type=Path, default=REPO_ROOT / "assets" / "training_curves.png",
-                        help="write the training curves of the LLaRA checkpoints here (default: assets/training_curves.png)")
+    parser.add_argument("--plot", type=lambda v: Path(v) if v else None, default=REPO_ROOT / "assets" / "training_curves.png",
+                        help="write the training curves of the LLaRA checkpoints here ('' = no plot; default: assets/training_curves.png)")
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="folder of the per-row JSON files (default: docs/results)")
     args = parser.parse_args(argv)
     available = [*RECOMMENDERS, *PRIORS, ZERO_SHOT, *sorted(q.parent.name for q in LLARA_DIR.glob("*/meta.json"))]

@@ -1,6 +1,6 @@
 """The demo on a tiny trained checkpoint: handlers called directly, and the served app driven over HTTP.
 
-The real model behind the same UI is covered by ``test_app_real.py`` (integration) and the browser test."""
+The real model behind the same UI is covered by ``test_committed_model.py`` (integration) and the browser test."""
 from __future__ import annotations
 
 import gradio as gr
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from app import handlers
-from app.state import Studio, item_labels
+from app.state import Studio
 from llara.inference import ABLATIONS, Predictor
 
 from .conftest import served_client, toy_train_args
@@ -36,7 +36,10 @@ def user(studio):
 
 def test_labels_are_unique(studio):
     assert len(set(studio.labels)) == len(studio.labels) == studio.dataset.n_items
-    assert item_labels(studio.dataset) == studio.labels
+    cat = studio.dataset.catalog
+    for i, label in enumerate(studio.labels):  # the title first, then the year where known
+        assert label.startswith(cat.titles[i])
+        assert cat.years[i] is None or str(cat.years[i]) in label
 
 
 def test_load_test_user_includes_the_true_item(studio, user):

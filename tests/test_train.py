@@ -301,4 +301,4 @@ def test_candidate_head_is_trained_saved_and_evaluated(toy_setup, toy_run, tmp_p
     assert set(metrics) == {"text/head", "hybrid/head"} and metrics["hybrid/head"]["valid_ratio"] == 1.0
     capsys.readouterr()
     assert evaluate_mod.main(["--checkpoint", str(toy_run["output"]), "--decode", "head", "--limit", "1"]) == 2
-    assert "needs a checkpoint trained with --head-weight" in capsys.readouterr().err
+    assert "needs a checkpoint trained for it (--head-weight > 0)" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from .release import MalformedDataError
 # name -> (domain, loaded from a release folder?)
 DATASETS = {"movielens": ("movie", False), "lastfm": ("artist", True), "steam": ("game", True)}
 
-# The paper's Table-1 figures and filtered test sizes (DESIGN.md section 1), printed beside ours by `stats`.
+# The paper's Table-1 figures and filtered test sizes (LLaRA paper, Table 1), printed beside ours by `stats`.
 PAPER_FIGURES = {
     "movielens": {"users": 943, "items": 1682, "interactions": 100000, "test samples": 95},
     "steam": {"users": 11938, "items": 3581, "test samples": 1186},

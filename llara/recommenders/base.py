@@ -2,7 +2,8 @@
 
 Sequences are right-padded ``(B, L)`` item-index matrices with ``pad_id = n_items`` and ``(B,)`` lengths, the
 original release's layout. ``encode`` gives the sequence state ``(B, d)``; scores are its dot product with item
-embeddings. LLaRA projects only ``item_embeddings()`` into the LLM (DESIGN.md: not the sequence state).
+embeddings. LLaRA projects ``item_embeddings()`` into the LLM's item slots, as the paper does; the optional user
+token (``--user-token``) projects ``encode`` of the whole history into one more slot.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo app table results bench bench-deps browser test test-fast recommenders clean
+.PHONY: venv demo app table results bench bench-deps browser lint test test-fast recommenders clean
 
 $(STAMP): requirements.txt requirements-assets.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,11 +43,14 @@ browser:  ## install Debian's chromium + chromium-driver for the browser tests, 
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
 	fi
 
-test: $(STAMP) browser  ## the whole test suite, integration tests included (browser tests must run: CHROMIUM_REQUIRED=1)
+lint: $(STAMP)  ## static check: pyflakes rules (ruff, settings in pyproject.toml); fails on any finding
+	$(PY) -m ruff check .
+
+test: $(STAMP) browser lint  ## the static check, then the whole test suite, integration tests included (browser tests must run: CHROMIUM_REQUIRED=1)
 	CHROMIUM_REQUIRED=1 $(PY) -m pytest
 
-test-fast: $(STAMP)  ## unit tests only
-	$(PY) -m pytest -m "not integration"
+test-fast: $(STAMP) lint  ## the static check and the unit tests (no integration, no slow load/fault tests): the edit-test loop
+	$(PY) -m pytest -m "not integration and not slow"
 
 recommenders: $(STAMP)  ## retrain the three recommenders over 5 seeds and rewrite their checkpoints (about 30 min on 2 cores)
 	$(PY) -m llara.train_rec --model all --dataset movielens --seeds 5

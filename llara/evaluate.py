@@ -21,7 +21,6 @@ comparisons of every row against them.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

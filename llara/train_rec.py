@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def format_table(rows: list[dict], dataset: str, n_seeds: int, test_seeds: int, popularity: dict | None = None) -> str:
     pm = lambda m, s: f"{m:.4f} ± {s:.4f}"  # noqa: E731
-    head = f"| model | HR@1 | HR@5 | NDCG@5 | val HR@1 | epochs | paper HR@1 |"
+    head = "| model | HR@1 | HR@5 | NDCG@5 | val HR@1 | epochs | paper HR@1 |"
     lines = [f"{dataset}: test metrics, mean ± std over {n_seeds} training seed(s), each the mean over {test_seeds} candidate seeds", "", head, "|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = PAPER_HR1.get(dataset, {}).get(r["model"])

@@ -3,7 +3,9 @@ memory: unit tests exercise the real transformers code paths in well under a sec
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -226,3 +228,102 @@ def served_client(studio):
         yield Client(f"http://127.0.0.1:{port}/", verbose=False)
     finally:
         demo.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the demo app on a toy checkpoint with a candidate head (reliability and security tests)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_app_module():
+    """The root ``app.py`` (``import app`` finds the ``app/`` package instead)."""
+    spec = importlib.util.spec_from_file_location("llara_studio_app_main", REPO_ROOT / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_client(url: str):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, analytics_enabled=False, download_files=False)
+
+
+# ---- fixtures: a toy checkpoint with a candidate head, and the app served from it -------------------------------
+
+
+@pytest.fixture(scope="module")
+def llara_cache(tmp_path_factory):
+    """Merged-LoRA weights and the search matrix go to a temporary cache, never to ~/.cache (modules that serve
+    the toy app use it with ``pytestmark = pytest.mark.usefixtures("llara_cache")``)."""
+    root = tmp_path_factory.mktemp("llara-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LLARA_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def toy_args(toy_setup, tmp_path_factory) -> list[str]:
+    return toy_train_args(toy_setup, tmp_path_factory.mktemp("rel") / "ckpt", "--mode", "curriculum", "--head-weight", "1")
+
+
+@pytest.fixture(scope="module")
+def toy_checkpoint(toy_args) -> Path:
+    import llara.train as train_mod
+
+    assert train_mod.main(toy_args) == 0
+    return Path(toy_args[toy_args.index("--output") + 1])
+
+
+@pytest.fixture(scope="module")
+def studio(toy_checkpoint):
+    from app.state import Studio
+
+    return Studio.load(toy_checkpoint, precision="fp32")
+
+
+@dataclass
+class User:
+    h: list[str]  # history labels
+    c: list[str]  # 20 candidate labels
+    truth: str
+    pool: list[str]  # labels outside the history
+
+
+@pytest.fixture(scope="module")
+def user(studio) -> User:
+    from app import handlers
+
+    h, c, truth = handlers.load_test_user(studio, str(studio.dataset.test[0].user), 0)
+    return User(h, c, truth, [label for label in studio.labels if label not in h])
+
+
+@pytest.fixture(scope="module")
+def served(studio):
+    """The app as ``app.py`` serves it (its queue defaults), on a free loopback port."""
+    from app import build_demo
+
+    parser = load_app_module().build_parser()
+    demo = build_demo(studio)
+    demo.queue(default_concurrency_limit=parser.get_default("concurrency"), max_size=parser.get_default("queue_size"))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, max_file_size="1mb")
+    try:
+        yield {"url": f"http://127.0.0.1:{port}/", "demo": demo,
+               "custom": {b.elem_id: getattr(b, "allow_custom_value", None) for b in demo.blocks.values() if b.elem_id}}
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    c = make_client(served["url"])
+    yield c
+    c.close()

@@ -1,7 +1,6 @@
 """Prompts and the LLaRA model on a tiny in-memory Llama: splice, answers, ranking with and without cache."""
 from __future__ import annotations
 
-import re
 
 import pytest
 import torch

@@ -9,7 +9,6 @@ Predictor / app start-up paths. See docs/reliability.md for the commands and the
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -17,13 +16,11 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -36,12 +33,13 @@ import llara.evaluate as evaluate_mod
 import llara.inference as inference_mod
 import llara.search as search_mod
 import llara.train as train_mod
-from app import build_demo, handlers
-from app.state import Studio
+from app import handlers
 from llara.checkpoint import CheckpointError, read_llara_meta
 from llara.inference import Predictor
 
-from .conftest import TOY_TITLES, toy_train_args, write_toy_dataset
+from .conftest import TOY_TITLES, User, load_app_module, make_client, toy_train_args, write_toy_dataset
+
+pytestmark = pytest.mark.usefixtures("llara_cache")
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -49,90 +47,6 @@ GENERIC = "upstream Gradio app has raised an exception"  # what gradio says for 
 CHOICE_XFAIL = ("gradio's own choice check answers before the handler and lists every catalog label (about 40 KB on "
                 "MovieLens); fix: allow_custom_value=True on the history/candidates/found/attr-target dropdowns in "
                 "app/__init__.py, so the handlers' one-line messages apply over HTTP too")
-
-
-def load_app_module():
-    """The root ``app.py`` (``import app`` finds the ``app/`` package instead)."""
-    spec = importlib.util.spec_from_file_location("llara_studio_app_main", REPO / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def make_client(url: str):
-    from gradio_client import Client
-
-    return Client(url, verbose=False, analytics_enabled=False, download_files=False)
-
-
-# ---- fixtures: a toy checkpoint with a candidate head, and the app served from it -------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def llara_cache(tmp_path_factory):
-    """Merged-LoRA weights and the search matrix go to a temporary cache, never to ~/.cache."""
-    root = tmp_path_factory.mktemp("llara-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LLARA_CACHE", str(root))
-        yield root
-
-
-@pytest.fixture(scope="module")
-def toy_args(toy_setup, tmp_path_factory) -> list[str]:
-    return toy_train_args(toy_setup, tmp_path_factory.mktemp("rel") / "ckpt", "--mode", "curriculum", "--head-weight", "1")
-
-
-@pytest.fixture(scope="module")
-def toy_checkpoint(toy_args) -> Path:
-    assert train_mod.main(toy_args) == 0
-    return Path(toy_args[toy_args.index("--output") + 1])
-
-
-@pytest.fixture(scope="module")
-def studio(toy_checkpoint) -> Studio:
-    return Studio.load(toy_checkpoint, precision="fp32")
-
-
-@dataclass
-class User:
-    h: list[str]  # history labels
-    c: list[str]  # 20 candidate labels
-    truth: str
-    pool: list[str]  # labels outside the history
-
-
-@pytest.fixture(scope="module")
-def user(studio) -> User:
-    h, c, truth = handlers.load_test_user(studio, str(studio.dataset.test[0].user), 0)
-    return User(h, c, truth, [label for label in studio.labels if label not in h])
-
-
-@pytest.fixture(scope="module")
-def served(studio):
-    """The app as ``app.py`` serves it (its queue defaults), on a free loopback port."""
-    parser = load_app_module().build_parser()
-    demo = build_demo(studio)
-    demo.queue(default_concurrency_limit=parser.get_default("concurrency"), max_size=parser.get_default("queue_size"))
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, max_file_size="1mb")
-    try:
-        yield {"url": f"http://127.0.0.1:{port}/", "demo": demo,
-               "custom": {b.elem_id: getattr(b, "allow_custom_value", None) for b in demo.blocks.values() if b.elem_id}}
-    finally:
-        demo.close()
-
-
-@pytest.fixture(scope="module")
-def client(served):
-    c = make_client(served["url"])
-    yield c
-    c.close()
 
 
 def still_serving(client, user: User) -> None:

@@ -20,14 +20,9 @@ from llara.checkpoint import CheckpointError, load_trainer_state
 from llara.data import load_dataset
 
 from .conftest import TOY_DATASET, write_toy_dataset
-from .test_reliability import (  # noqa: F401 - fixtures: the toy checkpoint, its studio and the served app
-    llara_cache,
-    load_app_module,
-    served,
-    studio,
-    toy_args,
-    toy_checkpoint,
-)
+from .conftest import load_app_module
+
+pytestmark = pytest.mark.usefixtures("llara_cache")
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(REPO / "llara").rglob("*.py"), *(REPO / "app").rglob("*.py"), REPO / "app.py"])

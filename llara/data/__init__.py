@@ -65,6 +65,7 @@ def load_dataset(
 
 __all__ = [
     "Catalog", "DATASETS", "DatasetUnavailable", "MAX_HISTORY", "MIN_HISTORY", "MalformedDataError",
-    "NUM_CANDIDATES", "PAPER_FIGURES", "SPLITS", "Sample", "SequenceDataset", "candidate_sets", "clean_title",
+    "NUM_CANDIDATES", "PAPER_FIGURES", "SPLITS", "Sample", "SequenceDataset", "candidate_sets", "candidates_around",
+    "clean_title",
     "draw_candidates", "load_dataset", "pad_histories",
 ]

@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", help="a LLaRA checkpoint folder (written by python -m llara.train)")
     src.add_argument("--base-model", help="evaluate this untrained base LLM zero-shot (e.g. smollm2-135m)")
     parser.add_argument("--recommender", default="sasrec", choices=["sasrec", "gru4rec", "caser"], help="zero-shot only: the item table behind hybrid slots (default: %(default)s)")
-    parser.add_argument("--recommender-dir", type=Path, default=DEFAULT_REC_DIR, help="zero-shot only: folder with <dataset>/<recommender>.safetensors (default: checkpoints/recommenders)")
+    parser.add_argument("--recommender-dir", type=Path, default=DEFAULT_REC_DIR, help="zero-shot (and its --baselines): folder with <dataset>/<recommender>.safetensors (default: checkpoints/recommenders); "
+                        "a checkpoint's --baselines use the recommender it was trained with")
     parser.add_argument("--prompt", default="hybrid", choices=["text", "hybrid", "both"], help="prompt kind (default: %(default)s)")
     parser.add_argument("--decode", default="rank", choices=[*DECODES, "all"], help="how the model answers (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=5, help="candidate seeds 0..N-1 (default: %(default)s)")
@@ -277,10 +278,16 @@ def run(args: argparse.Namespace) -> int:
                 results["probes"][key] = probe
                 accelerator.print(format_probe(f"{name} {key}", probe))
     if args.baselines and accelerator.is_main_process:
-        own = meta["recommender"]["model"] if args.checkpoint else args.recommender
-        rec_names = list(dict.fromkeys([own, "sasrec"]))  # its own recommender, and SASRec (the paper's) for reference
+        own, rec_dir = args.recommender, Path(args.recommender_dir)
+        if args.checkpoint:  # the recommender the checkpoint was trained with, from where it was trained
+            from .checkpoint import resolve_path
+
+            stem = resolve_path(meta["recommender"]["path"], Path(args.checkpoint))
+            own, rec_dir = stem.name, stem.parent.parent
+        # its own recommender, and SASRec (the paper's) for reference where it exists beside it
+        rec_names = [own] + (["sasrec"] if own != "sasrec" and (rec_dir / ds.name / "sasrec.json").is_file() else [])
         for base, m in baseline_rows(ds, samples, args.seed_list, args.swap_seed if args.swap_seed >= 0 else None,
-                                     args.genre_probe, args.eval_split, Path(args.recommender_dir), rec_names).items():
+                                     args.genre_probe, args.eval_split, rec_dir, rec_names).items():
             results["baselines"][base] = m
             accelerator.print(format_probe(base, m))
         for key, m in results["probes"].items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import random
 import threading
 import time
@@ -260,13 +261,16 @@ class Predictor:
         ``decode`` (what the prediction panel shows). ``blank``: under the no-embeddings ablation, as ``predict``."""
         if method not in ATTRIBUTION_METHODS:
             raise ValueError(f"Unknown attribution method {method!r}; choose one of {', '.join(ATTRIBUTION_METHODS)}.")
+        chosen_by_model = target is None
         with self.lock, (self.model.blank_slots(self._neutral_vector()) if blank else contextlib.nullcontext()):
             if target is None:  # an invalid generated answer names nothing: explain the likeliest title instead
                 target = self.answer(prompt, decode).item
                 target = self.model_for(prompt).rank(prompt)[0][0] if target is None else target
             if method == "ablation":
-                return attribute_items(self.model_for(prompt), prompt, target=target)
-            return attribute_tokens(self.model_for(prompt), prompt, target=target, method=method)
+                result = attribute_items(self.model_for(prompt), prompt, target=target)
+            else:
+                result = attribute_tokens(self.model_for(prompt), prompt, target=target, method=method)
+        return dataclasses.replace(result, target_source="model") if chosen_by_model else result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,15 +29,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .constants import RECOMMENDER_DIR
+from .constants import DECODES, RECOMMENDER_DIR, SCORED_DECODES
 from .checkpoint import CheckpointError, load_llara, write_json
 from .data.__main__ import add_dataset_args, dataset_from_args
 from .metrics import bootstrap_ci, match_answer, mean_std, ranking_metrics
 from .model import REQUIRES, LLaRA, available, build_llara
 from .probes import genre_probe, hits_and_swap, paired, popularity, prior_scorer, recommender_scorer
 
-DECODES = ("generate", "constrained", "rank", "head", "next", "residual")
-SCORED = ("rank", "head", "next", "residual")  # decodes that score every candidate
+SCORED = SCORED_DECODES  # decodes that score every candidate
 DEFAULT_REC_DIR = RECOMMENDER_DIR
 
 

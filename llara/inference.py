@@ -23,12 +23,10 @@ import torch
 from .attribution import Attribution, attribute_items, attribute_tokens, neutral_slot_vector
 from .data import MAX_HISTORY, NUM_CANDIDATES, SequenceDataset, candidates_around, pad_histories
 from .metrics import match_answer
+from .constants import DECODES
 from .model import LLaRA, available
 from .prompts import Prompt
 
-# Best first: the first one a model offers is its default. residual: recommender score + the LLM's gated
-# next-item correction; next: the LLM's next-item head alone; head: the candidate head; rank: title likelihood.
-DECODES = ("residual", "next", "head", "rank", "constrained", "generate")
 ABLATIONS = ("none", "no-embeddings", "no-titles", "shuffle")
 ATTRIBUTION_METHODS = ("grad_x_input", "ig", "ablation")
 MAX_SEED = 2**32 - 1

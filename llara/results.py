@@ -271,12 +271,19 @@ def default_pairs(rows: list[str]) -> list[tuple[str, str, str]]:
 
 
 def training_table(results: list[dict]) -> str:
-    lines = ["| run | mode | head weight | steps × prompts | wall time | samples/s | peak RSS |", "|---|---|---|---|---|---|---|"]
+    lines = ["| run | recommender | mode | losses (weights) | levers | prompts (steps × batch) | wall time | samples/s | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         t, c = r.get("training") or {}, r.get("config") or {}
         if not t:
             continue
-        lines.append(f"| {r['row']} | {c.get('mode')} | {c.get('head_weight', 0)} | {t.get('step')} × {c.get('batch_size')} | "
+        weights = {"title": c.get("title_weight", 1.0), "head": c.get("head_weight", 0.0), "next-item": c.get("next_weight", 0.0),
+                   "distill": c.get("distill_weight", 0.0)}  # runs saved before a weight existed did not use it
+        losses = ", ".join(f"{name} {w:g}" for name, w in weights.items() if w)
+        levers = ", ".join(name for name, on in (("user token", c.get("user_token")), ("dense", c.get("next_weight") and c.get("dense", True)),
+                                                 ("residual", c.get("residual")), ("title items", c.get("text_items"))) if on) or "–"
+        steps, batch = t.get("step", 0), c.get("batch_size", 0)
+        lines.append(f"| {r['row']} | {c.get('recommender', '–')} | {c.get('mode')} | {losses} | {levers} | {steps * batch:,} ({steps} × {batch}) | "
                      f"{t.get('train_seconds', 0) / 60:.1f} min | {t.get('samples_per_second', 0):.2f} | "
                      f"{t.get('peak_rss_mb', 0) / 1024:.1f} GB |")
     return "\n".join(lines)
@@ -330,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     available = [*RECOMMENDERS, *PRIORS, ZERO_SHOT, *sorted(q.parent.name for q in LLARA_DIR.glob("*/meta.json"))]
     rows = available if args.rows == "all" else [r.strip() for r in args.rows.split(",") if r.strip()]
-    unknown = [r for r in rows if r not in available and not (checkpoint_path(r) / "meta.json").is_file()]
+    unknown = [r for r in rows if r not in available and not (checkpoint_path(r) / "meta.json").is_file()
+               and not (args.reuse and (args.out / f"{r}.json").is_file())]  # --reuse: a row's JSON is enough
     if unknown or args.seeds < 1 or args.gen_seeds < 1:
         parser.error(f"unknown rows {unknown}; available: {', '.join(available)}" if unknown else "--seeds and --gen-seeds must be >= 1")
     decodes = [d.strip() for d in args.decodes.split(",") if d.strip()]

@@ -86,9 +86,11 @@ def cached_item_scores(model: LLaRA, prompts, residual: bool, batch_size: int = 
     todo = list({k: p for k, p in zip(keys, prompts) if k not in cache}.items())
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        rows = model.item_scores([p for _, p in chunk], residual=residual).numpy()
-        for (k, _), row in zip(chunk, rows):
-            cache[k] = row
+        pure, res = model.all_item_scores([p for _, p in chunk])  # both kinds from one pass: keep both
+        for b, (k, _) in enumerate(chunk):
+            cache[(k[0], k[1], False, k[3])] = pure[b].numpy()
+            if res is not None:
+                cache[(k[0], k[1], True, k[3])] = res[b].numpy()
     return [cache[k] for k in keys]
 
 

@@ -204,12 +204,19 @@ class LLaRA(nn.Module):
     def item_scores(self, prompts: list[Prompt], residual: bool = False) -> torch.Tensor:
         """Next-item scores of every catalog item ``(B, N)`` for each prompt, read at its query position; the pass
         runs over the prompts cut after it, so it costs the history alone and serves any candidate set."""
+        if residual and self.next_head is not None and self.next_head.gate is None:
+            raise ValueError("this model was trained without residual scoring (--residual)")
+        pure, res = self.all_item_scores(prompts)
+        return res if residual else pure
+
+    @torch.inference_mode()
+    def all_item_scores(self, prompts: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(next-item scores, residual scores or None)``, each ``(B, N)``, from one pass."""
         if self.next_head is None:
             raise ValueError("this model has no next-item head (train with --next-weight > 0)")
-        if residual and self.next_head.gate is None:
-            raise ValueError("this model was trained without residual scoring (--residual)")
         out = self.forward(collate([p.truncated() for p in prompts], self.pad_id))
-        return (out.residual_logits if residual else out.item_logits).float()
+        res = getattr(out, "residual_logits", None)
+        return out.item_logits.float(), None if res is None else res.float()
 
     def rank_items(self, prompt: Prompt, residual: bool = False) -> list[tuple[int, float]]:
         """``(item, log-softmax over the candidates)`` for every candidate, best first, from the next-item head."""

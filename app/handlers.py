@@ -205,9 +205,10 @@ def prompt_segments(prompt) -> list[tuple[str, str | None]]:
     """The prompt text cut into plain text and labelled slots, for gr.HighlightedText."""
     if prompt is None:
         return [("(no text-only prompt for this ablation)", None)]
-    from llara.constants import CANDIDATE_TOKEN, HISTORY_TOKEN, PLACEHOLDER_TOKEN
+    from llara.constants import CANDIDATE_TOKEN, HISTORY_TOKEN, PLACEHOLDER_TOKEN, USER_TOKEN
 
-    names = {HISTORY_TOKEN: "history slot", CANDIDATE_TOKEN: "candidate slot", PLACEHOLDER_TOKEN: "placeholder"}
+    names = {HISTORY_TOKEN: "history slot", CANDIDATE_TOKEN: "candidate slot", PLACEHOLDER_TOKEN: "placeholder",
+             USER_TOKEN: "user slot"}
     out: list[tuple[str, str | None]] = []
     text = prompt.text
     while text:

@@ -7,12 +7,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llara.checkpoint import REPO_ROOT
+from llara.constants import DEMO_CHECKPOINT, DEMO_TEXT_CHECKPOINT
 from llara.data import SequenceDataset
 from llara.inference import Predictor
 
-DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "llara" / "movielens-sasrec-curriculum-head"
-DEFAULT_TEXT_CHECKPOINT = None  # the text-only model of the text-only panel (None: the main model answers it)
+DEFAULT_CHECKPOINT = DEMO_CHECKPOINT
+DEFAULT_TEXT_CHECKPOINT = DEMO_TEXT_CHECKPOINT  # the text-only panel's model (None: the main model answers it)
 
 
 def item_labels(ds: SequenceDataset) -> list[str]:

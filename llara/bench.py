@@ -31,9 +31,8 @@ import numpy as np
 import torch
 
 from .checkpoint import REPO_ROOT, write_json
-from .constants import PLACEHOLDER_TOKEN, RECOMMENDER_DIR
+from .constants import DEMO_CHECKPOINT, PLACEHOLDER_TOKEN, RECOMMENDER_DIR
 
-DEMO_CHECKPOINT = REPO_ROOT / "checkpoints" / "llara" / "movielens-sasrec-curriculum-head"
 # Targets of issue #7 (2 cores, embedded model), printed beside the measurements.
 TARGETS = {"predict_bf16_s": 1.0, "predict_nf4_s": 2.0, "nf4_rss_gb": 1.0, "vs_llamacpp": 2.0, "rank_cache_speedup": 3.0}
 
@@ -69,7 +68,7 @@ def bench_demo(checkpoint: str, precision: str, repeats: int, merge: bool = True
     cands = list(p.dataset.candidates("test", seed=0)[0])
     history = list(sample.history)
     prompts = p.prompts(history, cands)
-    decodes = [d for d in ("head", "rank") if d in p.decodes]
+    decodes = list(dict.fromkeys([p.decodes[0], "rank"]))  # the model's default, and title likelihood
     out: dict = {"precision": precision, "merged": merge, "cold_start_s": cold, "rss_after_load_mb": _rss_mb(),
                  "rss_before_load_mb": rss0, "prompt_tokens": len(prompts["hybrid"].input_ids), "latency": {}}
     lat = out["latency"]

@@ -42,3 +42,8 @@ CACHE_ENV = "LLARA_CACHE"
 
 # Where the committed recommender checkpoints live: <RECOMMENDER_DIR>/<dataset>/<model>.{safetensors,json}.
 RECOMMENDER_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "recommenders"
+# Committed LLaRA runs, and the two the demo serves: the hybrid model (GRU4Rec items + user token, dense next-item
+# head, distillation, residual scoring; 5,000 prompts) and the text-only model of its text-only panel.
+LLARA_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "llara"
+DEMO_CHECKPOINT = LLARA_DIR / "movielens-gru4rec-user-dense-5k"
+DEMO_TEXT_CHECKPOINT = LLARA_DIR / "movielens-text-dense-2k"

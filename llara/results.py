@@ -27,10 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import REPO_ROOT, read_json, write_json
-from .constants import RECOMMENDER_DIR
+from .constants import LLARA_DIR, RECOMMENDER_DIR
 from .metrics import bootstrap_ci, mean_std, ranking_metrics, target_ranks
 
-LLARA_DIR = REPO_ROOT / "checkpoints" / "llara"
 OUT_DIR = REPO_ROOT / "docs" / "results"
 RECOMMENDERS = ("sasrec", "gru4rec", "caser")
 PRIORS = {"popularity": 0, "recent-popularity": 10}  # history-free rows: counts of all / the last 10 training targets
@@ -259,7 +258,15 @@ def personalization_table(results: list[dict], references: tuple[str, ...] = ("s
 
 
 def default_pairs(rows: list[str]) -> list[tuple[str, str, str]]:
-    pairs = []
+    from .constants import DEMO_CHECKPOINT, DEMO_TEXT_CHECKPOINT
+
+    demo, text = DEMO_CHECKPOINT.name, DEMO_TEXT_CHECKPOINT.name
+    pairs = [(demo, ref, decode) for decode in ("residual", "next") for ref in ("sasrec", "gru4rec", "recent-popularity")
+             if demo in rows and ref in rows]
+    if demo in rows and text in rows:
+        pairs.append((demo, text, "next"))  # the demo's two panels: hybrid vs text-only, each by the LLM alone
+    if text in rows and "recent-popularity" in rows:
+        pairs.append((text, "recent-popularity", "next"))
     hybrid = [r for r in rows if "curriculum" in r or "hybrid" in r or "two-stage" in r]
     texts = [r for r in rows if "text" in r]
     for h in hybrid:
@@ -366,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     results += fused
     print(table(results))
     print()
-    print(paired_table(results, default_pairs([r["row"] for r in results]) + [(f["row"], "sasrec", "head") for f in fused]))
+    pairs = default_pairs([r["row"] for r in results]) + [(f["row"], "sasrec", "head") for f in fused]
+    print(paired_table(results, list(dict.fromkeys(pairs))))
     print()
     print(personalization_table(results))
     print()

@@ -69,22 +69,6 @@ class SequentialRecommender(nn.Module):
         self.check_input(seqs, lens)
         return self.encode(seqs, lens) @ self.item_embeddings().T
 
-    @torch.inference_mode()
-    def recommend(self, history: list[int], k: int = 10, exclude_history: bool = True) -> list[tuple[int, float]]:
-        """The ``k`` best next items ``(item, score)`` for one history (oldest first), over the whole catalog."""
-        if not history:
-            raise ValueError("the history is empty: pick at least one item")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        history = list(history)[-self.max_len :]
-        seqs = torch.full((1, self.max_len), self.pad_id, dtype=torch.long)
-        seqs[0, : len(history)] = torch.tensor(history)
-        scores = self.full_scores(seqs, torch.tensor([len(history)]))[0].float()  # (n_items,)
-        if exclude_history:
-            scores[history] = float("-inf")
-        top = scores.topk(min(k, self.n_items - (len(set(history)) if exclude_history else 0)))
-        return [(int(i), float(v)) for v, i in zip(top.values, top.indices)]
-
     def calculate_loss(self, seqs: torch.Tensor, lens: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         """BCE on the positive next item and one sampled negative per row, as in the paper's recommenders."""
         state = self.encode(seqs, lens)  # (B, d)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from llara.constants import PRECISIONS
 
@@ -22,9 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 7860)), help="port (default: %(default)s)")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                         help="LLaRA checkpoint folder (default: the committed MovieLens model)")
-    parser.add_argument("--text-checkpoint", default=str(DEFAULT_TEXT_CHECKPOINT) if DEFAULT_TEXT_CHECKPOINT else None,
-                        help="text-only checkpoint for the text-only panel (default: the committed text-only model "
-                             "matching the default; 'none': the main model answers its text-only prompt too)")
+    parser.add_argument("--text-checkpoint", default=None,
+                        help="text-only checkpoint for the text-only panel (default: with the default --checkpoint, the "
+                             f"committed text-only model {DEFAULT_TEXT_CHECKPOINT.name}; with another checkpoint, none; "
+                             "'none': the main model answers its text-only prompt too)")
     parser.add_argument("--precision", choices=PRECISIONS, default="nf4",
                         help="weights of the base model: nf4 (4-bit, default), bf16 or fp32")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         if not ok:
             parser.error(f"{flag} must be {rule}, got {value}")
     from app import build_demo
-    from app.state import Studio
+    from app.state import DEFAULT_CHECKPOINT, DEFAULT_TEXT_CHECKPOINT, Studio
     from llara.checkpoint import CheckpointError
 
     from llara.llm import cache_root
@@ -52,7 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     # gradio copies served files (the results plot) into a temp folder: keep it inside our cache folder
     os.environ.setdefault("GRADIO_TEMP_DIR", str(cache_root() / "gradio"))
     try:
-        text = None if (args.text_checkpoint or "none").lower() == "none" else args.text_checkpoint
+        text = args.text_checkpoint
+        if text is None and Path(args.checkpoint).resolve() == DEFAULT_CHECKPOINT.resolve():
+            text = str(DEFAULT_TEXT_CHECKPOINT)  # the default pair: the hybrid model and its text-only twin
+        elif text is not None and text.lower() == "none":
+            text = None
         studio = Studio.load(args.checkpoint, precision=args.precision, threads=args.threads, text_checkpoint=text)
     except (FileNotFoundError, ValueError, CheckpointError) as err:  # refuse to start, and say why
         raise SystemExit(f"llara-studio: cannot start: {err}") from None

@@ -55,7 +55,7 @@ class Studio:
 
     @classmethod
     def load(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT, precision: str = "nf4", threads: int = 0,
-             text_checkpoint: str | Path | None = DEFAULT_TEXT_CHECKPOINT) -> "Studio":
+             text_checkpoint: str | Path | None = None) -> "Studio":
         """Load the checkpoint (converting the embedded base model on the very first run), saying what it does."""
         started = time.perf_counter()
         for folder in (checkpoint, text_checkpoint):

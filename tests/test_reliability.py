@@ -81,8 +81,8 @@ BAD_HTTP = [
     ("predict", "seed 1e308", lambda u: (u.h, u.c, "rank", "none", 1e308, ""), r"seed must be a whole number from 0 to 4,294,967,295", "handler", None),
     ("predict", "seed null", lambda u: (u.h, u.c, "rank", "none", None, ""), r"seed must be a whole number", "handler", None),
     ("predict", "seed -1", lambda u: (u.h, u.c, "rank", "none", -1, ""), r"^Value -1 is less than minimum value 0\.$", "gradio", None),
-    ("predict", "decode beam", lambda u: (u.h, u.c, "beam", "none", 0, ""), r"'beam' .*not in the list of choices: \['rank'", "gradio", None),
-    ("predict", "decode 3", lambda u: (u.h, u.c, 3, "none", 0, ""), r"Value: 3 .*not in the list of choices: \['rank'", "gradio", None),
+    ("predict", "decode beam", lambda u: (u.h, u.c, "beam", "none", 0, ""), r"'beam' .*not in the list of choices: \['head', 'rank'", "gradio", None),
+    ("predict", "decode 3", lambda u: (u.h, u.c, 3, "none", 0, ""), r"Value: 3 .*not in the list of choices: \['head', 'rank'", "gradio", None),
     ("predict", "ablation all", lambda u: (u.h, u.c, "rank", "all", 0, ""), r"'all' .*not in the list of choices: \['none'", "gradio", None),
     ("predict", "unknown title", lambda u: (["No Such Artist"], u.c, *OK), r"^Not in the catalog: 'No Such Artist'\.", "choice", "history"),
     ("predict", "10000-char title", lambda u: (["x" * 10_000], u.c, *OK), r"^Not in the catalog: 'x{80}\.\.\.'", "choice", "history"),
@@ -245,7 +245,7 @@ def test_inference_cli_bad_checkpoint(tmp_path, capsys):
 def test_inference_cli_valid_edge_inputs(toy_checkpoint, capsys):
     base = ["--checkpoint", str(toy_checkpoint), "--precision", "fp32"]
     code, out, _ = run_cli(inference_mod.main, [*base, "--history", "Alpha"], capsys)
-    assert code == 0 and out.startswith("history: Alpha\n") and "hybrid [rank]" in out
+    assert code == 0 and out.startswith("history: Alpha\n") and "hybrid [head]" in out  # the best decode the checkpoint offers
     code, out, _ = run_cli(inference_mod.main, [*base, "--history", "Alpha|alpha|Bravo|Alpha"], capsys)
     assert code == 0 and "history: Alpha | Bravo  (2 repeated pick(s) counted once)" in out
     code, out, _ = run_cli(inference_mod.main, [*base, "--history", TWELVE, "--seed", str(2**32 - 1)], capsys)

@@ -275,7 +275,9 @@ def test_documented_accelerate_command_starts_two_processes(tmp_path, accelerate
                 documented.add(tuple(tokens[:at] + tokens[at + 2 : tokens.index("-m")]))
     assert documented
     probe = tmp_path / "probe.py"
-    probe.write_text("from accelerate import Accelerator\nprint('processes', Accelerator().num_processes)\n")
+    # one write() per process: two processes share the pipe, and a short single write is never interleaved
+    probe.write_text("import os, sys\nfrom accelerate import Accelerator\n"
+                     "n = Accelerator().num_processes\nos.write(sys.stdout.fileno(), f'processes {n}\\n'.encode())\n")
     for flags in sorted(documented):
         env, cmd = launcher(accelerate_bin, list(flags))
         proc = subprocess.run([*cmd, str(probe)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

@@ -96,7 +96,7 @@ def format_attribution(att: Attribution, top: int = 12) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import load_llara
+    from .loader import load_llara
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

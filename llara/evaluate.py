@@ -30,7 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .constants import DECODES, RECOMMENDER_DIR, SCORED_DECODES
-from .checkpoint import CheckpointError, load_llara, write_json
+from .checkpoint import CheckpointError, write_json
+from .loader import load_llara
 from .data.__main__ import add_dataset_args, dataset_from_args
 from .metrics import bootstrap_ci, match_answer, mean_std, ranking_metrics
 from .model import REQUIRES, LLaRA, available, build_llara

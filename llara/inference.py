@@ -98,7 +98,7 @@ class Predictor:
         every forward pass on a CPU; ``False`` keeps the adapter separate (bit-for-bit what training saw).
         ``text_checkpoint``: a text-only model for the text-only panel (same dataset)."""
         from .checkpoint import resolve_path
-        from .checkpoint import load_llara
+        from .loader import load_llara
         from .recommenders import load_recommender
 
         if threads > 0:

@@ -90,7 +90,7 @@ def run_llm(row: str, seeds: int, gen_seeds: int, decodes: list[str], precision:
     """Evaluate one LLM row with ``llara.evaluate``'s functions; per-user hits kept for paired comparisons."""
     from .evaluate import SCORED, evaluate_samples, llm_scorer, probe_row, summarize
     from .model import available
-    from .checkpoint import load_llara
+    from .loader import load_llara
     from .model import build_llara
 
     if row == ZERO_SHOT:

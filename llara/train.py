@@ -28,8 +28,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .constants import RECOMMENDER_DIR
-from .checkpoint import (CheckpointError, load_llara, load_trainer_state, portable_path, read_json, resolve_path,
+from .checkpoint import (CheckpointError, load_trainer_state, portable_path, read_json, resolve_path,
                          restore_interrupted, save_llara)
+from .loader import load_llara
 from .config import add_dataclass_args, from_args, option
 from .curriculum import CURRICULUM_MODES, hybrid_probability, use_hybrid
 from .data import Sample, SequenceDataset, draw_candidates, load_dataset

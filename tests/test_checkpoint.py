@@ -26,7 +26,7 @@ from llara.checkpoint import (
     write_json,
 )
 from llara.data import load_dataset
-from llara.checkpoint import load_llara
+from llara.loader import load_llara
 from llara.projector import build_projector
 from llara.recommenders import build_recommender, save_recommender
 

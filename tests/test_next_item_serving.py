@@ -9,7 +9,7 @@ import pytest
 import llara.evaluate as evaluate_mod
 import llara.train as train_mod
 from llara.attribution import Attribution
-from llara.checkpoint import load_llara
+from llara.loader import load_llara
 from llara.constants import USER_TOKEN
 from llara.inference import Predictor
 

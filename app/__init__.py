@@ -10,12 +10,13 @@ from llara.checkpoint import REPO_ROOT
 from llara.inference import ABLATIONS, ATTRIBUTION_METHODS
 
 from . import handlers
+from .gpu import on_gpu  # ZeroGPU: the handlers that run the model get a GPU
 from .state import Studio
 
 TITLE = "LLaRA-Studio"
 INTRO = (
     "Pick the movies a user watched, in order. LLaRA lists each movie in its prompt by title **and** by a "
-    "behavioural token: the movie's embedding from a trained SASRec, projected into the language model. Compare the "
+    "behavioural token: the movie's embedding from a trained {recommender}, projected into the language model. Compare the "
     "text-only prompt, the hybrid prompt and the recommender alone, inspect the prompt and see which watched movies "
     "drove the answer."
 )
@@ -36,6 +37,15 @@ RESULTS_DOC = REPO_ROOT / "docs" / "results.md"
 RESULTS_PLOT = REPO_ROOT / "assets" / "training_curves.png"
 
 
+def catalog_schema(dropdown: gr.Dropdown) -> gr.Dropdown:
+    """Make the API schema of a multiselect of catalog labels say "a list of movie labels" instead of listing all
+    1,682 (which made the API description half a megabyte); the handlers check every label and name a wrong one.
+    (An instance attribute, not a subclass: gradio writes a stub file beside every module that subclasses one.)"""
+    dropdown.api_info = lambda: {"type": "array", "items": {"type": "string"},
+                                 "description": "movie labels exactly as the catalog writes them, e.g. 'Toy Story (1995)'"}
+    return dropdown
+
+
 def _panel(title: str, elem_id: str) -> tuple[gr.Markdown, gr.Label]:
     with gr.Column(elem_id=elem_id):
         gr.Markdown(f"#### {title}")
@@ -53,21 +63,29 @@ def build_demo(studio: Studio) -> gr.Blocks:
     decodes = list(studio.predictor.decodes)
     examples = [[m for m in ex if m in studio.by_label] for ex in EXAMPLES]
     examples = [ex for ex in examples if len(ex) >= 2]
+    # the first visit opens on an example history and its candidates: Predict works before anything is picked
+    first = examples[0] if examples else []
+    first_candidates = handlers.draw_candidates(studio, first, 0) if first else []
     with gr.Blocks(title=TITLE) as demo:
-        gr.Markdown(f"# {TITLE}\n{INTRO}\n\n<sub>Model: `{Path(studio.checkpoint).name or 'in memory'}` at "
+        recommender = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "caser": "Caser"}.get(
+            studio.predictor.meta.get("recommender", {}).get("model", ""), "sequential recommender")
+        gr.Markdown(f"# {TITLE}\n{INTRO.format(recommender=recommender)}\n\n<sub>Model: `{Path(studio.checkpoint).name or 'in memory'}` at "
                     f"{studio.precision or 'default'} precision, loaded in {studio.load_seconds:.1f} s.</sub>")
         with gr.Tab("Recommend"):
             with gr.Row():
                 with gr.Column(scale=3):
                     history = gr.Dropdown(choices=studio.labels, multiselect=True, elem_id="history", allow_custom_value=True,
-                                          label="Watched movies, oldest first (up to 10: more keeps the 10 most recent)")
+                                          value=first, label="Watched movies, oldest first (up to 10: more keeps the 10 "
+                                                             "most recent)")
+                    catalog_schema(history)
                     with gr.Row():
                         user = gr.Textbox(label="Test user id (empty = random)", max_lines=1, max_length=12,
                                           elem_id="user-id", scale=1)
                         load_user = gr.Button("Load a real test user", elem_id="load-user", scale=1)
                     with gr.Row():
-                        query = gr.Textbox(label="Find movies by description", max_lines=1, max_length=500,
-                                           placeholder="a heist thriller in Los Angeles", elem_id="describe", scale=3)
+                        query = gr.Textbox(label="Find movies by description (title, year and genre words)", max_lines=1, max_length=500,
+                                           placeholder="e.g. a 1990s crime thriller (searches titles, years and genres)",
+                                           elem_id="describe", scale=3)
                         find = gr.Button("Search", elem_id="search", scale=1)
                     with gr.Row():
                         found = gr.Dropdown(choices=[], multiselect=True, label="Matches (pick, then add)", allow_custom_value=True,
@@ -78,11 +96,17 @@ def build_demo(studio: Studio) -> gr.Blocks:
                         gr.Examples(examples=[[ex] for ex in examples], inputs=[history], label="Example histories")
                 with gr.Column(scale=2):
                     candidates = gr.Dropdown(choices=studio.labels, multiselect=True, elem_id="candidates", allow_custom_value=True,
-                                             label="Candidates (20, editable)")
+                                             value=first_candidates,
+                                             label="Candidates: 20 unwatched movies drawn at random with the seed "
+                                                   "(redrawn when the history changes; editable)")
+                    catalog_schema(candidates)
                     with gr.Row():
-                        seed = gr.Number(value=0, precision=0, minimum=0, label="Candidate / shuffle seed",
+                        seed = gr.Number(value=0, minimum=0, label="Candidate / shuffle seed (a whole number)",
                                          elem_id="seed", scale=2)
                         redraw = gr.Button("Draw candidates", elem_id="redraw", scale=1)
+                    cand_kind = gr.Radio([("random: the paper's draw", "random"),
+                                          ("hard: half from the recommender's 30 best for this history", "hard")],
+                                         value="random", label="Candidate set", elem_id="candidate-kind")
                     decode = gr.Radio(decodes, value=decodes[0], label="Decode",
                                       info="residual: recommender + LLM correction · next: the LLM's next-item head "
                                            "alone · head: candidate head · rank: title likelihood · constrained / "
@@ -112,24 +136,49 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 with gr.Row(elem_id="attr-view"):
                     text_attr = gr.HighlightedText(label="Text-only prompt", elem_id="text-attr")
                     hybrid_attr = gr.HighlightedText(label="Hybrid prompt", elem_id="hybrid-attr")
-                item_bars = gr.BarPlot(x="item", y="effect on log-likelihood", color="part", label="Per watched movie",
-                                       x_label_angle=-30, elem_id="item-bars")
+                gr.Markdown("Colours: red pushed the explained answer up, purple pushed it down; the stronger the "
+                            "colour, the larger the effect (scaled to the strongest word of each prompt). Sub-word "
+                            "pieces are merged into words. Gradient × input and integrated gradients score tokens "
+                            "(a movie's bar sums its title's tokens and its slot); item removal scores each title and "
+                            "slot by how much removing it lowers the answer's log-likelihood. Read them as hints: "
+                            "deleting the movie a method ranks first moves these models' answer no more than "
+                            "deleting a random one (README, *Are they faithful?*).", elem_id="attr-legend")
+                with gr.Row():  # one chart per prompt: the two prompts may explain different answers
+                    text_bars_attr = gr.BarPlot(label="Per watched movie: text-only prompt", elem_id="text-item-bars",
+                                                height=360)
+                    hybrid_bars_attr = gr.BarPlot(label="Per watched movie: hybrid prompt", elem_id="hybrid-item-bars",
+                                                  height=360)
         with gr.Tab("Results", elem_id="results-tab"):
             gr.Markdown(RESULTS_DOC.read_text() if RESULTS_DOC.is_file() else "No results document yet (docs/results.md).")
             if RESULTS_PLOT.is_file():
-                gr.Image(str(RESULTS_PLOT), label="Training curves", show_label=True)
+                from PIL import Image
 
-        load_user.click(call(handlers.load_test_user, studio), inputs=[user, seed], outputs=[history, candidates, truth],
-                        api_name="load_test_user")
-        redraw.click(call(handlers.draw_candidates, studio), inputs=[history, seed, truth], outputs=candidates,
+                # the pixels, not the path: gradio then serves its own copy, whatever folder the app started from
+                gr.Image(Image.open(RESULTS_PLOT).convert("RGB"), label="Training curves", show_label=True,
+                         elem_id="results-plot", interactive=False, format="png")
+
+        # Per-session request state (the loaded user's true item, the last prediction's answers): gradio keeps it on
+        # the server, one per browser tab or API client, and leaves it out of the HTTP API's parameters.
+        request = gr.State(None)
+        load_user.click(call(handlers.load_test_user, studio), inputs=[user, seed, request],
+                        outputs=[history, candidates, truth, request], api_name="load_test_user")
+        redraw.click(call(handlers.draw_candidates, studio), inputs=[history, seed, cand_kind, request], outputs=candidates,
                      api_name="draw_candidates")
         find.click(call(handlers.search, studio), inputs=[query, history], outputs=found, api_name="search")
         query.submit(call(handlers.search, studio), inputs=[query, history], outputs=found, api_name=False)
-        add.click(handlers.add_found, inputs=[history, found], outputs=history, api_name="add_found")
+        add.click(call(handlers.add_found, studio), inputs=[history, found], outputs=history, api_name="add_found")
+        # a new history gets a new candidate draw (keeping a loaded user's true next movie), so Predict always has one
+        history.change(call(handlers.follow_history, studio), inputs=[history, seed, cand_kind, request],
+                       outputs=candidates, api_name=False)
+        cand_kind.change(call(handlers.follow_history, studio), inputs=[history, seed, cand_kind, request],
+                         outputs=candidates, api_name=False)
         candidates.change(handlers.target_choices, inputs=candidates, outputs=target, api_name=False)
-        predict.click(call(handlers.predict, studio), inputs=[history, candidates, decode, ablation, seed, truth],
+        predict.click(on_gpu(call(handlers.predict, studio)), inputs=[history, candidates, decode, ablation, seed, request],
                       outputs=[text_head, text_bars, hybrid_head, hybrid_bars, rec_head, rec_bars, status, text_prompt,
-                               hybrid_prompt, slots], api_name="predict")
-        explain.click(call(handlers.attribute, studio), inputs=[history, candidates, target, method, ablation, seed, decode],
-                      outputs=[text_attr, hybrid_attr, item_bars, attr_status], api_name="attribute")
+                               hybrid_prompt, slots, request], api_name="predict")
+        attr_outputs = [text_attr, hybrid_attr, text_bars_attr, hybrid_bars_attr, attr_status]
+        # the previous explanation is cleared at once (an explanation takes seconds), then the new one is computed
+        explain.click(handlers.explaining, inputs=method, outputs=attr_outputs, queue=False, api_name=False).then(
+            on_gpu(call(handlers.attribute, studio)), inputs=[history, candidates, target, method, ablation, seed, decode,
+                                                           request], outputs=attr_outputs, api_name="attribute")
     return demo

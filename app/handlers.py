@@ -8,19 +8,27 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 
 import gradio as gr
 import pandas as pd
 
-from llara.inference import ABLATIONS, ATTRIBUTION_METHODS, MAX_SEED, Prediction
+from llara.constants import MAX_SEED, MAX_TITLE_CHARS
+from llara.inference import ABLATIONS, ATTRIBUTION_METHODS, CANDIDATE_KINDS, PROMPT_KINDS, Prediction
 from llara.search import MAX_QUERY_CHARS
 
 from .state import Studio
 
-MAX_LABEL_CHARS = 300  # longer than any catalog label: anything longer is not one
 MAX_PICKS = 200
 MAX_USER_ID_CHARS = 12  # the user-id textbox's max_length; the HTTP API does not enforce it
 TOP_CHOICE = "the model's top choice"
+
+
+def refuse(message: str) -> gr.Error:
+    """The error a user mistake gets: its sentence in the UI, and one line in the server log (no traceback: the
+    mistake is the user's, not the server's)."""
+    print(f"[llara-studio] refused a request: {message[:200]}", file=sys.stderr, flush=True)
+    return gr.Error(message, print_exception=False)
 
 
 def _labels(value, what: str) -> list[str]:
@@ -30,118 +38,153 @@ def _labels(value, what: str) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise gr.Error(f"The {what} must be a list of movie titles.")
+        raise refuse(f"The {what} must be a list of movie titles.")
     if len(value) > MAX_PICKS:
-        raise gr.Error(f"Too many {what} ({len(value):,}); pick at most {MAX_PICKS}.")
+        raise refuse(f"Too many {what} ({len(value):,}); pick at most {MAX_PICKS}.")
     return list(value)
 
 
 def to_items(studio: Studio, value, what: str = "watched movies") -> list[int]:
     """Item ids of labels, order kept; gr.Error naming the first label that is not in the catalog."""
     labels = _labels(value, what)
-    unknown = [label for label in labels if len(label) > MAX_LABEL_CHARS or label not in studio.by_label]
+    unknown = [label for label in labels if len(label) > MAX_TITLE_CHARS or label not in studio.by_label]
     if unknown:
         shown = unknown[0][:80] + ("..." if len(unknown[0]) > 80 else "")
-        raise gr.Error(f"Not in the catalog: {shown!r}. Pick {what} from the list.")
+        raise refuse(f"Not in the catalog: {shown!r}. Pick {what} from the list.")
     return [studio.by_label[label] for label in labels]
 
 
 def parse_seed(seed) -> int:
+    if isinstance(seed, bool):  # JSON true/false over the HTTP API: float(True) would pass as 1
+        raise refuse(f"The seed must be a whole number, got {str(seed).lower()}.")
     try:
         value = float(seed)
     except (TypeError, ValueError):
-        raise gr.Error(f"The seed must be a whole number, got {str(seed)[:40]!r}.") from None
+        raise refuse(f"The seed must be a whole number, got {str(seed)[:40]!r}.") from None
     if not math.isfinite(value) or value != int(value) or not 0 <= value <= MAX_SEED:
-        raise gr.Error(f"The seed must be a whole number from 0 to {MAX_SEED:,}, got {str(seed)[:40]}.")
+        raise refuse(f"The seed must be a whole number from 0 to {MAX_SEED:,}, got {str(seed)[:40]}.")
     return int(value)
 
 
 def _choice(value, valid, what: str) -> None:
     """gr.Error unless ``value`` is one of ``valid`` (radio values can be anything over the HTTP API)."""
     if value not in valid:
-        raise gr.Error(f"Unknown {what} {str(value)[:40]!r}; choose one of {', '.join(valid)}.")
+        raise refuse(f"Unknown {what} {str(value)[:40]!r}; choose one of {', '.join(valid)}.")
 
 
 def _call(fn, *args, **kwargs):
-    """Run a library call, turning its input errors into messages in the UI."""
+    """Run a library call, turning its input errors (``ValueError``s, ``UnknownTitle`` included) into messages."""
     try:
         return fn(*args, **kwargs)
-    except (ValueError, KeyError) as err:
-        raise gr.Error(str(err.args[0] if err.args else err)) from None
+    except ValueError as err:
+        raise refuse(str(err)) from None
+
+
+# ---- request state (gr.State: one per browser tab or API client session) ---------------------------------------
+
+def _state(state) -> dict:
+    """A copy of the session's request state: ``truth`` (the loaded test user's next item, or None) and ``shown``
+    (the last prediction's request and the answers it showed). Anything else (a fresh session) starts empty."""
+    state = dict(state) if isinstance(state, dict) else {}
+    return {"truth": state.get("truth"), "shown": state.get("shown")}
+
+
+def _request_key(items: list[int], cands: list[int], decode: str, ablation: str, seed: int) -> list:
+    return [list(items), list(cands), decode, ablation, seed]
 
 
 # ---- history and candidates ---------------------------------------------------------------------------------
 
-def load_test_user(studio: Studio, user=None, seed=0) -> tuple[list[str], list[str], str]:
-    """A real test user: their history, 20 candidates with the true next movie among them, and a line naming it."""
+def load_test_user(studio: Studio, user=None, seed=0, state=None) -> tuple[list[str], list[str], str, dict]:
+    """A real test user: their history, 20 candidates with the true next movie among them, a line naming it, and
+    the request state that remembers it."""
     samples = studio.dataset.test
     if user in (None, "", "random"):
         sample = random.Random().choice(samples)
     else:
         if len(str(user).strip()) > MAX_USER_ID_CHARS:
-            raise gr.Error(f"The user id must be a number of at most {MAX_USER_ID_CHARS} digits, got "
+            raise refuse(f"The user id must be a number of at most {MAX_USER_ID_CHARS} digits, got "
                            f"{len(str(user)):,} characters.")
         try:
             user_id = int(str(user).strip())
         except (TypeError, ValueError):
-            raise gr.Error(f"The user id must be a number, got {str(user)[:40]!r}.") from None
+            raise refuse(f"The user id must be a number, got {str(user)[:40]!r}.") from None
         matches = [s for s in samples if s.user == user_id]
         if not matches:
             ids = sorted(s.user for s in samples)
-            raise gr.Error(f"User {user_id} is not a test user; the {len(ids)} test users have ids {ids[0]}..{ids[-1]}.")
+            raise refuse(f"User {user_id} is not a test user; the {len(ids)} test users have ids {ids[0]}..{ids[-1]}.")
         sample = matches[0]
     cands = _call(studio.predictor.draw_candidates, list(sample.history), parse_seed(seed), include=sample.target)
     truth = f"Test user {sample.user}: the true next movie was **{studio.labels[sample.target]}** (marked ★ below)."
-    return [studio.labels[i] for i in sample.history], [studio.labels[c] for c in cands], truth
+    return ([studio.labels[i] for i in sample.history], [studio.labels[c] for c in cands], truth,
+            {"truth": sample.target, "shown": None})
 
 
-def draw_candidates(studio: Studio, history, seed=0, truth: str = "") -> list[str]:
-    """20 unseen candidates drawn with ``seed``; a loaded user's true next movie stays among them."""
+def draw_candidates(studio: Studio, history, seed=0, kind: str = "random", state=None) -> list[str]:
+    """20 unseen candidates drawn with ``seed`` (``kind``: random, or hard); a loaded user's true next movie stays
+    among them."""
     items = to_items(studio, history)
-    keep = true_item(studio, truth)
+    if not items:
+        raise refuse("Pick at least one watched movie.")
+    keep = true_item(state)
     if keep in items:
         keep = None
-    return [studio.labels[c] for c in _call(studio.predictor.draw_candidates, items, parse_seed(seed), include=keep)]
+    _choice(kind, CANDIDATE_KINDS, "candidate set")
+    return [studio.labels[c] for c in _call(studio.predictor.draw_candidates, items, parse_seed(seed), include=keep,
+                                            kind=kind)]
 
 
-def true_item(studio: Studio, truth: str | None) -> int | None:
-    """The item named in bold in the truth line of a loaded test user (None when no user is loaded)."""
-    if not isinstance(truth, str) or "**" not in truth:  # the HTTP API may send anything here
-        return None
-    label = truth.split("**")[1]
-    return studio.by_label.get(label)
+def follow_history(studio: Studio, history, seed=0, kind: str = "random", state=None) -> list[str]:
+    """The candidates after the history changed: a new draw for it (none while the history is empty, so clearing
+    the history is not an error)."""
+    if not _labels(history, "watched movies"):
+        return []
+    return draw_candidates(studio, history, seed, kind, state)
+
+
+def true_item(state) -> int | None:
+    """The loaded test user's true next item (None when no user is loaded in this session)."""
+    truth = _state(state)["truth"]
+    return truth if isinstance(truth, int) else None
 
 
 def search(studio: Studio, query: str, history) -> "gr.Dropdown":
     """Catalog labels matching a free-text description (watched ones left out), best first: the matches become
     the choices of the matches dropdown (so picking them passes gradio's choice check) and are all picked."""
     if not isinstance(query, str) or not query.strip():
-        raise gr.Error("Describe a movie first, e.g. 'a heist thriller in Los Angeles'.")
+        raise refuse("Describe a movie first, e.g. 'a 1990s crime thriller' (the search reads titles, years and "
+                     "genres only).")
     if len(query) > MAX_QUERY_CHARS:
-        raise gr.Error(f"The description is {len(query):,} characters; keep it under {MAX_QUERY_CHARS}.")
+        raise refuse(f"The description is {len(query):,} characters; keep it under {MAX_QUERY_CHARS}.")
     try:
         query.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate (JSON "\udcff"): not text the encoder can read
-        raise gr.Error("The description contains characters that are not valid Unicode text.") from None
+        raise refuse("The description contains characters that are not valid Unicode text.") from None
     exclude = set(to_items(studio, history))
     hits = _call(studio.search().search, query, k=8, exclude=exclude)
     labels = [studio.labels[i] for i, _ in hits]
     return gr.Dropdown(choices=labels, value=labels)
 
 
-def add_found(history, found) -> list[str]:
+def add_found(studio: Studio, history, found) -> list[str]:
     """Append the found titles to the history (watch order: they become the most recent)."""
+    to_items(studio, history)
+    to_items(studio, found, "matches")  # catalog labels only: the search's matches are
     history = _labels(history, "watched movies")
     added = history + [f for f in _labels(found, "matches") if f not in history]
     if len(added) > MAX_PICKS:
-        raise gr.Error(f"Too many watched movies ({len(added):,}); pick at most {MAX_PICKS}.")
+        raise refuse(f"Too many watched movies ({len(added):,}); pick at most {MAX_PICKS}.")
     return added
 
 
 # ---- predictions ---------------------------------------------------------------------------------------------
 
-def _distribution(studio: Studio, ranked: list[tuple[int, float]], truth: int | None) -> dict[str, float]:
-    """Scores turned into shares that sum to 1 over the candidates (softmax), keyed by label; ★ marks the truth."""
+def _distribution(studio: Studio, answer, truth: int | None) -> dict[str, float]:
+    """Scores turned into shares that sum to 1 over the candidates (softmax), keyed by label; ★ marks the truth.
+    A decoded answer (generate / constrained) scores nothing else: its one movie gets the whole bar."""
+    if answer is None:
+        return {}
+    ranked = answer.ranked or ([(answer.item, 0.0)] if answer.item is not None else [])
     if not ranked:
         return {}
     top = max(s for _, s in ranked)
@@ -160,15 +203,20 @@ def _headline(studio: Studio, answer, truth: int | None) -> str:
         mark = " ✅ the true next movie" if answer.item == truth else " ❌ not the true next movie"
     how = {"rank": "title likelihood", "head": "candidate head", "constrained": "constrained decoding",
            "generate": "greedy generation", "next": "next-item head (the LLM alone)",
-           "residual": "recommender + the LLM's learned correction"}.get(answer.decode, answer.decode)
-    note = f" ({answer.note})" if answer.note else ""
+           "residual": "recommender + the LLM's learned correction"}.get(answer.decode, f"{answer.decode} scores")
+    notes = [answer.note] if answer.note else []
+    if not answer.ranked:
+        notes.append("decoding names one movie and scores no other, so the chart has one bar")
+    note = f" ({'; '.join(notes)})" if notes else ""
     return f"### {studio.labels[answer.item]}{mark}\n{how}, {answer.seconds * 1000:.0f} ms{note}"
 
 
 def summary(studio: Studio, result: Prediction, truth: int | None) -> str:
     picks = {k: a.item for k, a in result.answers.items()}
     agree = len({v for v in picks.values() if v is not None}) == 1 and None not in picks.values()
-    parts = [f"Predicted in {result.seconds:.2f} s ({studio.precision or 'model'} weights, ablation: {result.ablation})."]
+    busy = f"; {result.waited:.2f} s of it waiting for other requests" if result.waited >= 0.01 else ""
+    parts = [f"Predicted in {result.seconds:.2f} s ({studio.precision or 'model'} weights, ablation: {result.ablation}"
+             f"{busy})."]
     if "text" in picks:
         parts.append("All three agree." if agree else
                      ("Text-only and hybrid agree." if picks["text"] == picks["hybrid"] else "Text-only and hybrid disagree."))
@@ -177,27 +225,30 @@ def summary(studio: Studio, result: Prediction, truth: int | None) -> str:
     return " ".join(parts)
 
 
-def predict(studio: Studio, history, candidates, decode: str = "rank", ablation: str = "none", seed=0, truth: str = ""):
+def predict(studio: Studio, history, candidates, decode: str = "rank", ablation: str = "none", seed=0, state=None):
     """Both prompts and the recommender: (text headline, text bars, hybrid headline, hybrid bars, recommender
-    headline, recommender bars, summary, text prompt, hybrid prompt, slot table)."""
+    headline, recommender bars, summary, text prompt, hybrid prompt, slot table, request state)."""
     items = to_items(studio, history)
     if not items:
-        raise gr.Error("Pick at least one watched movie.")
+        raise refuse("Pick at least one watched movie.")
     cands = to_items(studio, candidates, "candidates")
     if not cands:
-        raise gr.Error("The candidate set is empty: draw candidates or pick some.")
+        raise refuse("The candidate set is empty: draw candidates or pick some.")
     _choice(decode, studio.predictor.decodes, "decode mode")
     _choice(ablation, ABLATIONS, "ablation")
-    result = _call(studio.predictor.predict, items, cands, decode, ablation, parse_seed(seed))
-    known = true_item(studio, truth)
+    seed = parse_seed(seed)
+    result = _call(studio.predictor.predict, items, cands, decode, ablation, seed)
+    state = _state(state)
+    state["shown"] = {"request": _request_key(items, cands, decode, ablation, seed), "chosen": result.chosen()}
+    known = true_item(state)
     text, hybrid, rec = (result.answers.get(k) for k in ("text", "hybrid", "recommender"))
     return (
-        _headline(studio, text, known), _distribution(studio, text.ranked if text else [], known),
-        _headline(studio, hybrid, known), _distribution(studio, hybrid.ranked, known),
-        _headline(studio, rec, known) + f" ({rec.decode})", _distribution(studio, rec.ranked, known),
+        _headline(studio, text, known), _distribution(studio, text, known),
+        _headline(studio, hybrid, known), _distribution(studio, hybrid, known),
+        _headline(studio, rec, known), _distribution(studio, rec, known),
         summary(studio, result, known),
         prompt_segments(result.prompts.get("text")), prompt_segments(result.prompts["hybrid"]),
-        slot_table(studio, result.prompts["hybrid"]),
+        slot_table(studio, result.prompts["hybrid"]), state,
     )
 
 
@@ -225,48 +276,71 @@ def prompt_segments(prompt) -> list[tuple[str, str | None]]:
 
 
 def slot_table(studio: Studio, prompt) -> pd.DataFrame:
-    rows = [[s.part, studio.labels[s.item], round(s.norm, 2), ", ".join(f"{t} ({v:.2f})" for t, v in s.nearest)]
-            for s in studio.predictor.slots(prompt)]
-    return pd.DataFrame(rows, columns=["slot", "item it carries", f"norm (tokens ≈ {studio.predictor.token_norm:.2f})",
-                                       "nearest vocabulary tokens (cosine)"])
+    rows = [[s.part, studio.labels[s.item], ", ".join(f"{studio.labels[i]} ({v:.2f})" for i, v in s.neighbours),
+             round(s.title_cosine, 2)] for s in studio.predictor.slots(prompt)]
+    return pd.DataFrame(rows, columns=["slot", "movie it carries", "closest movies to it for the recommender (cosine)",
+                                       "cosine to its title's token embeddings"])
 
 
 # ---- attributions --------------------------------------------------------------------------------------------
 
 def attribute(studio: Studio, history, candidates, target: str = TOP_CHOICE, method: str = "grad_x_input",
-              ablation: str = "none", seed=0, decode: str = "rank"):
-    """Token highlighting of both prompts and a per-item bar chart (title vs embedding) for one candidate."""
+              ablation: str = "none", seed=0, decode: str = "rank", state=None):
+    """Token highlighting of both prompts and a per-item bar chart (title vs embedding) for one candidate: the
+    model's answer by default (the one the last prediction of this same request showed, without ranking again)."""
     items = to_items(studio, history)
     if not items:
-        raise gr.Error("Pick at least one watched movie.")
+        raise refuse("Pick at least one watched movie.")
     cands = to_items(studio, candidates, "candidates")
     _choice(method, ATTRIBUTION_METHODS, "attribution method")
     _choice(ablation, ABLATIONS, "ablation")
     _choice(decode, studio.predictor.decodes, "decode mode")
+    seed = parse_seed(seed)
     chosen = None
     if target not in (None, "", TOP_CHOICE):
         chosen = to_items(studio, [target], "candidate to explain")[0]
-        if chosen not in cands:
-            raise gr.Error(f"{target[:80]!r} is not among the candidates: pick one of them to explain.")
-    p = studio.predictor
-    history_items, _ = _call(p.clean_history, items)
-    prompts = _call(p.prompts, history_items, _call(p.check_candidates, history_items, cands), ablation, parse_seed(seed))
-    views, rows, lines = {}, [], []
-    for name in ("text", "hybrid"):
-        if name not in prompts:
+    shown = _state(state)["shown"] or {}
+    same = shown.get("request") == _request_key(items, cands, decode, ablation, seed)
+    result = _call(studio.predictor.explain, items, cands, method, ablation, seed, decode, target=chosen,
+                   chosen=shown.get("chosen") if same else None)
+    views, charts, lines = {}, {}, []
+    for name in PROMPT_KINDS:
+        att = result.attributions.get(name)
+        if att is None:
             views[name] = [("(no text-only prompt for this ablation)", None)]
+            charts[name] = gr.BarPlot(value=None, title="Text-only prompt: not run (no titles to list)")
             continue
-        result = _call(p.attribute, prompts[name], method, chosen, blank=name == "hybrid" and ablation == "no-embeddings",
-                       decode=decode)
-        views[name] = result.highlighted()
-        for it in result.items:
-            rows.append([f"{name}: {it.title[:40]}", "title", it.title_score])
-            if it.embedding_score is not None:
-                rows.append([f"{name}: {it.title[:40]}", "embedding", it.embedding_score])
-        lines.append(f"{name}: explaining **{studio.labels[result.target]}** ({'your choice' if chosen is not None else f'the model’s {decode} choice'}), "
-                     f"{result.cost['seconds']:.1f} s")
-    bars = pd.DataFrame(rows, columns=["item", "part", "effect on log-likelihood"])
-    return views["text"], views["hybrid"], bars, " · ".join(lines)
+        views[name] = att.words()
+        answer = studio.labels[att.target]
+        charts[name] = item_chart(studio, att, f"{name}: why {answer}")
+        lines.append(f"{name}: explaining **{answer}** ({'your choice' if chosen is not None else f'the model’s {decode} choice'}), "
+                     f"{att.cost['seconds']:.1f} s")
+    return views["text"], views["hybrid"], charts["text"], charts["hybrid"], " · ".join(lines)
+
+
+def explaining(method: str = "grad_x_input"):
+    """What the attribution outputs show while an explanation runs: nothing of the previous one."""
+    slow = " (item removal runs one pass per watched movie part: 10-20 s)" if method == "ablation" else ""
+    return None, None, None, None, f"*Explaining both prompts{slow} ...*"
+
+
+AXIS = {"ablation": "log-likelihood change when the part is removed", "grad_x_input": "summed gradient × input",
+        "ig": "summed integrated gradients"}
+
+
+def item_chart(studio: Studio, att, title: str) -> "gr.BarPlot":
+    """One bar per watched movie in watch order (numbered), split into its title's and its embedding's effect,
+    with the axis named after what the method measures."""
+    rows, order = [], []
+    for k, it in enumerate(att.items, start=1):
+        label = f"{k}. {studio.labels[it.item][:40]}"
+        order.append(label)
+        for part, value in (("title", it.title_score), ("embedding", it.embedding_score)):
+            if value is not None:
+                rows.append([label, part, value])
+    frame = pd.DataFrame(rows, columns=["watched movie", "part", AXIS[att.method]])
+    return gr.BarPlot(value=frame, x="watched movie", y=AXIS[att.method], color="part", sort=order, title=title,
+                      y_title=AXIS[att.method], x_label_angle=-35)
 
 
 def target_choices(candidates) -> "gr.Dropdown":

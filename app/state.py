@@ -55,16 +55,18 @@ class Studio:
 
     @classmethod
     def load(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT, precision: str = "nf4", threads: int = 0,
-             text_checkpoint: str | Path | None = None) -> "Studio":
-        """Load the checkpoint (converting the embedded base model on the very first run), saying what it does."""
+             text_checkpoint: str | Path | None = None, device=None) -> "Studio":
+        """Load the checkpoint (converting the embedded base model on the very first run), saying what it does.
+        ``device``: where the models run (a ``torch.device`` or its name; default CPU)."""
         started = time.perf_counter()
         for folder in (checkpoint, text_checkpoint):
             if folder is not None and not (Path(folder) / "meta.json").is_file():
                 raise FileNotFoundError(f"no LLaRA checkpoint at {folder} (meta.json missing): train one with "
                                         "`python -m llara.train --output <folder>` or pass --checkpoint / --text-checkpoint")
-        _say(f"loading {checkpoint} at {precision} (the first run also converts the embedded SmolLM2 once) ...")
+        _say(f"loading {checkpoint} at {precision} on {device or 'cpu'} (the first run also converts the embedded "
+             "SmolLM2 once) ...")
         predictor = Predictor.load(str(checkpoint), precision=precision, threads=threads,
-                                   text_checkpoint=str(text_checkpoint) if text_checkpoint else None)
+                                   text_checkpoint=str(text_checkpoint) if text_checkpoint else None, device=device)
         seconds = time.perf_counter() - started
         _say(f"model ready in {seconds:.1f} s")
         return cls.from_predictor(predictor, str(checkpoint), precision, seconds)

@@ -10,6 +10,7 @@ one candidate's answer up or down.
     python -m llara.attribute --checkpoint checkpoints/llara/movielens-sasrec-curriculum \\
         --history "Toy Story, Heat, Fargo" --sep ", " --candidates "Casino, Babe, Alien"
     python -m llara.attribute --bench          # seconds per attribution, embedded SmolLM2 + committed SASRec, bf16
+    python -m llara.attribute --faithfulness --users 20   # deletion curves of every method, the demo's two models
 
 Titles: ``--history`` and ``--candidates`` are split on ``--sep`` (default ``|``, because titles contain commas:
 "The Good, The Bad and The Ugly"); each ``--item`` adds one history title verbatim, after those of ``--history``.
@@ -24,18 +25,18 @@ made the target more likely. Token level: integrated gradients on the input embe
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from .attribution import SLOT_BASELINES, TOKEN_METHODS, Attribution, _resolve, attribute_items, attribute_tokens, build_prompt
+from .attribution import SLOT_BASELINES, TOKEN_METHODS, Attribution, attribute_items, attribute_tokens
+from .layout import build_prompt, resolve_item
 from .checkpoint import CheckpointError, write_json
-from .constants import RECOMMENDER_DIR
-from .data import MAX_HISTORY
-
-MAX_TITLE_CHARS = 300  # longer than any catalog title
-MAX_SEED = 2**32 - 1  # as the demo and python -m llara.inference
+from .constants import MAX_SEED, MAX_TITLE_CHARS, PRECISIONS, RECOMMENDER_DIR
+from .device import add_device_arg, device_name, resolve_device
+from .prompts import clean_history
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,11 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slot-baseline", default="mean", choices=SLOT_BASELINES, help="what replaces an ablated embedding slot: the mean projected item, or the text-only <PH> token (default: %(default)s)")
     p.add_argument("--keep-precision", action="store_true", help="compute in the model's own bf16 instead of float32: about 2x faster, but small scores are then rounding noise")
     p.add_argument("--top", type=int, default=12, help="token level: how many tokens to list (default: %(default)s)")
-    p.add_argument("--precision", default=None, choices=["bf16", "fp32", "nf4"], help="override the checkpoint's precision")
+    p.add_argument("--precision", default=None, choices=PRECISIONS, help="override the checkpoint's precision")
     p.add_argument("--json", type=Path, default=None, help="also write the attributions (to_dict) here")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--bench", action="store_true", help="time item- and token-level attribution of the embedded model on a 10-item history and exit")
     p.add_argument("--repeats", type=int, default=3, help="--bench: timed repeats, the median is reported (default: %(default)s)")
+    p.add_argument("--faithfulness", action="store_true", help="deletion curves of every attribution method for the demo's "
+                   "two models (or --checkpoint / --text-checkpoint) over test users, and exit (see llara/faithfulness.py)")
+    p.add_argument("--reuse", action="store_true", help="--faithfulness: reprint the table of the run saved in --json")
+    p.add_argument("--users", type=int, default=20, help="--faithfulness: test users with >= 5 watched items (default: %(default)s)")
+    p.add_argument("--text-checkpoint", default=None, help="--faithfulness: the text-only model (default: the demo's, "
+                   "with the demo's checkpoint; else the main model answers its text-only prompt too)")
+    add_device_arg(p)
     return p
 
 
@@ -79,7 +87,8 @@ def format_attribution(att: Attribution, top: int = 12) -> str:
              f"{'#':>3}  {'history item':40s} {'title':>9s} {'slot':>9s} {'total':>9s}"]
     for i, it in enumerate(att.items, 1):
         slot = "-" if it.embedding_score is None else f"{it.embedding_score:+.4f}"
-        lines.append(f"{i:>3}  {it.title[:40]:40s} {it.title_score:+9.4f} {slot:>9s} {it.total:+9.4f}")
+        title = "-" if it.title_score is None else f"{it.title_score:+.4f}"
+        lines.append(f"{i:>3}  {it.title[:40]:40s} {title:>9s} {slot:>9s} {it.total:+9.4f}")
     if att.level == "token":
         ranked = sorted(range(len(att.tokens)), key=lambda i: -abs(att.tokens[i].score))[:top]
         lines.append(f"strongest {len(ranked)} tokens (score in [-1, 1]):")
@@ -109,19 +118,14 @@ def run(args: argparse.Namespace) -> int:
         if long:  # no catalog title is that long: say so without echoing the whole string
             raise ValueError(f"a {what} title of {len(long[0]):,} characters is not in the catalog "
                              f"(titles are at most {MAX_TITLE_CHARS} characters)")
-    model, _, _ = load_llara(args.checkpoint, precision=args.precision)
-    # as the demo does (Predictor.clean_history): a repeated title counts once, the 10 most recent are kept
-    items = [_resolve(model.builder.catalog, t, f"history item {i + 1}") for i, t in enumerate(history)]
-    kept, notes = list(dict.fromkeys(items)), []
-    if len(kept) < len(items):
-        notes.append(f"{len(items) - len(kept)} repeated title(s) counted once")
-    if len(kept) > MAX_HISTORY:
-        notes.append(f"only the {MAX_HISTORY} most recent of the {len(kept)} titles are used, as in the paper")
-        kept = kept[-MAX_HISTORY:]
+    model, _, _ = load_llara(args.checkpoint, precision=args.precision, device=resolve_device(args.device))
+    catalog = model.builder.catalog
+    kept, note = clean_history([resolve_item(catalog, t, f"history item {i + 1}") for i, t in enumerate(history)],
+                               noun=f"{catalog.domain}s")  # the demo's policy
     prompt, target = build_prompt(model, kept, _split(args.candidates, args.sep) or None, args.candidate,
                                   hybrid=args.prompt == "hybrid", seed=args.seed)
-    if notes:
-        print(f"note: {'; '.join(notes)}")
+    if note:
+        print(f"note: {note}")
     results: dict[str, Attribution] = {}
     if args.level in ("item", "both"):
         results["item"] = attribute_items(model, prompt, target, slot_baseline=args.slot_baseline,
@@ -143,14 +147,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench(precision: str = "bf16", repeats: int = 3, n_steps: int = 8) -> list[dict]:
+def bench(precision: str = "bf16", repeats: int = 3, n_steps: int = 8, device: str = "cpu") -> list[dict]:
     """Median seconds per attribution for the embedded SmolLM2 (+ LoRA, untrained: speed does not depend on the
     weights) on the first MovieLens test user with a 10-item history, 20 candidates, target named (no ranking)."""
     from .data import load_dataset
-    from .model import build_llara
+    from .build import build_llara
 
     ds = load_dataset("movielens")
-    model = build_llara(ds, str(RECOMMENDER_DIR / ds.name / "sasrec"), precision=precision, lora={"r": 8, "alpha": 32, "dropout": 0.1}).eval()
+    model = build_llara(ds, str(RECOMMENDER_DIR / ds.name / "sasrec"), precision=precision,
+                        lora={"r": 8, "alpha": 32, "dropout": 0.1}, device=device).eval()
     index = next(i for i, s in enumerate(ds.test) if len(s.history) == 10)
     sample, cands = ds.test[index], ds.candidates("test", seed=0)[index]
     prompts = {kind: model.builder.build(sample.history, cands, hybrid=kind == "hybrid", template=0) for kind in ("hybrid", "text")}
@@ -181,6 +186,40 @@ def bench(precision: str = "bf16", repeats: int = 3, n_steps: int = 8) -> list[d
     return rows
 
 
+def faithfulness(args: argparse.Namespace) -> int:
+    """``--faithfulness``: the deletion-curve table of every method, for the demo's models unless told otherwise."""
+    import torch
+
+    from .constants import DEMO_CHECKPOINT, DEMO_TEXT_CHECKPOINT
+    from .checkpoint import portable_path
+    from .faithfulness import DeletionCurves, deletion_curves, format_curves
+    from .inference import Predictor
+
+    if args.users < 1:
+        raise ValueError("--users must be >= 1")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    checkpoint = args.checkpoint or str(DEMO_CHECKPOINT)
+    text = args.text_checkpoint or (str(DEMO_TEXT_CHECKPOINT) if checkpoint == str(DEMO_CHECKPOINT) else None)
+    if args.reuse:  # reprint a saved run
+        if not args.json or not args.json.is_file():
+            raise ValueError("--reuse needs --json naming a saved --faithfulness run")
+        saved = json.loads(args.json.read_text())
+        curves = DeletionCurves.from_dict(saved["curves"])
+        checkpoint, text = saved["checkpoint"], saved["text_checkpoint"]
+    else:
+        predictor = Predictor.load(checkpoint, precision=args.precision or "nf4", text_checkpoint=text)
+        curves = deletion_curves(predictor, users=args.users, seed=args.seed)
+    print(f"{Path(checkpoint).name} (text-only prompt: {Path(text).name if text else 'the same model'}), "
+          f"{args.precision or 'nf4'}, {curves.users} test users")
+    print("mean drop of the explained answer's score (log-softmax over the candidates) after deleting k watched items:")
+    print(format_curves(curves))
+    if args.json and not args.reuse:
+        write_json(args.json, {"checkpoint": portable_path(checkpoint), "text_checkpoint": text and portable_path(text),
+                               "precision": args.precision or "nf4", "rows": curves.table(), "curves": curves.to_dict()})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -191,9 +230,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--repeats must be >= 1")
             if args.threads > 0:
                 torch.set_num_threads(args.threads)
-            rows = bench(args.precision or "bf16", args.repeats, args.steps)
-            print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.precision or 'bf16'}, "
-                  f"median of {args.repeats}")
+            device = resolve_device(args.device)
+            rows = bench(args.precision or "bf16", args.repeats, args.steps, device=str(device))
+            print(f"torch {torch.__version__}, {device_name(device)}, {torch.get_num_threads()} threads, "
+                  f"{args.precision or 'bf16'}, median of {args.repeats}")
             print("| attribution | prompt | tokens | forward passes | sequences | seconds |\n|---|---|---|---|---|---|")
             for r in rows:
                 print(f"| {r['attribution']} | {r['prompt']} | {r['tokens']} | {r['forward_passes']} | {r['sequences']} | {r['median_s']:.2f} |")
@@ -202,8 +242,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 write_json(args.json, {"results": rows})
             return 0
+        if args.faithfulness:
+            return faithfulness(args)
         if not args.checkpoint:
-            raise ValueError("--checkpoint is required (or --bench)")
+            raise ValueError("--checkpoint is required (or --bench, --faithfulness)")
         if not args.sep:
             raise ValueError("--sep must not be empty")
         if args.steps < 1:

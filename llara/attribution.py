@@ -34,11 +34,11 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from .constants import CANDIDATE_TOKEN, HISTORY_TOKEN, PLACEHOLDER_TOKEN
-from .data import NUM_CANDIDATES, candidates_around
+from .constants import PLACEHOLDER_TOKEN
 from .llm import unpack_4bit_for_training
 from .model import LLaRA, collate
-from .prompts import SEPARATOR, Prompt
+from .layout import Layout, prompt_layout
+from .prompts import Prompt
 
 SLOT_BASELINES = ("mean", "placeholder")
 TOKEN_METHODS = ("ig", "grad_x_input")
@@ -57,7 +57,7 @@ class TokenScore:
 class ItemScore:
     item: int
     title: str
-    title_score: float
+    title_score: float | None  # None for the "IDs only" ablation (the prompt lists no titles)
     embedding_score: float | None  # None for a text-only prompt (it has no embedding slots)
     total: float  # title + embedding: the sum of the two separate effects (interactions are not measured)
 
@@ -83,6 +83,30 @@ class Attribution:
         """``(text, score)`` pairs for ``gr.HighlightedText``."""
         return [(t.text, t.score) for t in self.tokens]
 
+    def words(self) -> list[tuple[str, float | None]]:
+        """``(text, score)`` per word for ``gr.HighlightedText``: sub-word tokens merged into the word they spell
+        ("Sch", "ind", "ler" -> "Schindler"), each word scored by its tokens' raw scores (summed at token level) over the largest
+        absolute word score (so in [-1, 1]); embedding slots and special tokens stay words of their own, and
+        whitespace (line breaks included) is kept in the text, unscored where it stands alone."""
+        groups: list[list[TokenScore]] = []
+        for tok in self.tokens:
+            alone = tok.part.endswith("slot") or (tok.text.startswith("<") and tok.text.endswith(">"))
+            starts = not groups or alone or tok.text[:1].isspace() or tok.text == "" or groups[-1][-1].text[-1:].isspace() \
+                or groups[-1][-1].part.endswith("slot") or groups[-1][-1].text.endswith(">")
+            if starts:
+                groups.append([tok])
+            else:
+                groups[-1].append(tok)
+        # token level: a word's effect is the sum of its tokens'; item level gives every token of a part the part's
+        # score, so a word (all of one part) takes that score once
+        sums = [sum(t.raw for t in g) / (1 if self.level == "token" else len(g)) for g in groups]
+        top = max((abs(v) for v in sums), default=0.0)
+        out: list[tuple[str, float | None]] = []
+        for g, total in zip(groups, sums):
+            text = "".join(t.text for t in g)
+            out.append((text, None if not text.strip() else (total / top if top > 0 else 0.0)))
+        return out
+
 
 @dataclass(frozen=True)
 class Ablation:
@@ -90,94 +114,6 @@ class Ablation:
 
     hide: tuple[int, ...] = ()
     neutral_slots: tuple[int, ...] = ()
-
-
-# ---- prompts from titles ---------------------------------------------------------------------------------------
-
-def _resolve(catalog, value: str | int, what: str) -> int:
-    if isinstance(value, str):
-        try:
-            return catalog.find(value)
-        except KeyError as err:
-            raise ValueError(f"{what}: {err.args[0]}") from None
-    catalog.check_ids([value], what)
-    return int(value)
-
-
-def build_prompt(model: LLaRA, history: list, candidates: list | None = None, candidate: str | int | None = None,
-                 hybrid: bool = True, seed: int = 0, k: int = NUM_CANDIDATES, template: int = 0) -> tuple[Prompt, int | None]:
-    """A prompt from titles (or item ids); returns it with the named candidate's id (``None`` when not named).
-
-    Without ``candidates``, ``k`` are drawn with ``llara.data.candidates_around`` (seeded by ``seed``) around the
-    named candidate, or around a random unseen item when none is named."""
-    catalog = model.builder.catalog
-    if not history:
-        raise ValueError("the history is empty: name at least one watched item")
-    hist = [_resolve(catalog, h, f"history item {i + 1}") for i, h in enumerate(history)]
-    target = None if candidate is None else _resolve(catalog, candidate, "candidate")
-    if target is not None and target in hist:
-        raise ValueError(f"candidate {catalog.titles[target]!r} is in the history; candidates must be unseen items")
-    if candidates:
-        cands = [_resolve(catalog, c, f"candidate {i + 1}") for i, c in enumerate(candidates)]
-        if target is not None and target not in cands:
-            raise ValueError(f"candidate {catalog.titles[target]!r} is not among the {len(cands)} candidates given")
-        seen = sorted(set(cands) & set(hist))
-        if seen:
-            raise ValueError(f"{catalog.titles[seen[0]]!r} is both in the history and among the candidates")
-    else:
-        cands = list(candidates_around(hist, catalog, seed, include=target, k=k))
-    return model.builder.build(hist, cands, hybrid=hybrid, template=template), target
-
-
-# ---- where each item sits in the prompt --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Layout:
-    """Token positions of every item's title and slot in a prompt, and a part/item label per position."""
-
-    history_titles: list[list[int]]
-    history_slots: list[int | None]  # None in a text-only prompt
-    parts: list[str]
-    items: list[int | None]
-
-
-def prompt_layout(model: LLaRA, prompt: Prompt) -> Layout:
-    """Title spans are found in character space (the prompt text is rebuilt from its items exactly as the builder
-    writes it) and mapped to tokens with the fast tokenizer's offsets: no assumption about how titles tokenize."""
-    b, tok = model.builder, model.builder.tokenizer
-    enc = tok(prompt.text, add_special_tokens=True, return_offsets_mapping=True)
-    if list(enc["input_ids"]) != list(prompt.input_ids):
-        raise ValueError("the prompt's token ids differ from its text's: was it built with another tokenizer?")
-    offsets, placeholders = enc["offset_mapping"], {b.history_id, b.candidate_id, b.placeholder_id}
-    parts: list[str] = ["prompt"] * len(prompt.input_ids)
-    items: list[int | None] = [None] * len(prompt.input_ids)
-    titles: list[list[list[int]]] = []
-    cursor = 0
-    for role, group, slot_tok in (("history", prompt.history, HISTORY_TOKEN), ("candidate", prompt.candidates, CANDIDATE_TOKEN)):
-        slot_tok = slot_tok if prompt.hybrid else PLACEHOLDER_TOKEN
-        listing = SEPARATOR.join(f"{b.titles[i]} {slot_tok}" for i in group)
-        cursor = prompt.text.find(listing, cursor)
-        if cursor < 0:
-            raise ValueError(f"cannot find the {role} list in the prompt text")
-        spans = []
-        for item in group:
-            start, end = cursor, cursor + len(b.titles[item])
-            cursor = end + 1 + len(slot_tok) + len(SEPARATOR)
-            pos = [p for p, (s, e) in enumerate(offsets)
-                   if e > s and s < end and e > start and prompt.input_ids[p] not in placeholders]
-            if not pos:
-                raise ValueError(f"no tokens found for the title of item {item}")
-            for p in pos:
-                parts[p], items[p] = f"{role} title", item
-            spans.append(pos)
-        titles.append(spans)
-    slots: list[int | None] = [None] * len(prompt.history)
-    for k, (p, item) in enumerate(zip(prompt.slot_positions, prompt.slot_items)):  # hybrid only: history, then candidates
-        role = "history" if k < len(prompt.history) else "candidate"
-        parts[p], items[p] = f"{role} slot", item
-        if role == "history":
-            slots[k] = p
-    return Layout(titles[0], slots, parts, items)
 
 
 # ---- scoring -----------------------------------------------------------------------------------------------------
@@ -255,8 +191,8 @@ def _spliced(model: LLaRA, prompt: Prompt, target: int) -> tuple[torch.Tensor, t
     """``inputs_embeds`` ``(1, L + m, D)`` of prompt + answer (slots spliced) and the answer ids ``(m,)``."""
     answer = model.builder.answer_ids(target)
     batch = collate([replace(prompt, target=target, target_ids=tuple(answer))], model.pad_id, with_targets=True,
-                    padding_side="right")
-    return model.embed(batch), torch.tensor(answer)
+                    padding_side="right", device=model.device)
+    return model.embed(batch), torch.tensor(answer, device=model.device)
 
 
 @torch.no_grad()
@@ -294,7 +230,7 @@ def _result(model: LLaRA, prompt: Prompt, layout: Layout, level: str, method: st
     texts = [model.tokenizer.decode([t]) for t in prompt.input_ids]
     tokens = [TokenScore(text, (r / top) if top > 0 else 0.0, r, part, item)
               for text, r, part, item in zip(texts, raw, layout.parts, layout.items)]
-    items = [ItemScore(item, model.builder.titles[item], t, s, t + (s or 0.0))
+    items = [ItemScore(item, model.builder.titles[item], t, s, (t or 0.0) + (s or 0.0))
              for item, t, s in zip(prompt.history, titles, slots)]
     cost = {**cost, "seconds": time.perf_counter() - started}
     return Attribution(level, method, prompt.hybrid, target, model.builder.titles[target], source, full, tokens, items,
@@ -346,18 +282,21 @@ def attribute_items(model: LLaRA, prompt: Prompt, target: int | None = None, slo
     started = time.perf_counter()
     layout = prompt_layout(model, prompt)
     target, source, cost = _check_target(model, prompt, target)
-    ablations = []
+    ablations = []  # per history item: its title (when listed), then its slot (hybrid)
     for k in range(len(prompt.history)):
-        ablations.append(Ablation(hide=tuple(layout.history_titles[k])))
+        if prompt.titles:
+            ablations.append(Ablation(hide=tuple(layout.history_titles[k])))
         if prompt.hybrid:
             ablations.append(Ablation(neutral_slots=(layout.history_slots[k],)))
     with _attributing(model, upcast):
         full, ablated, calls = ablation_log_likelihoods(model, prompt, target, ablations, slot_baseline, batch_size)
         compute = str(model.llm.get_input_embeddings().weight.dtype).replace("torch.", "")
-    effects = [full - a for a in ablated]
-    step = 2 if prompt.hybrid else 1
-    titles = effects[::step]
-    slots = effects[1::step] if prompt.hybrid else [None] * len(titles)
+    effects = iter(full - a for a in ablated)
+    titles: list[float | None] = []
+    slots: list[float | None] = []
+    for _ in prompt.history:
+        titles.append(next(effects) if prompt.titles else None)
+        slots.append(next(effects) if prompt.hybrid else None)
     raw = [0.0] * len(prompt.input_ids)
     for k in range(len(prompt.history)):
         for p in layout.history_titles[k]:
@@ -418,7 +357,7 @@ def attribute_tokens(model: LLaRA, prompt: Prompt, target: int | None = None, me
         with torch.no_grad():
             full = float(forward(x)[0])
     raw = attr[0].float().sum(-1).tolist()  # (L,)
-    titles = [float(sum(raw[p] for p in positions)) for positions in layout.history_titles]
+    titles = [float(sum(raw[p] for p in positions)) if prompt.titles else None for positions in layout.history_titles]
     slots = [None if p is None else raw[p] for p in layout.history_slots]
     return _result(model, prompt, layout, "token", method, target, source, full, raw, titles, slots,
                    {"forward_passes": cost["forward_passes"] + counter["calls"], "sequences": cost["sequences"] + counter["rows"]},

@@ -35,8 +35,10 @@ class Batch:
     user_cols: torch.Tensor | None = None  # (U,)
 
 
-def collate(prompts: list[Prompt], pad_id: int, with_targets: bool = False, padding_side: str = "left") -> Batch:
-    """Pad prompts (with their target tokens when training) into one batch."""
+def collate(prompts: list[Prompt], pad_id: int, with_targets: bool = False, padding_side: str = "left",
+            device: torch.device | str | None = None) -> Batch:
+    """Pad prompts (with their target tokens when training) into one batch, every tensor created on ``device``
+    (the model's; default CPU), so nothing downstream has to move it."""
     if not prompts:
         raise ValueError("no prompts to collate")
     seqs, labels = [], []
@@ -45,27 +47,26 @@ def collate(prompts: list[Prompt], pad_id: int, with_targets: bool = False, padd
         seqs.append(ids)
         labels.append(lab)
     width = max(len(s) for s in seqs)
-    ids_t = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    lab_t = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    # padded as Python lists first: one tensor per field, created once on the device (no per-row copies)
+    offsets = [width - len(s) if padding_side == "left" else 0 for s in seqs]
+    ids_rows, lab_rows, mask_rows = [], [], []
     rows, cols, items = [], [], []
-    for b, (s, lab, p) in enumerate(zip(seqs, labels, prompts)):
-        offset = width - len(s) if padding_side == "left" else 0
-        ids_t[b, offset : offset + len(s)] = torch.tensor(s)
-        lab_t[b, offset : offset + len(s)] = torch.tensor(lab)
-        mask[b, offset : offset + len(s)] = 1
+    for b, (s, lab, p, o) in enumerate(zip(seqs, labels, prompts, offsets)):
+        after = width - o - len(s)
+        ids_rows.append([pad_id] * o + list(s) + [pad_id] * after)
+        lab_rows.append([IGNORE_INDEX] * o + list(lab) + [IGNORE_INDEX] * after)
+        mask_rows.append([0] * o + [1] * len(s) + [0] * after)
         rows += [b] * len(p.slot_positions)
-        cols += [offset + c for c in p.slot_positions]
+        cols += [o + c for c in p.slot_positions]
         items += list(p.slot_items)
+    as_long = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
+    mask = as_long(mask_rows)  # (B, T)
     position_ids = (mask.cumsum(1) - 1).clamp(min=0)
-    as_long = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
     cand_cols = cand_targets = None
     if len({len(p.candidate_positions) for p in prompts}) == 1 and prompts[0].candidate_positions:
-        offsets = [width - len(s) if padding_side == "left" else 0 for s in seqs]
         cand_cols = as_long([[o + c for c in p.candidate_positions] for o, p in zip(offsets, prompts)])
         if with_targets and all(p.target is not None for p in prompts):
             cand_targets = as_long([p.candidates.index(p.target) for p in prompts])
-    offsets = [width - len(s) if padding_side == "left" else 0 for s in seqs]
     next_rows, next_cols, next_items, user_rows, user_cols = [], [], [], [], []
     for b, (o, p) in enumerate(zip(offsets, prompts)):
         reads = list(p.history_positions) + ([p.user_position] if p.user_position is not None else [])
@@ -79,8 +80,9 @@ def collate(prompts: list[Prompt], pad_id: int, with_targets: bool = False, padd
     has_history = all(p.history_positions for p in prompts)
     targets = as_long([p.target if with_targets and p.target is not None else IGNORE_INDEX for p in prompts])
     same_c = len({len(p.candidates) for p in prompts}) == 1 and len(prompts[0].candidates) > 0
-    return Batch(ids_t, mask, position_ids, as_long(rows), as_long(cols), as_long(items), lab_t if with_targets else None,
-                 cand_cols, cand_targets, as_long(next_rows), as_long(next_cols), as_long(next_items),
+    return Batch(as_long(ids_rows), mask, position_ids, as_long(rows), as_long(cols), as_long(items),
+                 as_long(lab_rows) if with_targets else None, cand_cols, cand_targets, as_long(next_rows),
+                 as_long(next_cols), as_long(next_items),
                  as_long([o + p.query_position for o, p in zip(offsets, prompts)]) if has_history else None, targets,
                  as_long([list(p.candidates) for p in prompts]) if same_c else None,
                  tuple(p.history for p in prompts), as_long(user_rows), as_long(user_cols))

@@ -3,6 +3,7 @@
     python -m llara.bench                                   # everything (about 10 minutes on 2 cores)
     python -m llara.bench --parts demo --precisions nf4     # just the demo path at 4-bit
     python -m llara.bench --json docs/bench.json            # also keep the raw figures
+    python -m llara.bench --device cuda --parts demo,train,recipes --json docs/bench_cuda.json   # on a GPU
 
 Parts: ``demo`` loads the committed checkpoint the way the app does (fresh process per precision, so cold start
 and resident memory are clean) and times every request kind; ``train`` times LoRA training steps of a fresh model
@@ -31,7 +32,10 @@ import numpy as np
 import torch
 
 from .checkpoint import REPO_ROOT, write_json
-from .constants import DEMO_CHECKPOINT, PLACEHOLDER_TOKEN, RECOMMENDER_DIR
+from .constants import DEMO_CHECKPOINT, DEMO_TEXT_CHECKPOINT, PLACEHOLDER_TOKEN, RECOMMENDER_DIR
+from .device import add_device_arg, device_name, resolve_device, synchronize
+
+_GPU = resolve_device("auto")  # timers wait for this device's queued kernels (a no-op on the CPU)
 
 # Targets of issue #7 (2 cores, embedded model), printed beside the measurements.
 TARGETS = {"predict_bf16_s": 1.0, "predict_nf4_s": 2.0, "nf4_rss_gb": 1.0, "vs_llamacpp": 2.0, "rank_cache_speedup": 3.0}
@@ -45,32 +49,45 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+def _gpu_mb(device: torch.device, peak: bool = False) -> float | None:
+    """Memory the CUDA caching allocator holds in tensors now (or at its peak), MB; None off CUDA."""
+    if device.type != "cuda":
+        return None
+    return (torch.cuda.max_memory_allocated(device) if peak else torch.cuda.memory_allocated(device)) / 2**20
+
+
 def _timed(fn, repeats: int) -> dict:
     fn()  # warm-up: first calls pay for allocations and kernel selection
+    synchronize(_GPU)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        synchronize(_GPU)  # GPU kernels run asynchronously: the clock stops after the queued work
         times.append(time.perf_counter() - start)
     return {"p50": statistics.median(times), "p95": float(np.percentile(times, 95)), "n": repeats}
 
 
 # ---- the demo path (run in a child process per precision) ------------------------------------------------------
 
-def bench_demo(checkpoint: str, precision: str, repeats: int, merge: bool = True) -> dict:
+def bench_demo(checkpoint: str, precision: str, repeats: int, merge: bool = True, device: str = "cpu") -> dict:
     from .inference import Predictor
 
     rss0 = _rss_mb()
+    # as the app serves it: the demo's checkpoint comes with its text-only twin for the text panel
+    text = str(DEMO_TEXT_CHECKPOINT) if Path(checkpoint).resolve() == DEMO_CHECKPOINT.resolve() else None
     started = time.perf_counter()
-    p = Predictor.load(checkpoint, precision=precision, merge=merge)
+    p = Predictor.load(checkpoint, precision=precision, merge=merge, device=device, text_checkpoint=text)
     cold = time.perf_counter() - started
+    dev = p.model.device
     sample = p.dataset.test[0]
     cands = list(p.dataset.candidates("test", seed=0)[0])
     history = list(sample.history)
     prompts = p.prompts(history, cands)
     decodes = list(dict.fromkeys([p.decodes[0], "rank"]))  # the model's default, and title likelihood
-    out: dict = {"precision": precision, "merged": merge, "cold_start_s": cold, "rss_after_load_mb": _rss_mb(),
-                 "rss_before_load_mb": rss0, "prompt_tokens": len(prompts["hybrid"].input_ids), "latency": {}}
+    out: dict = {"precision": precision, "merged": merge, "cold_start_s": cold, "text_checkpoint": text, "rss_after_load_mb": _rss_mb(),
+                 "rss_before_load_mb": rss0, "prompt_tokens": len(prompts["hybrid"].input_ids), "latency": {},
+                 "device": device_name(dev), "gpu_mb_after_load": _gpu_mb(dev)}
     lat = out["latency"]
     for kind in ("text", "hybrid"):
         for decode in [*decodes, "constrained"]:
@@ -82,28 +99,32 @@ def bench_demo(checkpoint: str, precision: str, repeats: int, merge: bool = True
     lat["token attribution (grad x input), hybrid"] = _timed(lambda: p.attribute(prompts["hybrid"], "grad_x_input"), max(1, repeats // 2))
     lat["item attribution (ablation), hybrid"] = _timed(lambda: p.attribute(prompts["hybrid"], "ablation"), 1)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["gpu_peak_mb"] = _gpu_mb(dev, peak=True)
     return out
 
 
-def run_demo_child(checkpoint: str, precision: str, repeats: int, merge: bool) -> dict:
+def run_demo_child(checkpoint: str, precision: str, repeats: int, merge: bool, device: str = "cpu") -> dict:
     """``bench_demo`` in a fresh interpreter: cold start and memory are not flattered by an earlier load."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "demo.json"
         cmd = [sys.executable, "-m", "llara.bench", "--child-demo", precision, "--checkpoint", str(checkpoint),
-               "--repeats", str(repeats), "--json", str(out), *([] if merge else ["--no-merge"])]
+               "--repeats", str(repeats), "--json", str(out), "--device", str(device), *([] if merge else ["--no-merge"])]
         subprocess.run(cmd, check=True)
         return json.loads(out.read_text())
 
 
 # ---- training ------------------------------------------------------------------------------------------------
 
-def bench_train(precision: str, repeats: int, checkpointing: bool, base_model: str = "smollm2-135m") -> dict:
+def bench_train(precision: str, repeats: int, checkpointing: bool, base_model: str = "smollm2-135m",
+                device: str = "cpu") -> dict:
     from .data import load_dataset
-    from .model import build_llara
+    from .build import build_llara
 
     ds = load_dataset("movielens")
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # each configuration's own peak, though they share a process
     model = build_llara(ds, str(RECOMMENDER_DIR / "movielens" / "sasrec"), base_model=base_model, precision=precision,
-                        lora={"r": 8, "alpha": 32, "dropout": 0.1}, head_weight=1.0)
+                        lora={"r": 8, "alpha": 32, "dropout": 0.1}, head_weight=1.0, device=device)
     if checkpointing:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.llm.enable_input_require_grads() if hasattr(model.llm, "enable_input_require_grads") else None
@@ -120,7 +141,8 @@ def bench_train(precision: str, repeats: int, checkpointing: bool, base_model: s
 
     t = _timed(step, repeats)
     return {"precision": precision, "gradient_checkpointing": checkpointing, "batch": len(prompts),
-            "samples_per_s": len(prompts) / t["p50"], "step": t, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "samples_per_s": len(prompts) / t["p50"], "step": t, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "gpu_peak_mb": _gpu_mb(model.device, peak=True)}
 
 
 # Training recipes compared in fresh processes (``--parts recipes``): what one prompt costs and where memory goes.
@@ -134,17 +156,17 @@ RECIPES = {
 }
 
 
-def bench_recipe(recipe: str, repeats: int, batch: int = 8) -> dict:
+def bench_recipe(recipe: str, repeats: int, batch: int = 8, device: str = "cpu") -> dict:
     """RSS after each phase of training with one recipe (bf16, batch ``batch`` of real training prompts)."""
     from .data import load_dataset
-    from .model import build_llara
+    from .build import build_llara
     from .train import quick_validation
 
     rss = {"start": _rss_mb()}
     ds = load_dataset("movielens")
     options = RECIPES[recipe][1]
     model = build_llara(ds, str(RECOMMENDER_DIR / "movielens" / "sasrec"), precision="bf16",
-                        lora={"r": 8, "alpha": 32, "dropout": 0.1}, **options)
+                        lora={"r": 8, "alpha": 32, "dropout": 0.1}, device=device, **options)
     rss["model loaded"] = _rss_mb()
     rng = random.Random(0)
     short = recipe == "next-item"
@@ -158,7 +180,7 @@ def bench_recipe(recipe: str, repeats: int, batch: int = 8) -> dict:
 
     def step(k: int) -> None:
         chunk = prompts[(k % 4) * batch : (k % 4 + 1) * batch]  # four batches of different lengths, in turn
-        model(collate(chunk, model.pad_id, with_targets=True, padding_side="right")).loss.backward()
+        model(collate(chunk, model.pad_id, with_targets=True, padding_side="right", device=model.device)).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -175,11 +197,11 @@ def bench_recipe(recipe: str, repeats: int, batch: int = 8) -> dict:
             "samples_per_s": batch / t["p50"], "step": t, "rss_mb": rss}
 
 
-def run_recipe_child(recipe: str, repeats: int) -> dict:
+def run_recipe_child(recipe: str, repeats: int, device: str = "cpu") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "recipe.json"
         subprocess.run([sys.executable, "-m", "llara.bench", "--child-recipe", recipe, "--repeats", str(repeats),
-                        "--json", str(out)], check=True)
+                        "--json", str(out), "--device", str(device)], check=True)
         return json.loads(out.read_text())
 
 
@@ -225,16 +247,16 @@ def run_llamacpp_child(prompt_text: str, repeats: int, threads: int) -> dict:
         return json.loads(out.read_text())
 
 
-def bench_forward(checkpoint: str, precision: str, repeats: int) -> dict:
+def bench_forward(checkpoint: str, precision: str, repeats: int, device: str = "cpu") -> dict:
     """One forward pass over the text-only prompt (no KV reuse), comparable to llama.cpp's prompt processing of the
     same text (without the ``<PH>`` markers, which llama.cpp would split into several ordinary tokens)."""
     from .inference import Predictor
     from .model import collate
 
-    p = Predictor.load(checkpoint, precision=precision)
+    p = Predictor.load(checkpoint, precision=precision, device=device)
     sample = p.dataset.test[0]
     prompt = p.prompts(list(sample.history), list(p.dataset.candidates("test", seed=0)[0]))["text"]
-    batch = collate([prompt], p.model.pad_id)
+    batch = collate([prompt], p.model.pad_id, device=p.model.device)
     with torch.inference_mode():
         t = _timed(lambda: p.model.llm(inputs_embeds=p.model.embed(batch), attention_mask=batch.attention_mask,
                                         logits_to_keep=1), repeats)
@@ -249,7 +271,9 @@ def _ms(t: dict) -> str:
 
 
 def format_table(res: dict) -> str:
-    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads; latency cells are p50 / p95 in ms", ""]
+    machine = res.get("machine", {})
+    lines = [f"torch {torch.__version__}, {machine.get('device', 'cpu')}, {torch.get_num_threads()} threads; latency cells "
+             "are p50 / p95 in ms", ""]
     demo = res.get("demo", [])
     if demo:
         names = [d["precision"] + ("" if d.get("merged", True) else ", LoRA unmerged") for d in demo]
@@ -258,6 +282,9 @@ def format_table(res: dict) -> str:
         add("cold start (s, checkpoint load incl. merged-weights cache)", [f"{d['cold_start_s']:.1f}" for d in demo], "≤ 30 s")
         add("resident memory after load (MB)", [f"{d['rss_after_load_mb']:,.0f}" for d in demo], "nf4 ≤ 1,000")
         add("peak memory over the run (MB)", [f"{d['peak_rss_mb']:,.0f}" for d in demo])
+        if any(d.get("gpu_peak_mb") is not None for d in demo):
+            add("GPU memory in tensors after load / peak (MB)",
+                [f"{d['gpu_mb_after_load']:,.0f} / {d['gpu_peak_mb']:,.0f}" for d in demo])
         for key in demo[0]["latency"]:
             target = ""
             if key.startswith("full demo predict"):
@@ -273,7 +300,8 @@ def format_table(res: dict) -> str:
         lines += ["", "| training (batch 4, fwd+bwd+step) | samples/s | step p50 / p95 (ms) | peak RSS (MB) |", "|---|---|---|---|"]
         for t in train:
             lines.append(f"| {t['precision']}, gradient checkpointing {'on' if t['gradient_checkpointing'] else 'off'} | "
-                         f"{t['samples_per_s']:.2f} | {_ms(t['step'])} | {t['peak_rss_mb']:,.0f} |")
+                         f"{t['samples_per_s']:.2f} | {_ms(t['step'])} | {t['peak_rss_mb']:,.0f}"
+                         + (f" (GPU {t['gpu_peak_mb']:,.0f})" if t.get("gpu_peak_mb") is not None else "") + " |")
     recipes = res.get("recipes", [])
     if recipes:
         phases = list(recipes[0]["rss_mb"])
@@ -311,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run the first precision with LoRA unmerged, in the same run: what merging buys")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
+    add_device_arg(parser)
     parser.add_argument("--child-demo", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-recipe", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-llamacpp", default=None, help=argparse.SUPPRESS)
@@ -320,14 +349,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    try:
+        device = str(resolve_device(args.device))
+    except ValueError as err:
+        parser.error(str(err))
     if args.child_llamacpp:
         write_json(args.json, bench_llamacpp(Path(args.child_llamacpp).read_text(), args.repeats, args.threads))
         return 0
     if args.child_recipe:
-        write_json(args.json, bench_recipe(args.child_recipe, args.repeats))
+        write_json(args.json, bench_recipe(args.child_recipe, args.repeats, device=device))
         return 0
     if args.child_demo:
-        write_json(args.json, bench_demo(args.checkpoint, args.child_demo, args.repeats, merge=not args.no_merge))
+        write_json(args.json, bench_demo(args.checkpoint, args.child_demo, args.repeats, merge=not args.no_merge, device=device))
         return 0
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
@@ -336,17 +369,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown part or precision: {', '.join(bad)}")
     if "demo" in parts and not (Path(args.checkpoint) / "meta.json").is_file():
         parser.error(f"no LLaRA checkpoint at {args.checkpoint}")
-    res: dict = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__}}
+    res: dict = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__,
+                             "device": device_name(torch.device(device))}}
     if "demo" in parts:
-        res["demo"] = [run_demo_child(args.checkpoint, p, args.repeats, not args.no_merge) for p in precisions]
+        res["demo"] = [run_demo_child(args.checkpoint, p, args.repeats, not args.no_merge, device) for p in precisions]
         if args.merge_ablation and not args.no_merge:
-            res["demo"].append(run_demo_child(args.checkpoint, precisions[0], args.repeats, merge=False))
+            res["demo"].append(run_demo_child(args.checkpoint, precisions[0], args.repeats, merge=False, device=device))
     if "train" in parts:
-        res["train"] = [bench_train(p, max(2, args.repeats // 2), ckpt) for p in ("bf16", "nf4") for ckpt in (False, True)]
+        res["train"] = [bench_train(p, max(2, args.repeats // 2), ckpt, device=device) for p in ("bf16", "nf4")
+                        for ckpt in (False, True)]
     if "recipes" in parts:
-        res["recipes"] = [run_recipe_child(r, args.repeats) for r in RECIPES]
+        res["recipes"] = [run_recipe_child(r, args.repeats, device) for r in RECIPES]
     if "llamacpp" in parts:
-        fwd = bench_forward(args.checkpoint, "bf16", args.repeats)
+        fwd = bench_forward(args.checkpoint, "bf16", args.repeats, device=device)
         res["llamacpp"] = run_llamacpp_child(fwd.pop("text"), args.repeats, args.threads)
         res["forward"] = fwd
     table = format_table(res)

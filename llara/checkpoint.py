@@ -113,14 +113,23 @@ def resolve_path(path: str, base: Path | None = None) -> Path:
     return REPO_ROOT / candidate
 
 
-def save_llara(folder: str | Path, model, meta: dict[str, Any], trainer_state: dict | None = None) -> Path:
+def save_llara(folder: str | Path, model, meta: dict[str, Any], trainer_state: dict | None = None,
+               state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a LLaRA checkpoint folder atomically.
 
     Layout: ``adapter/`` (PEFT LoRA adapter, safetensors), ``projector.safetensors``, ``meta.json`` (config,
     projector spec, recommender reference, file hashes) and, for resuming, ``trainer_state.pt`` (optimizer and
     scheduler state; loaded with ``weights_only=True``). The folder is written beside the target and renamed into
     place, so a crash leaves the previous checkpoint intact. The projector is always saved.
+    ``state_dict``: the model's full state gathered from a sharded (FSDP) run, whose modules hold only shards;
+    every part is then read from it instead of from ``model``.
     """
+    def part(name: str) -> dict[str, torch.Tensor]:
+        module = getattr(model, name)
+        if state_dict is None:
+            return module.state_dict()
+        return {k[len(name) + 1:]: v for k, v in state_dict.items() if k.startswith(f"{name}.")}
+
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
@@ -129,14 +138,20 @@ def save_llara(folder: str | Path, model, meta: dict[str, Any], trainer_state: d
         if hasattr(model.llm, "peft_config"):
             # The embedding matrix was resized for the placeholder tokens; PEFT would then save all of it (~56 MB
             # for SmolLM2). Only the placeholder rows differ from the base model: they go to token_rows.safetensors.
-            model.llm.save_pretrained(str(tmp / "adapter"), save_embedding_layers=False)
+            model.llm.save_pretrained(str(tmp / "adapter"), save_embedding_layers=False,
+                                      state_dict=None if state_dict is None else part("llm"))
             for f in sorted((tmp / "adapter").iterdir()):
                 files[f"adapter/{f.name}"] = sha256_file(f)
-        files["projector.safetensors"] = save_tensors(tmp / "projector.safetensors", model.projector.state_dict())
-        files["token_rows.safetensors"] = save_tensors(tmp / "token_rows.safetensors", model.placeholder_rows())
+        files["projector.safetensors"] = save_tensors(tmp / "projector.safetensors", part("projector"))
+        if state_dict is None:
+            rows = model.placeholder_rows()
+        else:  # the rows of the gathered input embedding matrix, found by the module's name inside the LLM
+            name = next(n for n, m in model.llm.named_modules() if m is model.llm.get_input_embeddings())
+            rows = model.placeholder_rows(state_dict[f"llm.{name}.weight"])
+        files["token_rows.safetensors"] = save_tensors(tmp / "token_rows.safetensors", rows)
         for name in OPTIONAL_PARTS:
             if getattr(model, name, None) is not None:
-                files[f"{name}.safetensors"] = save_tensors(tmp / f"{name}.safetensors", getattr(model, name).state_dict())
+                files[f"{name}.safetensors"] = save_tensors(tmp / f"{name}.safetensors", part(name))
         if trainer_state is not None:
             import io
 

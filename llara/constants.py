@@ -37,6 +37,11 @@ SCORED_DECODES: tuple[str, ...] = ("residual", "next", "head", "rank")  # the on
 # Precisions load_base_model accepts: bf16 / fp32 dense weights, or 4-bit NormalFloat via bitsandbytes.
 PRECISIONS: tuple[str, ...] = ("bf16", "fp32", "nf4")
 
+# Bounds on what a person may send (the demo, the HTTP API and every command): seeds are numpy/Python RNG seeds
+# of 32 bits; no catalog title or label is longer than MAX_TITLE_CHARS, so a longer string is rejected unread.
+MAX_SEED = 2**32 - 1
+MAX_TITLE_CHARS = 300
+
 # Environment variable that moves the conversion cache (default ~/.cache/llara-studio).
 CACHE_ENV = "LLARA_CACHE"
 

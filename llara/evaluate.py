@@ -4,6 +4,7 @@
     python -m llara.evaluate --checkpoint checkpoints/llara/movielens-sasrec-curriculum --prompt both --decode all --seeds 5
     python -m llara.evaluate --base-model smollm2-135m --prompt text --decode generate --seeds 1 --limit 20   # zero-shot
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m llara.evaluate --checkpoint ... --decode rank
+    python -m llara.evaluate --checkpoint ... --decode residual --eval-samples release --release-dir path/to/movielens-release
 
 Metrics, as the paper defines them: ValidRatio = valid answers / all samples, HitRatio@1 = correct / all
 (an invalid answer is a miss). ``generate`` is greedy decoding with the first line kept, ``constrained`` decodes
@@ -11,7 +12,10 @@ over the candidate titles only, ``rank`` orders the candidates by the likelihood
 NDCG@5), ``head`` by the candidate head's scores (checkpoints trained with ``--head-weight``), ``next`` by the
 next-item head read at the query slot (``--next-weight``: the LLM alone) and ``residual`` by the recommender's score
 plus the gated next-item score (``--residual``). Each figure is the mean +- std over the candidate seeds (0..N-1,
-or ``--candidate-seeds``); per-sample records go to the JSON.
+or ``--candidate-seeds``); per-sample records go to the JSON. Candidate sets are drawn per sample from a generator
+keyed by (seed, split, index); ``--candidate-stream shared`` rebuilds rows computed with the earlier (seed, index)
+key. ``--eval-samples release`` evaluates on the paper's exact val/test samples, read from the original release's
+folder (llara/data/paper_samples.py), instead of ours; training never changes.
 
 Personalization, for every row (llara/probes.py): the **swap test** (each user gets another user's history, same
 target and candidates: HR@1 under swap and the share of choices kept), the **genre probe** (``--genre-probe``) and,
@@ -31,10 +35,14 @@ from tqdm.auto import tqdm
 
 from .constants import DECODES, RECOMMENDER_DIR, SCORED_DECODES
 from .checkpoint import CheckpointError, write_json
+from .device import accelerator_for, add_device_arg
 from .loader import load_llara
-from .data.__main__ import add_dataset_args, dataset_from_args
+from .data.args import (add_dataset_args, add_eval_sample_args, check_eval_sample_args, dataset_from_args,
+                             eval_samples_from_args)
 from .metrics import bootstrap_ci, match_answer, mean_std, ranking_metrics
-from .model import REQUIRES, LLaRA, available, build_llara
+from .build import build_llara
+from .model import REQUIRES, LLaRA, available
+from .recommenders import RECOMMENDERS
 from .probes import genre_probe, hits_and_swap, paired, popularity, prior_scorer, recommender_scorer
 
 SCORED = SCORED_DECODES  # decodes that score every candidate
@@ -89,9 +97,9 @@ def cached_item_scores(model: LLaRA, prompts, residual: bool, batch_size: int = 
         chunk = todo[start : start + batch_size]
         pure, res = model.all_item_scores([p for _, p in chunk])  # both kinds from one pass: keep both
         for b, (k, _) in enumerate(chunk):
-            cache[(k[0], k[1], False, k[3])] = pure[b].numpy()
+            cache[(k[0], k[1], False, k[3])] = pure[b].cpu().numpy()
             if res is not None:
-                cache[(k[0], k[1], True, k[3])] = res[b].numpy()
+                cache[(k[0], k[1], True, k[3])] = res[b].cpu().numpy()
     return [cache[k] for k in keys]
 
 
@@ -193,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a LLaRA checkpoint folder (written by python -m llara.train)")
     src.add_argument("--base-model", help="evaluate this untrained base LLM zero-shot (e.g. smollm2-135m)")
-    parser.add_argument("--recommender", default="sasrec", choices=["sasrec", "gru4rec", "caser"], help="zero-shot only: the item table behind hybrid slots (default: %(default)s)")
+    parser.add_argument("--recommender", default="sasrec", choices=list(RECOMMENDERS), help="zero-shot only: the item table behind hybrid slots (default: %(default)s)")
     parser.add_argument("--recommender-dir", type=Path, default=DEFAULT_REC_DIR, help="zero-shot (and its --baselines): folder with <dataset>/<recommender>.safetensors (default: checkpoints/recommenders); "
                         "a checkpoint's --baselines use the recommender it was trained with")
     parser.add_argument("--prompt", default="hybrid", choices=["text", "hybrid", "both"], help="prompt kind (default: %(default)s)")
@@ -213,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=None, help="write the metrics and per-sample records here")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     add_dataset_args(parser)
+    add_eval_sample_args(parser)
+    add_device_arg(parser)
     return parser
 
 
@@ -225,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         args.seed_list = parse_seeds(args.candidate_seeds) if args.candidate_seeds else list(range(args.seeds))
-    except ValueError as err:
+        check_eval_sample_args(args)  # a missing release folder is said before any model loads
+    except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
@@ -236,19 +247,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelerate import Accelerator
-
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    accelerator = Accelerator()
+    accelerator = accelerator_for(args.device)  # under accelerate launch: this process's device
     if args.checkpoint:
-        model, meta, ds = load_llara(args.checkpoint, precision=args.precision)
+        model, meta, ds = load_llara(args.checkpoint, precision=args.precision, device=accelerator.device)
         name = Path(args.checkpoint).name
     else:
         ds = dataset_from_args(args)
         rec = args.recommender_dir / ds.name / args.recommender
-        model = build_llara(ds, str(rec), base_model=args.base_model, precision=args.precision or "bf16").eval()
+        model = build_llara(ds, str(rec), base_model=args.base_model, precision=args.precision or "bf16",
+                            device=accelerator.device).eval()
         name = f"{args.base_model} zero-shot"
+    ds = eval_samples_from_args(ds, args)  # the candidate stream, and the release's val/test samples if asked for
     samples = ds.split(args.eval_split)
     if args.limit > 0:
         samples = samples[: args.limit]
@@ -257,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
     if not available(model, decodes[0]):
         raise ValueError(f"--decode {decodes[0]} needs a checkpoint trained for it ({REQUIRES[decodes[0]]})")
     results: dict = {"model": name, "split": args.eval_split, "samples": len(samples), "candidate_seeds": args.seed_list,
+                     "candidate_stream": ds.candidate_stream, "eval_samples": args.eval_samples,
                      "metrics": {}, "records": {}, "probes": {}, "baselines": {}, "paired": {}}
     for kind in kinds:
         for decode in decodes:

@@ -21,16 +21,19 @@ from dataclasses import dataclass, field
 import torch
 
 from .attribution import Attribution, attribute_items, attribute_tokens, neutral_slot_vector
-from .data import MAX_HISTORY, NUM_CANDIDATES, SequenceDataset, candidates_around, pad_histories
+from .constants import DECODES, MAX_SEED, MAX_TITLE_CHARS, PRECISIONS
+from .data import NUM_CANDIDATES, SequenceDataset, candidates_around
+from .device import add_device_arg, resolve_device
 from .metrics import match_answer
-from .constants import DECODES
+from .loader import trim_heap
 from .model import LLaRA, available
-from .prompts import Prompt
+from .prompts import Prompt, clean_history
 
 ABLATIONS = ("none", "no-embeddings", "no-titles", "shuffle")
 ATTRIBUTION_METHODS = ("grad_x_input", "ig", "ablation")
-MAX_SEED = 2**32 - 1
-MAX_TITLE_CHARS = 300  # longer than any catalog title (the demo's labels use the same bound)
+PROMPT_KINDS = ("text", "hybrid")
+CANDIDATE_KINDS = ("random", "hard")  # see Predictor.draw_candidates
+HARD_POOL = 30  # the recommender's best-scored unseen items a "hard" set draws half its candidates from
 
 
 @dataclass
@@ -58,8 +61,8 @@ class SlotInfo:
     item: int
     title: str
     part: str  # "history" or "candidate"
-    norm: float  # of the projected vector; token embeddings have norm ~ ``token_norm``
-    nearest: list[tuple[str, float]]  # vocabulary tokens closest by cosine
+    neighbours: list[tuple[int, float]]  # the items closest to it in the recommender's item space (cosine)
+    title_cosine: float  # cosine between the projected vector and the mean input embedding of its title's tokens
 
 
 @dataclass
@@ -69,6 +72,23 @@ class Prediction:
     prompts: dict[str, Prompt]  # "text" (absent for the no-titles ablation) and "hybrid"
     answers: dict[str, Answer]  # "text", "hybrid", "recommender"
     ablation: str
+    note: str = ""
+    seconds: float = 0.0  # the whole call, ``waited`` included
+    waited: float = 0.0  # of which spent waiting for the model while other requests used it
+
+    def chosen(self) -> dict[str, int]:
+        """The item each prompt kind answered (invalid answers left out): what ``Predictor.explain`` explains."""
+        return {k: a.item for k, a in self.answers.items() if k in PROMPT_KINDS and a.item is not None}
+
+
+@dataclass
+class Explanation:
+    """Attributions of one request's answers: one per prompt kind ("text" is absent under the no-titles ablation)."""
+
+    attributions: dict[str, Attribution]
+    method: str
+    ablation: str
+    decode: str
     note: str = ""
     seconds: float = 0.0
 
@@ -86,32 +106,35 @@ class Predictor:
         self.titles = model.builder.titles
         self.lock = threading.Lock()
         self._neutral: torch.Tensor | None = None
-        with torch.no_grad():
-            weight = model.llm.get_input_embeddings().weight.float()  # (V, D)
-            self._vocab = torch.nn.functional.normalize(weight, dim=-1)
-            self.token_norm = float(weight.norm(dim=-1).mean())
+        with torch.no_grad():  # unit item vectors of the recommender (N, d_rec): what "similar items" means to it
+            self._unit_items = torch.nn.functional.normalize(model.item_table.float(), dim=-1)
 
     @classmethod
     def load(cls, checkpoint: str, precision: str = "nf4", threads: int = 0, merge: bool = True,
-             text_checkpoint: str | None = None) -> "Predictor":
+             text_checkpoint: str | None = None, device: str | torch.device | None = None) -> "Predictor":
         """``merge``: fold the LoRA update into the base weights once (cached), which roughly halves the cost of
         every forward pass on a CPU; ``False`` keeps the adapter separate (bit-for-bit what training saw).
-        ``text_checkpoint``: a text-only model for the text-only panel (same dataset)."""
+        ``text_checkpoint``: a text-only model for the text-only panel (same dataset). ``device``: where the models
+        and the recommender run (default CPU; see llara.device)."""
         from .checkpoint import resolve_path
         from .loader import load_llara
         from .recommenders import load_recommender
 
         if threads > 0:
             torch.set_num_threads(threads)
-        model, meta, dataset = load_llara(checkpoint, precision=precision, merge=merge)
+        model, meta, dataset = load_llara(checkpoint, precision=precision, merge=merge, device=device)
         recommender = load_recommender(resolve_path(meta["recommender"]["path"], checkpoint), n_items=dataset.n_items)
+        recommender.to(model.device)
         text_model = text_meta = None
         if text_checkpoint:
-            text_model, text_meta, _ = load_llara(text_checkpoint, dataset=dataset, precision=precision, merge=merge)
+            text_model, text_meta, _ = load_llara(text_checkpoint, dataset=dataset, precision=precision, merge=merge,
+                                                  device=device)
             if text_meta.get("config", {}).get("mode") != "text":
                 raise ValueError(f"{text_checkpoint} was not trained on text-only prompts (mode "
                                  f"{text_meta.get('config', {}).get('mode')!r}): it cannot stand for the text-only model")
-        return cls(model, recommender, dataset, meta, text_model, text_meta)
+        predictor = cls(model, recommender, dataset, meta, text_model, text_meta)
+        trim_heap()  # the conversion and copies of loading are garbage now
+        return predictor
 
     @property
     def decodes(self) -> tuple[str, ...]:
@@ -125,17 +148,9 @@ class Predictor:
 
     def clean_history(self, history: list[int]) -> tuple[list[int], str]:
         """Item ids in watch order, duplicates kept once, the last ``MAX_HISTORY``; a note says what changed."""
-        if not history:
-            raise ValueError("Pick at least one watched movie.")
-        self.catalog.check_ids(list(history), "history item id")
-        items = list(dict.fromkeys(int(i) for i in history))
-        notes = []
-        if len(items) < len(history):
-            notes.append(f"{len(history) - len(items)} repeated pick(s) counted once")
-        if len(items) > MAX_HISTORY:
-            notes.append(f"only the {MAX_HISTORY} most recent of the {len(items)} picked movies are used, as in the paper")
-            items = items[-MAX_HISTORY:]
-        return items, "; ".join(notes)
+        if history:
+            self.catalog.check_ids(list(history), "history item id")
+        return clean_history(list(history or []), noun=f"{self.catalog.domain}s")
 
     def check_candidates(self, history: list[int], candidates: list[int]) -> list[int]:
         cands = [int(c) for c in candidates]
@@ -157,10 +172,31 @@ class Predictor:
             raise ValueError(f"The seed must be a whole number from 0 to {MAX_SEED:,} (got {str(seed)[:40]}).")
         return seed
 
-    def draw_candidates(self, history: list[int], seed: int = 0, include: int | None = None) -> list[int]:
-        """``NUM_CANDIDATES`` unseen items (seeded), with ``include`` (e.g. the true next movie) among them."""
+    def draw_candidates(self, history: list[int], seed: int = 0, include: int | None = None,
+                        kind: str = "random") -> list[int]:
+        """``NUM_CANDIDATES`` unseen items with ``include`` (e.g. the true next movie) among them, keyed by (seed,
+        history) so every history gets its own set. ``kind``: ``random``, the paper's uniform draw; ``hard``, half of
+        them drawn from the recommender's 30 best-scored unseen items for this history (the rest at random), so the
+        models must tell apart items that all suit the history."""
+        if kind not in CANDIDATE_KINDS:
+            raise ValueError(f"Unknown candidate set {kind!r}; choose one of {', '.join(CANDIDATE_KINDS)}.")
         history, _ = self.clean_history(history)
-        return list(candidates_around(history, self.catalog, self.check_seed(seed), include=include))
+        seed = self.check_seed(seed)
+        drawn = list(candidates_around(history, self.catalog, seed, include=include, per_history=True))
+        if kind == "random":
+            return drawn
+        scores = self.recommender.score_histories([history], [list(range(len(self.catalog)))])[0]  # (N,)
+        # (an inference-mode tensor: no in-place writes) the watched items can never be candidates
+        watched = torch.isin(torch.arange(len(scores), device=scores.device), torch.tensor(history, device=scores.device))
+        scores = torch.where(watched, -float("inf"), scores)
+        top = [int(i) for i in scores.topk(HARD_POOL).indices.tolist() if int(i) != include]
+        rng = random.Random(f"{seed}:{','.join(map(str, history))}")
+        hard = rng.sample(top, NUM_CANDIDATES // 2)
+        rest = [c for c in drawn if c not in hard and c != include]
+        chosen = hard + ([include] if include is not None else []) + rest
+        chosen = chosen[:NUM_CANDIDATES]
+        rng.shuffle(chosen)
+        return chosen
 
     # ---- prompts -----------------------------------------------------------------------------------------
 
@@ -177,19 +213,25 @@ class Predictor:
 
     @torch.no_grad()
     def slots(self, prompt: Prompt, nearest: int = 3) -> list[SlotInfo]:
-        """Each slot's item, projected norm and nearest vocabulary tokens (what the LLM "reads" there)."""
+        """What each embedding slot carries, in terms that differ from slot to slot: the items its recommender vector
+        is closest to, and how close the projected vector lands to its own title's token embeddings."""
         if not prompt.slot_items:
             return []
-        vectors = self.model.projector(self.model.item_table[list(prompt.slot_items)]).float()  # (S, D)
-        sims = torch.nn.functional.normalize(vectors, dim=-1) @ self._vocab.T  # (S, V)
+        items = list(prompt.slot_items)
+        vectors = self.model.projector(self.model.item_table[items]).float()  # (S, D)
+        sims = self._unit_items[items] @ self._unit_items.T  # (S, N)
+        rows, own = torch.arange(len(items), device=sims.device), torch.tensor(items, device=sims.device)
+        sims[rows, own] = -2.0  # never its own neighbour
         top = sims.topk(nearest, dim=-1)
+        embedding = self.model.llm.get_input_embeddings()
         n_hist = len(prompt.history)
         out = []
-        for k, (pos, item) in enumerate(zip(prompt.slot_positions, prompt.slot_items)):
-            toks = [(self.model.tokenizer.decode([int(i)]).strip() or repr(self.model.tokenizer.decode([int(i)])), float(v))
-                    for v, i in zip(top.values[k], top.indices[k])]
+        for k, (pos, item) in enumerate(zip(prompt.slot_positions, items)):
+            ids = self.model.builder.tokenizer(" " + self.titles[item], add_special_tokens=False)["input_ids"]
+            title = embedding(torch.tensor(ids, device=embedding.weight.device)).float().mean(0)  # (D,)
+            cosine = float(torch.nn.functional.cosine_similarity(vectors[k], title.to(vectors.device), dim=0))
             out.append(SlotInfo(pos, item, self.titles[item], "history" if k < n_hist else "candidate",
-                                float(vectors[k].norm()), toks))
+                                [(int(i), float(v)) for v, i in zip(top.values[k], top.indices[k])], cosine))
         return out
 
     # ---- answering ---------------------------------------------------------------------------------------
@@ -198,6 +240,13 @@ class Predictor:
         if self._neutral is None:
             self._neutral = neutral_slot_vector(self.model, "mean")
         return self._neutral
+
+    def _conditions(self, prompt: Prompt, ablation: str) -> contextlib.AbstractContextManager:
+        """The model state a prompt is answered (and explained) under: the no-embeddings ablation gives every slot of
+        a hybrid prompt the neutral vector. Call under ``self.lock``: it changes the shared model while it lasts."""
+        if prompt.hybrid and ablation == "no-embeddings":
+            return self.model.blank_slots(self._neutral_vector())
+        return contextlib.nullcontext()
 
     def answer(self, prompt: Prompt, decode: str) -> Answer:
         """One prompt answered with ``decode`` (call under ``self.lock``)."""
@@ -230,8 +279,7 @@ class Predictor:
     def recommend(self, history: list[int], candidates: list[int]) -> Answer:
         """The recommender alone, scoring the same candidates from the same history."""
         started = time.perf_counter()
-        seqs, lens = pad_histories([history], self.recommender.pad_id, self.recommender.max_len)
-        scores = self.recommender.score(torch.from_numpy(seqs), torch.from_numpy(lens), torch.tensor([candidates]))[0]
+        scores = self.recommender.score_histories([history], [candidates])[0]  # on the recommender's device
         ranked = sorted(zip(candidates, scores.float().tolist()), key=lambda x: -x[1])
         name = self.meta["recommender"].get("model", "recommender")
         return Answer("recommender", name, ranked[0][0], self.titles[ranked[0][0]], ranked, time.perf_counter() - started)
@@ -244,23 +292,25 @@ class Predictor:
         candidates = self.check_candidates(history, candidates)
         prompts = self.prompts(history, candidates, ablation, seed)
         answers: dict[str, Answer] = {}
+        queued = time.perf_counter()
         with self.lock:
-            if "text" in prompts:
-                answers["text"] = self.answer(prompts["text"], decode)
-            blank = self.model.blank_slots(self._neutral_vector()) if ablation == "no-embeddings" else contextlib.nullcontext()
-            with blank:
-                answers["hybrid"] = self.answer(prompts["hybrid"], decode)
+            waited = time.perf_counter() - queued  # other requests ahead of this one on the shared model
+            for kind in PROMPT_KINDS:
+                if kind in prompts:
+                    with self._conditions(prompts[kind], ablation):
+                        answers[kind] = self.answer(prompts[kind], decode)
         answers["recommender"] = self.recommend(list(prompts["hybrid"].history), candidates)
-        return Prediction(tuple(history), tuple(candidates), prompts, answers, ablation, note, time.perf_counter() - started)
+        return Prediction(tuple(history), tuple(candidates), prompts, answers, ablation, note,
+                          time.perf_counter() - started, waited)
 
     def attribute(self, prompt: Prompt, method: str = "grad_x_input", target: int | None = None,
-                  blank: bool = False, decode: str = "rank") -> Attribution:
-        """Attribution of the answer ``target`` to the prompt; by default the candidate the model chooses with
-        ``decode`` (what the prediction panel shows). ``blank``: under the no-embeddings ablation, as ``predict``."""
+                  ablation: str = "none", decode: str = "rank") -> Attribution:
+        """Attribution of the answer ``target`` to one prompt, under ``ablation`` as ``predict`` answers it; by
+        default the candidate the model chooses with ``decode`` (what the prediction panel shows)."""
         if method not in ATTRIBUTION_METHODS:
             raise ValueError(f"Unknown attribution method {method!r}; choose one of {', '.join(ATTRIBUTION_METHODS)}.")
         chosen_by_model = target is None
-        with self.lock, (self.model.blank_slots(self._neutral_vector()) if blank else contextlib.nullcontext()):
+        with self.lock, self._conditions(prompt, ablation):
             if target is None:  # an invalid generated answer names nothing: explain the likeliest title instead
                 target = self.answer(prompt, decode).item
                 target = self.model_for(prompt).rank(prompt)[0][0] if target is None else target
@@ -269,6 +319,35 @@ class Predictor:
             else:
                 result = attribute_tokens(self.model_for(prompt), prompt, target=target, method=method)
         return dataclasses.replace(result, target_source="model") if chosen_by_model else result
+
+    def explain(self, history: list[int], candidates: list[int], method: str = "grad_x_input", ablation: str = "none",
+                seed: int = 0, decode: str = "rank", target: int | None = None,
+                chosen: dict[str, int] | None = None) -> Explanation:
+        """One explain request, checked as ``predict`` checks it: the attributions of both prompts.
+
+        ``target``: the candidate to explain in both prompts (default: each prompt's own answer). ``chosen``: the
+        answers a prediction of this same request already showed (``Prediction.chosen()``), so they are explained
+        without ranking again; a prompt kind missing from it is answered here with ``decode``."""
+        started = time.perf_counter()
+        if method not in ATTRIBUTION_METHODS:
+            raise ValueError(f"Unknown attribution method {method!r}; choose one of {', '.join(ATTRIBUTION_METHODS)}.")
+        history, note = self.clean_history(history)
+        candidates = self.check_candidates(history, candidates)
+        if target is not None and target not in candidates:
+            raise ValueError(f"{self.titles[target]!r} is not among the candidates: pick one of them to explain.")
+        if decode not in self.decodes:
+            raise ValueError(f"Unknown decode mode {decode!r}; this model offers {', '.join(self.decodes)}.")
+        prompts = self.prompts(history, candidates, ablation, seed)
+        out = {}
+        for kind in PROMPT_KINDS:
+            if kind in prompts:
+                explained = target if target is not None else (chosen or {}).get(kind)
+                result = self.attribute(prompts[kind], method, explained, ablation, decode)
+                if target is None and explained is not None:
+                    result = dataclasses.replace(result, target_source="model")
+                out[kind] = result
+        trim_heap()  # an attribution's float32 copies and gradients are freed: keep the process from growing
+        return Explanation(out, method, ablation, decode, note, time.perf_counter() - started)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text-checkpoint", default=None, help="a text-only checkpoint for the text-only answer "
                         "(default: the main checkpoint answers its text-only prompt too)")
     parser.add_argument("--ablation", choices=ABLATIONS, default="none", help="prompt ablation (default: none)")
-    parser.add_argument("--precision", choices=("nf4", "bf16", "fp32"), default="nf4", help="weights (default: nf4)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="nf4", help="weights (default: nf4)")
+    add_device_arg(parser)
     args = parser.parse_args(argv)
 
     def split_titles(text: str, what: str) -> list[str]:
@@ -299,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         history_titles, candidate_titles = split_titles(args.history, "--history"), split_titles(args.candidates, "--candidates")
-        predictor = Predictor.load(args.checkpoint, precision=args.precision, text_checkpoint=args.text_checkpoint)
+        predictor = Predictor.load(args.checkpoint, precision=args.precision, text_checkpoint=args.text_checkpoint,
+                                   device=resolve_device(args.device))
         find = predictor.catalog.find
         history = [find(t) for t in history_titles]
         if candidate_titles:
@@ -307,8 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cands = predictor.draw_candidates(history, args.seed)
         result = predictor.predict(history, cands, args.decode or predictor.decodes[0], args.ablation, args.seed)
-    except (ValueError, KeyError, OSError, CheckpointError) as err:
-        parser.error(str(err.args[0] if isinstance(err, KeyError) else err))
+    except (ValueError, OSError, CheckpointError) as err:
+        parser.error(str(err))
     titles = predictor.titles
     print(f"history: {' | '.join(titles[i] for i in result.history)}" + (f"  ({result.note})" if result.note else ""))
     for name, ans in result.answers.items():

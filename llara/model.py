@@ -17,7 +17,9 @@ from torch import nn
 
 from .batch import Batch, collate
 from .constants import IGNORE_INDEX
-from .next_item import NextItemHead, distillation_loss, next_item_loss, title_features
+from .data import pad_histories
+from .device import autocast_method
+from .next_item import NextItemHead, distillation_loss, next_item_loss
 from .projector import Projector
 from .prompts import Prompt, PromptBuilder
 
@@ -73,6 +75,13 @@ class LLaRA(nn.Module):
         # query), distill (KL from the recommender over the candidates)
         self.weights = {"title": 1.0, "next": 1.0, "dense": 1.0, "distill": 0.0, **(weights or {})}
         self._slot_override: torch.Tensor | None = None  # set by ``blank_slots``
+        # everything but the LLM follows the LLM's device (the loader put it where --device asked); passes on a CUDA
+        # device run under bf16 autocast where it has bf16 (llara.device), attributions aside
+        for part in (projector, head, recommender, user_projector, next_head):
+            if part is not None:
+                part.to(self.device)
+        self.item_table = self.item_table.to(self.device)
+        self.use_autocast = True
 
     def train(self, mode: bool = True) -> "LLaRA":
         super().train(mode)
@@ -91,6 +100,11 @@ class LLaRA(nn.Module):
             self._slot_override = None
 
     @property
+    def device(self) -> torch.device:
+        """Where the LLM reads its inputs (its input embeddings): every tensor the model creates goes there."""
+        return self.llm.get_input_embeddings().weight.device
+
+    @property
     def tokenizer(self):
         return self.builder.tokenizer
 
@@ -98,11 +112,12 @@ class LLaRA(nn.Module):
     def pad_id(self) -> int:
         return int(self.tokenizer.pad_token_id)
 
-    def placeholder_rows(self) -> dict[str, torch.Tensor]:
-        """Input-embedding rows of the placeholder tokens (the only rows that differ from the base model)."""
-        weight = self.llm.get_input_embeddings().weight
+    def placeholder_rows(self, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Input-embedding rows of the placeholder tokens (the only rows that differ from the base model), from the
+        LLM's own matrix or from ``weight`` (the full matrix gathered from a sharded run)."""
+        weight = self.llm.get_input_embeddings().weight if weight is None else weight
         ids = [self.builder.history_id, self.builder.candidate_id, self.builder.placeholder_id]
-        return {"ids": torch.tensor(ids), "rows": weight[ids].detach().float()}
+        return {"ids": torch.tensor(ids, device=weight.device), "rows": weight[ids].detach().float()}
 
     @torch.no_grad()
     def load_placeholder_rows(self, saved: dict[str, torch.Tensor]) -> None:
@@ -110,7 +125,7 @@ class LLaRA(nn.Module):
         ids = [self.builder.history_id, self.builder.candidate_id, self.builder.placeholder_id]
         if saved["ids"].tolist() != ids:
             raise ValueError(f"placeholder token ids {saved['ids'].tolist()} differ from this tokenizer's {ids}")
-        weight[ids] = saved["rows"].to(weight.dtype)
+        weight[ids] = saved["rows"].to(weight.device, weight.dtype)
 
     def embed(self, batch: Batch) -> torch.Tensor:
         """``inputs_embeds`` ``(B, T, D)`` with projected item vectors at the slots, in one vectorised step."""
@@ -133,14 +148,9 @@ class LLaRA(nn.Module):
         return embeds
 
     def _padded(self, histories) -> tuple[torch.Tensor, torch.Tensor]:
-        rec = self.recommender
-        seqs = torch.full((len(histories), rec.max_len), rec.pad_id, dtype=torch.long)
-        lens = torch.zeros(len(histories), dtype=torch.long)
-        for b, h in enumerate(histories):
-            h = list(h)[-rec.max_len:]
-            seqs[b, : len(h)] = torch.tensor(h)
-            lens[b] = len(h)
-        return seqs, lens
+        """Right-padded ``(B, L)`` histories and ``(B,)`` lengths for the recommender, on the model's device."""
+        seqs, lens = pad_histories(list(histories), self.recommender.pad_id, self.recommender.max_len)
+        return torch.as_tensor(seqs, device=self.device), torch.as_tensor(lens, device=self.device)
 
     @torch.no_grad()
     def sequence_states(self, histories) -> torch.Tensor:
@@ -152,6 +162,7 @@ class LLaRA(nn.Module):
         """The frozen recommender's scores of every item ``(B, N)``."""
         return self.recommender.full_scores(*self._padded(histories)).float()
 
+    @autocast_method
     def forward(self, batch: Batch, **kwargs):
         use_head = self.head is not None and batch.cand_cols is not None
         use_next = self.next_head is not None and batch.query_cols is not None
@@ -214,7 +225,7 @@ class LLaRA(nn.Module):
         """``(next-item scores, residual scores or None)``, each ``(B, N)``, from one pass."""
         if self.next_head is None:
             raise ValueError("this model has no next-item head (train with --next-weight > 0)")
-        out = self.forward(collate([p.truncated() for p in prompts], self.pad_id))
+        out = self.forward(collate([p.truncated() for p in prompts], self.pad_id, device=self.device))
         res = getattr(out, "residual_logits", None)
         return out.item_logits.float(), None if res is None else res.float()
 
@@ -234,26 +245,27 @@ class LLaRA(nn.Module):
         """``(item, head score)`` for every candidate, best first: one forward pass over the prompt."""
         if self.head is None:
             raise ValueError("this model has no candidate head (train with --head-weight > 0)")
-        out = self.forward(collate([prompt], self.pad_id))
+        out = self.forward(collate([prompt], self.pad_id, device=self.device))
         scores = out.candidate_logits[0].float().log_softmax(-1).tolist()
         return sorted(zip(prompt.candidates, scores), key=lambda x: -x[1])
 
     def loss(self, prompts: list[Prompt]) -> torch.Tensor:
         """Mean token cross-entropy on the target titles (prompt tokens masked)."""
-        batch = collate(prompts, self.pad_id, with_targets=True, padding_side="right")
+        batch = collate(prompts, self.pad_id, with_targets=True, padding_side="right", device=self.device)
         return self.forward(batch).loss
 
     # ---- answering --------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
+    @autocast_method
     def generate(self, prompts: list[Prompt], max_new_tokens: int = 64) -> list[str]:
         """Greedy decoding of a left-padded batch; returns the first line of each answer."""
-        batch = collate(prompts, self.pad_id, padding_side="left")
+        batch = collate(prompts, self.pad_id, padding_side="left", device=self.device)
         embeds = self.embed(batch)
         mask = batch.attention_mask
         past, position = None, batch.position_ids
         out_tokens: list[list[int]] = [[] for _ in prompts]
-        done = torch.zeros(len(prompts), dtype=torch.bool)
+        done = [False] * len(prompts)  # host-side bookkeeping: the tokens come back as a list each step anyway
         newline = self._newline_ids()
         step_input = {"inputs_embeds": embeds}
         for _ in range(max_new_tokens):
@@ -265,7 +277,7 @@ class LLaRA(nn.Module):
                     out_tokens[b].append(tok)
                     if tok in newline or tok == self.tokenizer.eos_token_id:
                         done[b] = True
-            if done.all():
+            if all(done):
                 break
             step_input = {"input_ids": nxt[:, None]}
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -284,12 +296,13 @@ class LLaRA(nn.Module):
 
     def _prefill(self, prompt: Prompt):
         """Run one prompt; returns the last position's log-probs ``(V,)`` and the KV cache."""
-        batch = collate([prompt], self.pad_id)
+        batch = collate([prompt], self.pad_id, device=self.device)
         out = self.llm(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask,
                        position_ids=batch.position_ids, use_cache=True)
         return out.logits[0, -1].float().log_softmax(-1), out.cache, batch.input_ids.shape[1]
 
     @torch.inference_mode()
+    @autocast_method
     def constrained(self, prompt: Prompt) -> int:
         """Greedy decoding over the candidate answers only; returns the chosen item."""
         trie = AnswerTrie({c: self.builder.answer_ids(c) for c in prompt.candidates})
@@ -302,12 +315,13 @@ class LLaRA(nn.Module):
             allowed = trie.next_tokens(prefix)
             tok = allowed[int(logp[allowed].argmax())]
             prefix.append(tok)
-            out = self.llm(input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[length]]),
-                           cache=past, use_cache=True)
+            out = self.llm(input_ids=torch.tensor([[tok]], device=self.device),
+                           position_ids=torch.tensor([[length]], device=self.device), cache=past, use_cache=True)
             past, length = out.cache, length + 1
             logp = out.logits[0, -1].float().log_softmax(-1)
 
     @torch.inference_mode()
+    @autocast_method
     def rank(self, prompt: Prompt, normalize: bool = False) -> list[tuple[int, float]]:
         """``(item, log-likelihood of its answer)`` for every candidate, best first.
 
@@ -318,12 +332,10 @@ class LLaRA(nn.Module):
         answers = [self.builder.answer_ids(c) for c in prompt.candidates]
         logp0, past, length = self._prefill(prompt)
         width = max(len(a) for a in answers)
-        cont = torch.full((len(answers), width), self.pad_id, dtype=torch.long)
-        for i, a in enumerate(answers):
-            cont[i, : len(a)] = torch.tensor(a)
+        cont = torch.tensor([a + [self.pad_id] * (width - len(a)) for a in answers], device=self.device)  # (C, W)
         past.batch_repeat_interleave(len(answers))
-        positions = torch.arange(length, length + width)[None].expand(len(answers), -1)
-        mask = torch.ones((len(answers), length + width), dtype=torch.long)
+        positions = torch.arange(length, length + width, device=self.device)[None].expand(len(answers), -1)
+        mask = torch.ones((len(answers), length + width), dtype=torch.long, device=self.device)
         out = self.llm(input_ids=cont, attention_mask=mask, position_ids=positions, cache=past, use_cache=True)
         logp = out.logits.float().log_softmax(-1)  # (C, W, V): logp[:, j] predicts token j + 1
         scores = []
@@ -333,13 +345,14 @@ class LLaRA(nn.Module):
         return sorted(zip(prompt.candidates, scores), key=lambda x: -x[1])
 
     @torch.inference_mode()
+    @autocast_method
     def rank_uncached(self, prompt: Prompt, normalize: bool = False) -> list[tuple[int, float]]:
         """The same scores as ``rank``, each candidate run from scratch: the reference for tests and benchmarks."""
         scores = []
         for c in prompt.candidates:
             answer = self.builder.answer_ids(c)
             full = dataclasses.replace(prompt, target=c, target_ids=tuple(answer))
-            batch = collate([full], self.pad_id, with_targets=True)
+            batch = collate([full], self.pad_id, with_targets=True, device=self.device)
             logits = self.llm(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask,
                               position_ids=batch.position_ids).logits[0].float().log_softmax(-1)
             start = len(prompt.input_ids)
@@ -360,86 +373,3 @@ def available(model: LLaRA, decode: str) -> bool:
     if decode == "residual":
         return model.next_head is not None and model.next_head.gate is not None
     return True
-
-
-# ---- construction -------------------------------------------------------------------------------------------------
-
-LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # the paper's: every projection
-
-
-def attach_lora(llm: nn.Module, r: int = 8, alpha: int = 32, dropout: float = 0.1, targets: str = LORA_TARGETS) -> nn.Module:
-    """Wrap ``llm`` with a LoRA adapter; base weights (and the embedding rows of new tokens) stay frozen."""
-    from peft import LoraConfig, get_peft_model
-
-    names = [t.strip() for t in targets.split(",") if t.strip()]
-    present = {n.rsplit(".", 1)[-1] for n, _ in llm.named_modules()}
-    missing = [t for t in names if t not in present]
-    if not names or missing:
-        raise ValueError(f"LoRA targets {missing or names} are not modules of this model; it has e.g. "
-                         f"{', '.join(sorted(p for p in present if p.endswith('proj'))[:8])}")
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, task_type="CAUSAL_LM")
-    return get_peft_model(llm, config)
-
-
-def model_options(config: dict) -> dict:
-    """``build_llara`` keyword arguments from a training config (a saved one may predate some options)."""
-    return {"head_weight": float(config.get("head_weight", 0.0)), "next_item": float(config.get("next_weight", 0.0)) > 0,
-            "user_token": bool(config.get("user_token", False)), "residual": bool(config.get("residual", False)),
-            "text_items": bool(config.get("text_items", False)),
-            "weights": {"title": float(config.get("title_weight", 1.0)), "next": float(config.get("next_weight", 0.0)),
-                        "dense": float(bool(config.get("dense", True))), "distill": float(config.get("distill_weight", 0.0))}}
-
-
-def build_llara(
-    dataset,
-    recommender_stem: str,
-    base_model: str = "smollm2-135m",
-    precision: str = "bf16",
-    projector_spec: str = "mlp2x_gelu",
-    norm_to_tokens: bool = True,
-    lora: dict | None = None,
-    seed: int = 0,
-    head_weight: float = 0.0,
-    next_item: bool = False,
-    user_token: bool = False,
-    residual: bool = False,
-    weights: dict[str, float] | None = None,
-    text_items: bool = False,
-) -> LLaRA:
-    """A fresh LLaRA for ``dataset``: base LLM (+ LoRA when ``lora`` is given), frozen recommender table, projector.
-
-    ``norm_to_tokens`` scales each projected vector to the mean norm of the LLM's token embeddings, so a slot is
-    on the same scale as the words around it from the first step.
-    """
-    from .llm import load_base_model, token_embedding_norm
-    from .projector import build_projector
-    from .recommenders import load_recommender
-
-    recommender = load_recommender(recommender_stem, n_items=dataset.n_items)
-    llm, tokenizer = load_base_model(base_model, precision=precision, seed=seed)
-    target_norm = token_embedding_norm(llm) if norm_to_tokens else None
-    torch.manual_seed(seed)
-    projector = build_projector(projector_spec, recommender.dim, llm.config.hidden_size, target_norm=target_norm)
-    if lora is not None:
-        llm = attach_lora(llm, **lora)
-    context = getattr(llm.config, "max_position_embeddings", None)
-    builder = PromptBuilder(tokenizer, dataset.catalog, max_length=context, user_token=user_token)
-    user_projector = next_head = None
-    if user_token:
-        user_projector = build_projector(projector_spec, recommender.dim, llm.config.hidden_size, target_norm=target_norm)
-    if next_item:
-        if text_items and (user_token or residual):
-            raise ValueError("title-feature items are for text-only models: no user token or residual scoring")
-        # A model trained on text-only prompts never sees the recommender: its items are their titles.
-        features = recommender.item_embeddings()
-        if text_items:
-            answers = [builder.answer_ids(i)[:-1] for i in range(len(dataset.catalog))]  # titles without terminator
-            features = title_features(llm.get_input_embeddings().weight, answers)
-        next_head = NextItemHead(features, llm.config.hidden_size, d_key=recommender.dim, residual=residual)
-    head = None
-    if head_weight > 0:
-        head = nn.Linear(llm.config.hidden_size, 1)
-        nn.init.zeros_(head.weight)  # starts neutral: every candidate scores the same
-        nn.init.zeros_(head.bias)
-    return LLaRA(llm, builder, recommender.item_embeddings(), projector, head=head, head_weight=head_weight,
-                 recommender=recommender, user_projector=user_projector, next_head=next_head, weights=weights)

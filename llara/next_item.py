@@ -70,7 +70,7 @@ def title_features(embedding: torch.Tensor, answer_ids: list[list[int]]) -> torc
         for ids in answer_ids:
             if not ids:
                 raise ValueError("an item has an empty title: no tokens to build its features from")
-            rows.append(embedding[torch.tensor(ids)].float().mean(0))
+            rows.append(embedding[torch.tensor(ids, device=embedding.device)].float().mean(0))
     return torch.stack(rows)
 
 

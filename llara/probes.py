@@ -111,15 +111,8 @@ def prior_scorer(prior: np.ndarray) -> Scorer:
 
 def recommender_scorer(recommender) -> Scorer:
     """A sequential recommender's own scores of the candidates (its ``score``: sequence state . item vector)."""
-    import torch
-
-    from .data import pad_histories
-
-    @torch.inference_mode()
     def score(histories: Sequence[History], candidate_sets: Sequence[tuple[int, ...]]) -> np.ndarray:
-        seqs, lens = pad_histories([list(h) for h in histories], recommender.pad_id, recommender.max_len)
-        items = torch.tensor([list(c) for c in candidate_sets])
-        return recommender.score(torch.from_numpy(seqs), torch.from_numpy(lens), items).float().numpy()
+        return recommender.score_histories(histories, candidate_sets).numpy()
     return score
 
 

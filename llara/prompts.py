@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 
 from .constants import CANDIDATE_TOKEN, HISTORY_TOKEN, IGNORE_INDEX, PLACEHOLDER_TOKEN, PLACEHOLDER_TOKENS, USER_TOKEN
-from .data import Catalog
+from .data import MAX_HISTORY, Catalog
 
 # Three phrasings per domain (the paper draws one per sample). {n} is the real number of candidates listed:
 # the original templates said "10" while listing 20.
@@ -50,6 +50,23 @@ SEPARATOR = ", "
 USER_SLOT = " (profile {token})"
 
 
+def clean_history(items: list[int], max_items: int = MAX_HISTORY, noun: str = "items") -> tuple[list[int], str]:
+    """The history a prompt lists, from what a person picked (oldest first): a repeated item counts once (its first
+    pick keeps its place) and only the ``max_items`` most recent are kept, as in the paper's samples. Returns the
+    items and a note saying what changed (empty when nothing did); ``noun`` names the items in it ("movies").
+    One policy for the demo and every command."""
+    if not items:
+        raise ValueError(f"Pick at least one watched {noun.removesuffix('s')}.")
+    kept = list(dict.fromkeys(int(i) for i in items))
+    notes = []
+    if len(kept) < len(items):
+        notes.append(f"{len(items) - len(kept)} repeated pick(s) counted once")
+    if len(kept) > max_items:
+        notes.append(f"only the {max_items} most recent of the {len(kept)} picked {noun} are used, as in the paper")
+        kept = kept[-max_items:]
+    return kept, "; ".join(notes)
+
+
 @dataclass(frozen=True)
 class Prompt:
     """One encoded prompt.
@@ -71,6 +88,7 @@ class Prompt:
     candidate_positions: tuple[int, ...] = ()  # the slot (hybrid) or <PH> (text) token after each candidate title
     history_positions: tuple[int, ...] = ()  # the slot (hybrid) or <PH> (text) token after each history title
     user_position: int | None = None  # the user slot (<UserEmb> hybrid, <PH> text), when the prompt has one
+    titles: bool = True  # False: the hybrid "IDs only" ablation, items listed by their slots alone
 
     @property
     def query_position(self) -> int:
@@ -203,7 +221,8 @@ class PromptBuilder:
                 f"{self.max_length}: use fewer or shorter history items"
             )
         return Prompt(text, input_ids, positions, items, hybrid, history, candidates, template, target, target_ids,
-                      candidate_positions=tuple(cand_pos), history_positions=tuple(hist_pos), user_position=user_pos)
+                      candidate_positions=tuple(cand_pos), history_positions=tuple(hist_pos), user_position=user_pos,
+                      titles=titles)
 
     def answer_ids(self, item: int) -> list[int]:
         """Token ids of the answer: ``" <title>"`` then one terminator token (the newline, or EOS).

@@ -3,6 +3,8 @@
     python -m llara.results                                  # every row (see docs/results.md for the wall time)
     python -m llara.results --rows sasrec,gru4rec,caser      # just the recommenders (seconds)
     python -m llara.results --reuse                          # rebuild the table from docs/results/*.json only
+    python -m llara.results --reuse --candidate-stream shared            # the rows of the earlier candidate stream
+    python -m llara.results --rows sasrec,gru4rec --eval-samples release --release-dir path/to/movielens-release
 
     python -m llara.results --rows path/to/checkpoint               # any LLaRA checkpoint folder, by path
 
@@ -15,10 +17,17 @@ also probed for personalization (llara/probes.py): the history swap test and the
 95 test users and the same candidate sets (seeds 0..N-1), so differences are paired: the table ends with paired
 bootstrap intervals of HR@1 differences. One row's figures and per-user records go to docs/results/<row>.json,
 which ``--reuse`` reads instead of running the row again.
+
+Groups: rows are paired only with rows of the same candidate stream and the same val/test samples, and each group
+has its own folder: docs/results (the default stream, our samples), docs/results/shared (``--candidate-stream
+shared``: the earlier stream, which rows computed before it changed used), docs/results/release (``--eval-samples
+release``: the paper's exact test samples, read from the original release's folder; the table then also sets each
+row beside the same row on our samples) and docs/results/release-shared.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import sys
 import time
@@ -28,26 +37,50 @@ import numpy as np
 
 from .checkpoint import REPO_ROOT, read_json, write_json
 from .constants import LLARA_DIR, RECOMMENDER_DIR
+from .data import DEFAULT_STREAM, SequenceDataset, load_dataset
+from .data.args import add_eval_sample_args, add_stream_arg, check_eval_sample_args
+from .data.paper_samples import with_release_samples
+from .device import add_device_arg, resolve_device
 from .metrics import bootstrap_ci, mean_std, ranking_metrics, target_ranks
+from .recommenders import RECOMMENDERS as RECOMMENDER_CLASSES
+from .results_tables import (
+    beside_ours_table, describe_group, group, paired_table, personalization_table, table, training_table,
+)
 
 OUT_DIR = REPO_ROOT / "docs" / "results"
-RECOMMENDERS = ("sasrec", "gru4rec", "caser")
+RECOMMENDERS = tuple(RECOMMENDER_CLASSES)  # sasrec, gru4rec, caser: the table order
 PRIORS = {"popularity": 0, "recent-popularity": 10}  # history-free rows: counts of all / the last 10 training targets
 ZERO_SHOT = "zero-shot"
-# Paper Table 2 (MovieLens, Llama2-7B): ValidRatio / HitRatio@1 of greedy generation.
-PAPER = {
-    "GRU4Rec": (1.0, 0.3750), "Caser": (1.0, 0.3861), "SASRec": (1.0, 0.3444), "Llama2-7B zero-shot": (0.4421, 0.0421),
-    "TALLRec (text-only LoRA)": (0.9263, 0.3895), "LLaRA (SASRec), curriculum": (0.9684, 0.4421),
-}
-PAPER_ABLATION = {"always hybrid": 0.4211, "two-stage": 0.4316, "curriculum": 0.4421}  # HR@1, Table 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """The candidate stream and the val/test samples of one run: its rows are paired with each other only."""
+
+    stream: str = DEFAULT_STREAM
+    samples: str = "ours"  # or "release": the paper's exact val/test samples from ``release_dir``
+    release_dir: str | None = None
+    allow_pickle: bool = False
+
+    def folder(self, base: Path = OUT_DIR) -> Path:
+        """docs/results, docs/results/shared, docs/results/release or docs/results/release-shared."""
+        parts = [name for name, on in (("release", self.samples == "release"), ("shared", self.stream == "shared")) if on]
+        return base / "-".join(parts) if parts else base
+
+    def fields(self) -> dict:
+        """What every row of this group records about how it was computed."""
+        return {"candidate_stream": self.stream, "eval_samples": self.samples}
+
+    def apply(self, ds: SequenceDataset) -> SequenceDataset:
+        """``ds`` with this group's candidate stream and val/test samples (training samples never change)."""
+        ds = dataclasses.replace(ds, candidate_stream=self.stream)
+        return with_release_samples(ds, self.release_dir, self.allow_pickle) if self.samples == "release" else ds
 
 
 @functools.cache
-def movielens():
-    """The paper's MovieLens split, loaded once per run (every row and the fusion rows share it)."""
-    from .data import load_dataset
-
-    return load_dataset("movielens")
+def movielens(grp: Group = Group()) -> SequenceDataset:
+    """The paper's MovieLens split under ``grp``, loaded once per run (every row and the fusion rows share it)."""
+    return grp.apply(load_dataset("movielens"))
 
 
 def _per_user(records: list[list[dict]]) -> list[float]:
@@ -86,19 +119,21 @@ def _probe_summary(probe: dict) -> dict:
     return {k: probe[k] for k in ("swap", "genre") if k in probe}
 
 
-def run_llm(row: str, seeds: int, gen_seeds: int, decodes: list[str], precision: str, limit: int = 0) -> dict:
+def run_llm(row: str, seeds: int, gen_seeds: int, decodes: list[str], precision: str, limit: int = 0,
+            grp: Group = Group(), device: str = "cpu") -> dict:
     """Evaluate one LLM row with ``llara.evaluate``'s functions; per-user hits kept for paired comparisons."""
     from .evaluate import SCORED, evaluate_samples, llm_scorer, probe_row, summarize
     from .model import available
     from .loader import load_llara
-    from .model import build_llara
+    from .build import build_llara
 
     if row == ZERO_SHOT:
-        ds = movielens()
-        model = build_llara(ds, str(RECOMMENDER_DIR / ds.name / "sasrec"), precision=precision).eval()
+        ds = movielens(grp)
+        model = build_llara(ds, str(RECOMMENDER_DIR / ds.name / "sasrec"), precision=precision, device=device).eval()
         kind, meta = "text", {"config": {"mode": "zero-shot"}}
     else:
-        model, meta, ds = load_llara(str(checkpoint_path(row)), precision=precision)
+        model, meta, ds = load_llara(str(checkpoint_path(row)), precision=precision, device=device)
+        ds = grp.apply(ds)  # the checkpoint's own dataset (its user split), under this group's stream and samples
         kind = "text" if meta.get("config", {}).get("mode") == "text" else "hybrid"
         row = checkpoint_path(row).name
     samples = ds.split("test")[: limit or None]
@@ -176,85 +211,10 @@ def fusion_row(llm: dict, ds, recommender: str = "sasrec") -> dict | None:
     accs = [h.mean() for h in per_seed]
     per_user = np.mean(per_seed, axis=0)
     mean, std = mean_std(accs)
-    return {"row": f"{llm['row']} + {recommender} fusion (w={best:g} from val)", "kind": llm["kind"], "columns": {"head": {
+    return {"row": f"{llm['row']} + {recommender} fusion (w={best:g} from val)", "kind": llm["kind"],
+            **{k: llm[k] for k in ("candidate_stream", "eval_samples") if k in llm}, "columns": {"head": {
         "seeds": len(per_seed), "valid_ratio": 1.0, "hr@1": mean, "hr@1_std": std, "hr@1_ci95": bootstrap_ci(per_user),
         "per_user": per_user.round(4).tolist(), "val_hr@1_by_weight": {str(w): round(v, 4) for w, v in val.items()}}}}
-
-
-def _cell(col: dict | None, key: str, valid: bool = False) -> str:
-    if not col or key not in col:
-        return "–"
-    mean, std = col[key], col.get(key + "_std", 0.0)
-    text = f"{mean:.3f} ± {std:.3f}" if col.get("seeds", 1) > 1 else f"{mean:.3f}"
-    if valid:
-        return f"{col['valid_ratio']:.3f} / {text}"
-    return text
-
-
-def table(results: list[dict]) -> str:
-    """Markdown: one row per model; generate/constrained as ValidRatio / HR@1, rank/head as HR@1 and NDCG@5."""
-    lines = ["| model | prompt | generate VR / HR@1 | constrained VR / HR@1 | rank HR@1 | rank NDCG@5 | head HR@1 | head NDCG@5 | HR@1 95% CI (users) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        c = r["columns"]
-        best = c.get("head") or c.get("rank")
-        ci = f"{best['hr@1_ci95'][0]:.3f}–{best['hr@1_ci95'][1]:.3f}" if best else "–"
-        lines.append(f"| {r['row']} | {r['kind']} | {_cell(c.get('generate'), 'hr@1', True)} | "
-                     f"{_cell(c.get('constrained'), 'hr@1', True)} | {_cell(c.get('rank'), 'hr@1')} | "
-                     f"{_cell(c.get('rank'), 'ndcg@5')} | {_cell(c.get('head'), 'hr@1')} | {_cell(c.get('head'), 'ndcg@5')} | {ci} |")
-    lines += ["", "Paper (Llama2-7B, MovieLens, greedy generation, ValidRatio / HR@1): "
-              + "; ".join(f"{k} {v[0]:.4f} / {v[1]:.4f}" for k, v in PAPER.items())
-              + ". Paper ablation (HR@1): " + ", ".join(f"{k} {v:.4f}" for k, v in PAPER_ABLATION.items()) + "."]
-    return "\n".join(lines)
-
-
-def paired_table(results: list[dict], pairs: list[tuple[str, str, str]]) -> str:
-    """``a - b`` HR@1 on the same users and candidates, with a bootstrap 95% interval over users."""
-    from .probes import paired
-
-    by_row = {r["row"]: r for r in results}
-    lines = ["| comparison (same users, same candidates) | decode | HR@1 difference | 95% CI | users a better / b better |",
-             "|---|---|---|---|---|"]
-    for a, b, decode in pairs:
-        ca = by_row.get(a, {}).get("columns", {}).get(decode) or by_row.get(a, {}).get("columns", {}).get("rank")
-        cb = by_row.get(b, {}).get("columns", {}).get(decode) or by_row.get(b, {}).get("columns", {}).get("rank")
-        if not ca or not cb or len(ca["per_user"]) != len(cb["per_user"]):
-            continue
-        c = paired(ca["per_user"], cb["per_user"])
-        lines.append(f"| {a} − {b} | {decode} | {c['diff']:+.3f} | {c['ci95'][0]:+.3f} to {c['ci95'][1]:+.3f} | "
-                     f"{c['a_better']} / {c['b_better']} |")
-    return "\n".join(lines)
-
-
-def personalization_table(results: list[dict], references: tuple[str, ...] = ("sasrec", "recent-popularity")) -> str:
-    """One line per scored column: HR@1, the swap test, the genre probe, and paired differences with the
-    references (same users, same candidate seeds)."""
-    from .probes import paired
-
-    by_row = {r["row"]: r for r in results}
-    ref_cols = {name: by_row[name]["columns"]["rank"] for name in references if name in by_row}
-    head = ("| model | prompt | decode | HR@1 | 95% CI | swap: HR@1 | swap: choices kept | genre: in-genre min / mean | "
-            "genre: distinct answers | " + " | ".join(f"− {n} (95% CI; users +/−)" for n in ref_cols) + " |")
-    lines = [head, "|" + "---|" * (9 + len(ref_cols))]
-    for r in results:
-        for decode, col in r["columns"].items():
-            probe = col.get("probe")
-            if not probe:
-                continue
-            swap, genre = probe.get("swap", {}), probe.get("genre", {})
-            cells = []
-            for name, ref in ref_cols.items():
-                if r["row"] == name or len(ref["per_user"]) != len(col["per_user"]) or ref.get("seeds") != col.get("seeds"):
-                    cells.append("–")
-                    continue
-                c = paired(col["per_user"], ref["per_user"])
-                cells.append(f"{c['diff']:+.3f} ({c['ci95'][0]:+.3f} to {c['ci95'][1]:+.3f}; {c['a_better']}/{c['b_better']})")
-            lo, hi = col["hr@1_ci95"]
-            lines.append(f"| {r['row']} | {r['kind']} | {decode} | {col['hr@1']:.3f} ± {col.get('hr@1_std', 0):.3f} | "
-                         f"{lo:.3f}–{hi:.3f} | {swap.get('hr@1', float('nan')):.3f} | {swap.get('kept', float('nan')):.0%} | "
-                         f"{genre.get('min_in_genre', float('nan')):.0%} / {genre.get('mean_in_genre', float('nan')):.0%} | "
-                         f"{genre.get('distinct_top_answers', '–')} of {len(genre.get('genres', {}))} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def default_pairs(rows: list[str]) -> list[tuple[str, str, str]]:
@@ -275,25 +235,6 @@ def default_pairs(rows: list[str]) -> list[tuple[str, str, str]]:
                 pairs.append((h, t, "head" if "head" in h else "rank"))
         pairs.append((h, "sasrec", "head" if "head" in h else "rank"))
     return pairs
-
-
-def training_table(results: list[dict]) -> str:
-    lines = ["| run | recommender | mode | losses (weights) | levers | prompts (steps × batch) | wall time | samples/s | peak RSS |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        t, c = r.get("training") or {}, r.get("config") or {}
-        if not t:
-            continue
-        weights = {"title": c.get("title_weight", 1.0), "head": c.get("head_weight", 0.0), "next-item": c.get("next_weight", 0.0),
-                   "distill": c.get("distill_weight", 0.0)}  # runs saved before a weight existed did not use it
-        losses = ", ".join(f"{name} {w:g}" for name, w in weights.items() if w)
-        levers = ", ".join(name for name, on in (("user token", c.get("user_token")), ("dense", c.get("next_weight") and c.get("dense", True)),
-                                                 ("residual", c.get("residual")), ("title items", c.get("text_items"))) if on) or "–"
-        steps, batch = t.get("step", 0), c.get("batch_size", 0)
-        lines.append(f"| {r['row']} | {c.get('recommender', '–')} | {c.get('mode')} | {losses} | {levers} | {steps * batch:,} ({steps} × {batch}) | "
-                     f"{t.get('train_seconds', 0) / 60:.1f} min | {t.get('samples_per_second', 0):.2f} | "
-                     f"{t.get('peak_rss_mb', 0) / 1024:.1f} GB |")
-    return "\n".join(lines)
 
 
 def plot_curves(path: Path, window: int = 15) -> Path:
@@ -323,11 +264,22 @@ def plot_curves(path: Path, window: int = 15) -> Path:
     return path
 
 
+def _stored(path: Path, grp: Group) -> dict:
+    """A row's JSON, checked to belong to ``grp``: rows of another stream or other samples are never mixed in."""
+    row = read_json(path)
+    if group(row) != (grp.stream, grp.samples):
+        raise ValueError(f"{path} holds a row computed with {describe_group(*group(row))}, but this run uses "
+                         f"{describe_group(grp.stream, grp.samples)}: pass the matching --candidate-stream / "
+                         "--eval-samples, or --out the folder of that group")
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llara.results", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", default="all", help="comma-separated rows: sasrec, gru4rec, caser, zero-shot, "
-                        "or LLaRA checkpoint folder names under checkpoints/llara (default: all)")
+    parser.add_argument("--rows", default="all", help="comma-separated rows: sasrec, gru4rec, caser, popularity, "
+                        "recent-popularity, zero-shot, or LLaRA checkpoint folder names under checkpoints/llara "
+                        "(default: all; with --reuse: every row stored in the group's folder)")
     parser.add_argument("--seeds", type=int, default=5, help="candidate seeds for the head and the recommenders (default: 5)")
     parser.add_argument("--gen-seeds", type=int, default=1,
                         help="candidate seeds for generate / constrained / rank, 2-6x slower per sample (default: 1)")
@@ -335,42 +287,70 @@ def main(argv: list[str] | None = None) -> int:
                         help="LLM columns to run, each where the checkpoint has it (default: all)")
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32", "nf4"], help="LLM weights (default: bf16)")
     parser.add_argument("--limit", type=int, default=0, help="first N test users only (0 = all 95; a smoke test)")
-    parser.add_argument("--reuse", action="store_true", help="read rows from docs/results/<row>.json where present")
+    parser.add_argument("--reuse", action="store_true", help="read rows from <out>/<row>.json where present")
     parser.add_argument("--update", action="store_true", help="run the --decodes columns and merge them into a row's "
                         "existing JSON, keeping its other columns")
     parser.add_argument("--plot", type=lambda v: Path(v) if v else None, default=REPO_ROOT / "assets" / "training_curves.png",
                         help="write the training curves of the LLaRA checkpoints here ('' = no plot; default: assets/training_curves.png)")
-    parser.add_argument("--out", type=Path, default=OUT_DIR, help="folder of the per-row JSON files (default: docs/results)")
+    parser.add_argument("--out", type=Path, default=None, help="folder of the per-row JSON files (default: the group's "
+                        "folder: docs/results, docs/results/shared, docs/results/release or docs/results/release-shared)")
+    add_stream_arg(parser)
+    add_eval_sample_args(parser)
+    parser.add_argument("--allow-pickle", action="store_true", help="with --eval-samples release: read the release's "
+                        "pickles (*.df) when no JSONL exists; unpickling runs code from the file, so only for files you trust")
+    add_device_arg(parser)
     args = parser.parse_args(argv)
+    try:
+        args.device = str(resolve_device(args.device))  # checked here: a missing GPU fails before any row runs
+    except ValueError as err:
+        parser.error(str(err))
+    grp = Group(args.candidate_stream, args.eval_samples, args.release_dir, args.allow_pickle)
+    out = args.out or grp.folder()
     available = [*RECOMMENDERS, *PRIORS, ZERO_SHOT, *sorted(q.parent.name for q in LLARA_DIR.glob("*/meta.json"))]
     rows = available if args.rows == "all" else [r.strip() for r in args.rows.split(",") if r.strip()]
+    if args.rows == "all" and args.reuse:  # every stored row of the group, the usual ones first
+        stored = {q.stem for q in out.glob("*.json")}
+        rows = [r for r in available if r in stored] + sorted(stored - set(available))
     unknown = [r for r in rows if r not in available and not (checkpoint_path(r) / "meta.json").is_file()
-               and not (args.reuse and (args.out / f"{r}.json").is_file())]  # --reuse: a row's JSON is enough
+               and not (args.reuse and (out / f"{r}.json").is_file())]  # --reuse: a row's JSON is enough
     if unknown or args.seeds < 1 or args.gen_seeds < 1:
         parser.error(f"unknown rows {unknown}; available: {', '.join(available)}" if unknown else "--seeds and --gen-seeds must be >= 1")
+    try:
+        if not args.reuse:  # reprinting stored rows needs no release folder
+            check_eval_sample_args(args)
+        return run(args, dataclasses.replace(grp, release_dir=args.release_dir), out, rows)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace, grp: Group, out: Path, rows: list[str]) -> int:
+    """Run (or read) every row of one group, save each, and print the group's tables."""
     decodes = [d.strip() for d in args.decodes.split(",") if d.strip()]
     started, results = time.perf_counter(), []
     for row in rows:
-        path = args.out / f"{checkpoint_path(row).name if '/' in row else row}.json"
+        path = out / f"{checkpoint_path(row).name if '/' in row else row}.json"
         if args.reuse and path.is_file():
-            results.append(read_json(path))
+            results.append(_stored(path, grp))
             continue
-        previous = read_json(path) if args.update and path.is_file() else None
+        previous = _stored(path, grp) if args.update and path.is_file() else None
         t0 = time.perf_counter()
         print(f"[results] {row} ...", flush=True)
         if row in RECOMMENDERS or row in PRIORS:
-            result = run_baseline(row, movielens(), args.seeds)
+            result = run_baseline(row, movielens(grp), args.seeds)
         else:
-            result = run_llm(row, args.seeds, args.gen_seeds, decodes, args.precision, args.limit)
-        result["seconds"] = round(time.perf_counter() - t0, 1)
+            result = run_llm(row, args.seeds, args.gen_seeds, decodes, args.precision, args.limit, grp, args.device)
+        result.update(grp.fields(), seconds=round(time.perf_counter() - t0, 1))
         if previous:  # --update: the columns run now replace theirs, the others are kept
             result = {**previous, **{k: v for k, v in result.items() if k != "columns"},
                       "columns": {**previous.get("columns", {}), **result["columns"]}}
         if not args.limit:  # a smoke run never overwrites the committed figures
             write_json(path, result)
         results.append(result)
-    fused = [f for f in (fusion_row(r, movielens()) for r in results if r.get("kind") in ("text", "hybrid")) if f]
+    with_head = [r for r in results if r.get("kind") in ("text", "hybrid") and "scores" in r["columns"].get("head", {})]
+    fused = [f for f in (fusion_row(r, movielens(grp)) for r in with_head) if f]
     results += fused
+    print(f"Rows computed with {describe_group(grp.stream, grp.samples)}.\n")
     print(table(results))
     print()
     pairs = default_pairs([r["row"] for r in results]) + [(f["row"], "sasrec", "head") for f in fused]
@@ -379,6 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     print(personalization_table(results))
     print()
     print(training_table(results))
+    if grp.samples == "release":
+        ours_folder = Group(grp.stream).folder()
+        ours = [_stored(q, Group(grp.stream)) for q in (ours_folder / f"{r['row']}.json" for r in results) if q.is_file()]
+        print()
+        print(beside_ours_table([r for r in results if r not in fused], ours))
     if args.plot:
         print(f"training curves: {plot_curves(args.plot)}")
     print(f"\n[results] {len(results)} rows in {time.perf_counter() - started:.0f} s")

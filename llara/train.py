@@ -6,6 +6,9 @@
     python -m llara.train --output checkpoints/llara/movielens-sasrec-curriculum --resume      # continue a run
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m llara.train --output runs/ddp --max-steps 2
 
+On GPUs: ``--device cuda`` (``auto`` picks it when present); several GPUs with the accelerate configs in
+configs/accelerate/ (DDP, and FSDP for a 7B base); the commands and the 7B recipe are in docs/gpu.md.
+
 Every choice that varies per sample (order, candidates, phrasing, text or hybrid prompt) is a pure function of
 the seed and the sample's position in the training stream, so a resumed run makes exactly the choices the
 uninterrupted run would have made. Checkpoints (LoRA adapter + projector + meta.json + optimizer state) are
@@ -34,9 +37,12 @@ from .loader import load_llara
 from .config import add_dataclass_args, from_args, option
 from .curriculum import CURRICULUM_MODES, hybrid_probability, use_hybrid
 from .data import Sample, SequenceDataset, draw_candidates, load_dataset
-from .data.__main__ import add_dataset_args, dataset_from_args
+from .data.args import add_dataset_args, dataset_from_args
+from .device import accelerator_for, add_device_arg
 from .llm import unpack_4bit_for_training
-from .model import LORA_TARGETS, LLaRA, build_llara, collate, model_options
+from .build import LORA_TARGETS, build_llara, model_options
+from .model import LLaRA, collate
+from .recommenders import RECOMMENDERS
 
 DEFAULT_REC_DIR = RECOMMENDER_DIR
 
@@ -48,7 +54,7 @@ class TrainConfig:
     output: str = option("", "checkpoint folder to write (and to resume from with --resume)")
     base_model: str = option("smollm2-135m", "base LLM: smollm2-135m, gemma3-270m, a local folder or a Hugging Face id")
     precision: str = option("bf16", "weights of the base LLM", choices=["bf16", "fp32", "nf4"])
-    recommender: str = option("sasrec", "recommender whose item embeddings are projected", choices=["sasrec", "gru4rec", "caser"])
+    recommender: str = option("sasrec", "recommender whose item embeddings are projected", choices=list(RECOMMENDERS))
     recommender_dir: str = option(str(DEFAULT_REC_DIR), "folder with <dataset>/<recommender>.safetensors")
     mode: str = option("curriculum", "prompt schedule", choices=list(CURRICULUM_MODES))
     switch_fraction: float = option(0.4, "two-stage: fraction of steps on text-only prompts before switching")
@@ -87,6 +93,8 @@ class TrainConfig:
     save_every: int = option(50, "write a checkpoint every N steps")
     seed: int = option(0, "seed of sub-sampling, order, candidates, phrasing and the curriculum draws")
     threads: int = option(0, "torch CPU threads (0 = torch's default)")
+    gradient_checkpointing: bool = option(False, "recompute each layer's activations during the backward pass: about "
+                                          "a third more compute for a fraction of the activation memory (7B models)")
     resume: bool = option(False, "continue from the checkpoint in --output")
 
 
@@ -207,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llara.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(parser, TrainConfig)
     add_dataset_args(parser)
+    add_device_arg(parser)
     args = parser.parse_args(argv)
     args.explicit = {k for k, v in vars(args).items() if v != parser.get_default(k)}  # flags the user actually set
     cfg = from_args(TrainConfig, args)
@@ -223,12 +232,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate import DistributedDataParallelKwargs
+    from accelerate.utils import DistributedType
 
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     # Text-only steps leave the projector without gradients; DDP must be told that is expected.
-    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    accelerator = accelerator_for(getattr(args, "device", "auto"),
+                                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ValueError("DeepSpeed is not supported by this training loop (its engine owns the optimizer step and "
+                         "gradient accumulation): use configs/accelerate/fsdp.yaml to shard a large base model")
+    # FSDP: every process holds a shard; the full weights exist only when gathered (see ``checkpoint``)
+    sharded = accelerator.distributed_type == DistributedType.FSDP
     out = Path(cfg.output)
     start_step, state = 0, None
     if cfg.resume:
@@ -239,10 +255,11 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
         # folder, another machine).
         saved = read_json(out / "meta.json")
         explicit = getattr(args, "explicit", set(asdict(cfg)))
-        volatile = {"resume", "output", "threads"}
+        volatile = {"resume", "output", "threads", "gradient_checkpointing"}  # how, not what, is computed
         differs = {k: (v, saved["config"].get(k)) for k, v in asdict(cfg).items()
                    if k in explicit and k not in volatile and saved["config"].get(k) != v}
-        cfg = TrainConfig(**{**saved["config"], "output": cfg.output, "threads": cfg.threads, "resume": True})
+        cfg = TrainConfig(**{**saved["config"], "output": cfg.output, "threads": cfg.threads, "resume": True,
+                             "gradient_checkpointing": cfg.gradient_checkpointing})
         data = saved.get("dataset", {})
         dataset_flags = {"dataset", "data_dir", "split", "split_seed"} & explicit
         ds = dataset_from_args(args) if dataset_flags else load_dataset(
@@ -255,15 +272,21 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
             differs["dataset"] = (f"{ds.name} {ds.fingerprint()[:12]}", f"{saved.get('dataset', {}).get('name')} {saved.get('dataset', {}).get('fingerprint', '')[:12]}")
         if differs:
             raise ValueError(f"--resume with a different config than {out} was trained with: {differs}")
-        model, meta, _ = load_llara(str(out), dataset=ds, trainable=True)
+        model, meta, _ = load_llara(str(out), dataset=ds, trainable=True, device=accelerator.device)
         start_step, state = meta["step"], load_trainer_state(out)
+        if state is not None and state.get("optimizer") is None:
+            raise ValueError(f"{out} was written by a sharded (FSDP) run, which keeps no optimizer state: it cannot be "
+                             "resumed; start a new run from it or train without sharding")
         accelerator.print(f"resuming {out} at step {start_step}/{meta['total_steps']}")
     else:
         ds = dataset_from_args(args)
         rec_stem = Path(cfg.recommender_dir) / ds.name / cfg.recommender
         lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout, "targets": cfg.lora_targets}
         model = build_llara(ds, str(rec_stem), cfg.base_model, cfg.precision, cfg.projector, cfg.norm_to_tokens, lora, cfg.seed,
-                            **model_options(asdict(cfg)))
+                            device=accelerator.device, **model_options(asdict(cfg)))
+    if cfg.gradient_checkpointing:
+        # non-reentrant: works with inputs_embeds that need no grad and restores the dropout RNG on recompute
+        model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     samples = select_samples(ds.train, cfg.max_train_samples, cfg.sample_strategy, cfg.seed)
     per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
     total = cfg.max_steps or max(1, math.ceil(len(samples) * cfg.epochs / per_step))
@@ -290,12 +313,16 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     started, seen = time.perf_counter(), 0
 
     def checkpoint(step: int, extra: dict | None = None) -> None:
+        # sharded: every process takes part in gathering the full weights; the optimizer state stays split (not saved)
+        full = accelerator.get_state_dict(wrapped) if sharded else None
         if accelerator.is_main_process:
             elapsed = time.perf_counter() - started
             stats = {"step": step, "train_seconds": round(elapsed + (state or {}).get("train_seconds", 0.0), 1),
-                     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "log": log}
+                     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "log": log,
+                     "device": f"{accelerator.device} x {accelerator.num_processes}"}
             save_llara(out, accelerator.unwrap_model(wrapped), {**meta_base, **stats, **(extra or {})},
-                       trainer_state={"optimizer": optimizer.state_dict(), "log": log, "train_seconds": stats["train_seconds"]})
+                       trainer_state={"optimizer": None if sharded else optimizer.state_dict(), "log": log,
+                                      "train_seconds": stats["train_seconds"]}, **({"state_dict": full} if sharded else {}))
         accelerator.wait_for_everyone()
 
     wrapped.train()
@@ -310,7 +337,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
             first = (step * cfg.grad_accum + micro) * cfg.batch_size * accelerator.num_processes
             first += accelerator.process_index * cfg.batch_size
             prompts = [stream.prompt(g, step) for g in range(first, first + cfg.batch_size)]
-            batch = collate(prompts, model.pad_id, with_targets=True, padding_side="right")
+            batch = collate(prompts, model.pad_id, with_targets=True, padding_side="right", device=accelerator.device)
             sync = micro == cfg.grad_accum - 1
             with accelerator.no_sync(wrapped) if not sync else contextlib.nullcontext():
                 result = wrapped(batch)
@@ -319,7 +346,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
             for k, v in getattr(result, "losses", {}).items():
                 parts[k] = parts.get(k, 0.0) + v / cfg.grad_accum
             step_loss += accelerator.reduce(loss.detach(), reduction="mean").item()  # averaged over processes
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+        accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         seen += per_step
@@ -329,7 +356,8 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
                     **({f"loss_{k}": round(v, 5) for k, v in parts.items()} if len(parts) > 1 else {})})
         bar.set_postfix(loss=f"{step_loss:.3f}", p_hybrid=f"{p_hybrid:.2f}", samples_s=f"{rate:.2f}")
         done = step + 1
-        if cfg.eval_every and done % cfg.eval_every == 0 and done < total and accelerator.is_main_process:
+        # validation reads the whole model in one process: not while it is sharded (evaluate the checkpoint instead)
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < total and accelerator.is_main_process and not sharded:
             wrapped.eval()
             log[-1]["val_hr@1"] = quick_validation(accelerator.unwrap_model(wrapped), ds, cfg.val_samples, hybrid=cfg.mode != "text")
             accelerator.print(f"step {done}: val rank HR@1 {log[-1]['val_hr@1']:.3f} on {cfg.val_samples} users")
@@ -339,7 +367,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
             checkpoint(done)
     wrapped.eval()
     final = {}
-    if accelerator.is_main_process and cfg.val_samples > 0:
+    if accelerator.is_main_process and cfg.val_samples > 0 and not sharded:
         final["val_hr@1"] = quick_validation(accelerator.unwrap_model(wrapped), ds, cfg.val_samples, hybrid=cfg.mode != "text")
         accelerator.print(f"final val rank HR@1 {final['val_hr@1']:.3f} on {cfg.val_samples} users")
     final["samples_per_second"] = round(seen / max(1e-9, time.perf_counter() - started), 3)

@@ -3,7 +3,7 @@
     python -m llara.train_rec --model sasrec --dataset movielens
     python -m llara.train_rec --model all --dataset movielens --seeds 5          # the README's table
     python -m llara.train_rec --model all --dataset movielens --reuse            # load committed checkpoints
-    python -m llara.train_rec --summarize --seeds 5                            # one table from saved 5-seed results
+    python -m llara.train_rec --summarize --seeds 5 --candidate-stream shared  # one table from saved 5-seed results
     python -m llara.train_rec --model all --dataset lastfm --data-dir path/to/lastfm --seeds 5
 
 Checkpoints go to ``<out>/<dataset>/<model>.safetensors`` with ``<model>.json`` (config, weights hash, metrics,
@@ -21,17 +21,14 @@ from pathlib import Path
 from .constants import RECOMMENDER_DIR
 from .checkpoint import CheckpointError, write_json
 from .config import add_dataclass_args, from_args
-from .data.__main__ import add_dataset_args, dataset_from_args
+from .data import DEFAULT_STREAM
+from .data.args import add_dataset_args, dataset_from_args
+from .paper import RECOMMENDER_HR1
+from .device import add_device_arg, resolve_device
 from .metrics import mean_std
 from .recommenders import RECOMMENDERS, load_recommender, read_recommender_meta, save_recommender
 from .recommenders.trainer import RecTrainConfig, evaluate, popularity_metrics, train_recommender
 
-# The paper's Table 2: HR@1 of the traditional recommenders on its MovieLens split.
-PAPER_HR1 = {
-    "movielens": {"gru4rec": 0.3750, "caser": 0.3861, "sasrec": 0.3444},
-    "steam": {"gru4rec": 0.4168, "caser": 0.4368, "sasrec": 0.4010},
-    "lastfm": {"gru4rec": 0.2616, "caser": 0.2233, "sasrec": 0.2233},
-}
 DEFAULT_OUT = RECOMMENDER_DIR
 
 
@@ -50,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-save", action="store_true", help="do not write checkpoints (experiments)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--summarize", action="store_true", help="train nothing: print one table from the saved OUT/DATASET/results_*_<SEEDS>seeds.json files")
+    add_device_arg(parser)
     return parser
 
 
@@ -58,7 +56,7 @@ def format_table(rows: list[dict], dataset: str, n_seeds: int, test_seeds: int, 
     head = "| model | HR@1 | HR@5 | NDCG@5 | val HR@1 | epochs | paper HR@1 |"
     lines = [f"{dataset}: test metrics, mean ± std over {n_seeds} training seed(s), each the mean over {test_seeds} candidate seeds", "", head, "|---|---|---|---|---|---|---|"]
     for r in rows:
-        paper = PAPER_HR1.get(dataset, {}).get(r["model"])
+        paper = RECOMMENDER_HR1.get(dataset, {}).get(r["model"])
         lines.append(f"| {r['model']} | {pm(*r['hr@1'])} | {pm(*r['hr@5'])} | {pm(*r['ndcg@5'])} | {pm(*r['val_hr@1'])} | "
                      f"{r['epochs']} | {'-' if paper is None else f'{paper:.4f}'} |")
     if popularity is not None:
@@ -77,13 +75,20 @@ def summary_row(name: str, per_seed: list[dict]) -> dict:
     }
 
 
-def summarize(folder: Path, dataset: str, seeds: int, test_seeds: int, popularity: dict | None = None) -> int:
-    """One table from the per-model result files of earlier runs with the same number of seeds."""
+def summarize(folder: Path, dataset: str, seeds: int, test_seeds: int, popularity: dict | None = None,
+              stream: str = DEFAULT_STREAM) -> int:
+    """One table from the per-model result files of earlier runs with the same number of seeds, all computed with
+    candidate ``stream`` (the popularity row is drawn now, with it)."""
     from .checkpoint import read_json
 
     rows = {}
     for path in sorted(folder.glob(f"results_*_{seeds}seeds.json")):
-        for name, per_seed in read_json(path).get("models", {}).items():
+        saved = read_json(path)
+        if saved.get("candidate_stream", "shared") != stream:  # files without the field predate the split stream
+            print(f"error: {path} was computed with the '{saved.get('candidate_stream', 'shared')}' candidate stream: "
+                  "pass that --candidate-stream, so every row of the table is drawn the same way", file=sys.stderr)
+            return 2
+        for name, per_seed in saved.get("models", {}).items():
             rows[name] = summary_row(name, per_seed)
     if not rows:
         print(f"error: no results_*_{seeds}seeds.json in {folder}; run with --seeds {seeds} first", file=sys.stderr)
@@ -96,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         ds = dataset_from_args(args)
+        device = resolve_device(args.device)
     except (ValueError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -104,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.summarize:
         return summarize(args.out / ds.name, ds.name, args.seeds, args.test_seeds,
-                         popularity_metrics(ds, "test", list(range(args.test_seeds))))
+                         popularity_metrics(ds, "test", list(range(args.test_seeds))), ds.candidate_stream)
     models = sorted(RECOMMENDERS) if args.model == "all" else [args.model]
     base = from_args(RecTrainConfig, argparse.Namespace(**{**vars(args), "model": models[0]}))
     test_seeds = list(range(args.test_seeds))
-    rows, report = [], {"dataset": ds.name, "fingerprint": ds.fingerprint(), "test_seeds": test_seeds, "models": {}}
+    rows, report = [], {"dataset": ds.name, "fingerprint": ds.fingerprint(), "test_seeds": test_seeds,
+                        "candidate_stream": ds.candidate_stream, "models": {}}
     for name in models:
         per_seed = []
         for k in range(args.seeds):
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             if k == 0 and args.reuse and stem.with_suffix(".json").is_file():
                 try:
-                    model = load_recommender(stem, n_items=ds.n_items)
+                    model = load_recommender(stem, n_items=ds.n_items).to(device)
                 except CheckpointError as err:
                     print(f"error: {err}", file=sys.stderr)
                     return 2
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 info = {"best_val_hr@1": saved.get("best_val_hr@1", evaluate(model, ds, "val", list(range(cfg.val_seeds)))["hr@1"]),
                         "best_epoch": saved.get("best_epoch", "loaded")}
             else:
-                model, info = train_recommender(cfg, ds, progress=not args.quiet)
+                model, info = train_recommender(cfg, ds, progress=not args.quiet, device=device)
             test = evaluate(model, ds, "test", test_seeds)
             per_seed.append({"seed": cfg.seed, "test": test, "best_val_hr@1": info["best_val_hr@1"], "best_epoch": info["best_epoch"]})
             print(f"{name} seed {cfg.seed}: test HR@1 {test['hr@1']:.4f} ± {test['hr@1_std']:.4f} (candidate seeds), "

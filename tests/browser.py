@@ -224,6 +224,20 @@ def pick_dropdown(driver, elem_id: str, texts: str | Iterable[str], timeout: flo
     return dropdown_values(driver, elem_id)
 
 
+def clear_dropdown(driver, elem_id: str, timeout: float = 15) -> None:
+    """Remove every picked chip of a multiselect ``gr.Dropdown`` (Backspace in its empty box drops the last one)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = element(driver, elem_id, timeout).find_element(By.CSS_SELECTOR, "input[role=combobox], input")
+    _scroll_to(driver, box)
+    box.click()
+    for _ in range(len(dropdown_values(driver, elem_id))):
+        box.send_keys(Keys.BACKSPACE)
+    _wait(driver, timeout).until(lambda _: not dropdown_values(driver, elem_id), f"#{elem_id} keeps chips")
+    box.send_keys(Keys.ESCAPE)
+
+
 def dropdown_values(driver, elem_id: str) -> list[str]:
     """Labels of the picked chips of a multiselect ``gr.Dropdown``."""
     from selenium.webdriver.common.by import By

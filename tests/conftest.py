@@ -3,6 +3,7 @@ memory: unit tests exercise the real transformers code paths in well under a sec
 from __future__ import annotations
 
 import contextlib
+import re
 import importlib.util
 import socket
 from dataclasses import dataclass
@@ -175,11 +176,12 @@ def toy_setup(tmp_path_factory) -> dict:
 
 
 def toy_train_args(setup: dict, output: Path, *extra: str) -> list[str]:
-    """Command-line flags of a 4-step fp32 hybrid run on the toy setup (``extra`` overrides or adds flags)."""
+    """Command-line flags of a 4-step fp32 hybrid run on the toy setup, on the CPU whatever the machine has (the
+    same numbers everywhere; the GPU suite asks for its device in ``extra``, which overrides or adds flags)."""
     return [
         "--base-model", setup["base_model"], "--data-dir", setup["data_dir"], "--dataset", TOY_DATASET,
         "--recommender-dir", setup["rec_dir"], "--output", str(output), "--max-train-samples", "8", "--batch-size", "2",
-        "--val-samples", "2", "--precision", "fp32", "--mode", "hybrid", *extra,
+        "--val-samples", "2", "--precision", "fp32", "--mode", "hybrid", "--device", "cpu", *extra,
     ]
 
 
@@ -269,13 +271,15 @@ def llara_cache(tmp_path_factory):
         yield root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def toy_args(toy_setup, tmp_path_factory) -> list[str]:
+    """The flags of the one toy checkpoint every app test serves (curriculum + candidate head, 4 steps)."""
     return toy_train_args(toy_setup, tmp_path_factory.mktemp("rel") / "ckpt", "--mode", "curriculum", "--head-weight", "1")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def toy_checkpoint(toy_args) -> Path:
+    """Trained once per test run and shared (read-only) by every module that serves the toy app."""
     import llara.train as train_mod
 
     assert train_mod.main(toy_args) == 0
@@ -293,7 +297,8 @@ def studio(toy_checkpoint):
 class User:
     h: list[str]  # history labels
     c: list[str]  # 20 candidate labels
-    truth: str
+    truth: str  # the Markdown line naming the true next movie
+    state: dict  # the session's request state after loading the user (it remembers the true item)
     pool: list[str]  # labels outside the history
 
 
@@ -301,8 +306,8 @@ class User:
 def user(studio) -> User:
     from app import handlers
 
-    h, c, truth = handlers.load_test_user(studio, str(studio.dataset.test[0].user), 0)
-    return User(h, c, truth, [label for label in studio.labels if label not in h])
+    h, c, truth, state = handlers.load_test_user(studio, str(studio.dataset.test[0].user), 0)
+    return User(h, c, truth, state, [label for label in studio.labels if label not in h])
 
 
 @pytest.fixture(scope="module")
@@ -327,3 +332,25 @@ def client(served):
     c = make_client(served["url"])
     yield c
     c.close()
+
+
+# ---- command lines run in process (reliability tests) ------------------------------------------------------------
+
+def run_cli(main, argv: list[str], capsys) -> tuple[int, str, str]:
+    """``main(argv)`` in process: (exit code, stdout, stderr); a SystemExit with a message counts as code 1."""
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    if isinstance(code, str):
+        err, code = err + code, 1
+    return code, out, err
+
+
+def assert_refused(code: int, err: str, expected: str) -> None:
+    assert code not in (0, None), err
+    assert re.search(expected, err, re.M), err
+    assert "Traceback" not in err
+    assert len(err) < 3000, f"{len(err)} characters of stderr"  # usage + one line at most, never an echoed input

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from llara.attribute import main as cli_main
-from llara.attribution import (Ablation, ablation_log_likelihoods, attribute_items, attribute_tokens, build_prompt,
-                               neutral_slot_vector, prompt_layout)
+from llara.attribution import Ablation, ablation_log_likelihoods, attribute_items, attribute_tokens, neutral_slot_vector
+from llara.layout import build_prompt, prompt_layout
 from llara.data import Catalog
 from llara.llm import add_placeholder_tokens, ensure_pad_token, load_base_model
-from llara.model import LLaRA, attach_lora
+from llara.build import attach_lora
+from llara.model import LLaRA
 from llara.projector import build_projector
 from llara.prompts import Prompt, PromptBuilder
 
@@ -315,3 +316,23 @@ def test_nf4_model_answers_the_same_after_an_attribution(tmp_path):
     before = model.rank(prompt)
     attribute_tokens(model, prompt, TARGET, method="grad_x_input")
     assert model.rank(prompt) == before
+
+
+def test_words_merge_sub_word_pieces_and_keep_slots_and_line_breaks():
+    from llara.attribution import Attribution, TokenScore
+
+    def tok(text, raw, part="history title"):
+        return TokenScore(text, 0.0, raw, part)
+
+    tokens = [tok("<|im_start|>", 0.0, "prompt"), tok(" Sch", 1.0), tok("ind", 2.0), tok("ler", -0.5), tok("'s", 0.5),
+              tok(" <HistoryEmb>", -4.0, "history slot"), tok(",", 0.0, "prompt"), tok("\n", 0.0, "prompt"),
+              tok("Answer", 1.0, "prompt")]
+    att = Attribution("token", "grad_x_input", True, 1, "x", "model", 0.0, tokens, [])
+    words = att.words()
+    assert [w for w, _ in words] == ["<|im_start|>", " Schindler's", " <HistoryEmb>", ",", "\n", "Answer"]
+    scores = dict(words)
+    assert scores[" Schindler's"] == pytest.approx(3.0 / 4.0) and scores[" <HistoryEmb>"] == pytest.approx(-1.0)
+    assert scores["\n"] is None  # whitespace alone: kept for the layout, not scored
+    # item level: every token of a part carries the part's score, so a word takes it once, not once per piece
+    item = Attribution("item", "ablation", True, 1, "x", "model", 0.0, tokens[1:5], [])
+    assert item.words() == [(" Schindler's", pytest.approx(1.0))]

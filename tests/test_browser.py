@@ -37,10 +37,21 @@ def page(app_url):
         yield driver
 
 
+def test_first_visit_predicts_at_once(page):
+    """The page opens on an example history with its 20 candidates: Predict answers without any other step."""
+    assert len(b.dropdown_values(page, "history")) >= 2 and len(b.dropdown_values(page, "candidates")) == 20
+    b.click(page, "predict")
+    assert "Predicted in" in b.wait_text(page, "status", "Predicted in", timeout=120)
+    b.screenshot(page, SHOTS / "first-visit.png")
+
+
 def test_pick_predict_and_explain(page):
+    first = b.dropdown_values(page, "candidates")
+    b.clear_dropdown(page, "history")
     assert b.pick_dropdown(page, "history", PICKS) == PICKS
-    b.click(page, "redraw")
-    b.wait_text(page, "candidates", lambda _: len(b.dropdown_values(page, "candidates")) == 20, timeout=60)
+    # the candidates follow the history: a new draw of 20, with no click
+    b.wait_text(page, "candidates", lambda _: len(b.dropdown_values(page, "candidates")) == 20
+                and b.dropdown_values(page, "candidates") != first, timeout=60)
     b.click(page, "predict")
     status = b.wait_text(page, "status", "Predicted in", timeout=120)
     assert "ablation: none" in status
@@ -67,7 +78,19 @@ def test_load_a_real_test_user(page):
 
 
 def test_empty_history_shows_error_toast(page):
+    b.clear_dropdown(page, "history")
     b.click(page, "predict")
     message = b.toast_text(page, timeout=30)
     b.screenshot(page, SHOTS / "empty-history-error.png")
     assert "Pick at least one" in message
+
+
+def test_results_tab_shows_its_plot(page):
+    from selenium.webdriver.common.by import By
+
+    tab = next(t for t in page.find_elements(By.CSS_SELECTOR, "button[role=tab]") if t.text.strip() == "Results")
+    tab.click()
+    img = b.element(page, "results-plot", timeout=30).find_element(By.TAG_NAME, "img")
+    b._wait(page, 30).until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img),
+                            "the results plot does not load")
+    b.screenshot(page, SHOTS / "results-tab.png")

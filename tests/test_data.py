@@ -21,6 +21,7 @@ from llara.data import (
     load_dataset,
     pad_histories,
 )
+from llara.data.catalog import UnknownTitle
 from llara.data.protocol import samples_from_sequence, split_users
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ def test_movielens_catalog(movielens):
     assert not any(t.endswith("Londonn") or t.startswith("A American") for t in cat.titles)
     assert all(t.strip() for t in cat.titles)
     assert cat.find("the usual suspects") == cat.titles.index("The Usual Suspects")
-    with pytest.raises(KeyError, match="did you mean 'The Usual Suspects'"):
+    with pytest.raises(UnknownTitle, match="did you mean 'The Usual Suspects'"):
         cat.find("Usual Suspect")
 
 
@@ -133,8 +134,9 @@ def test_candidates_unique_with_target_once(movielens):
 
 
 def test_candidates_independent_of_subset(movielens):
-    full = candidate_sets(movielens.test, movielens.catalog, seed=0)
-    assert candidate_sets(movielens.test[:5], movielens.catalog, seed=0) == full[:5]
+    for stream in ("split", "shared"):
+        full = candidate_sets(movielens.test, movielens.catalog, seed=0, split="test", stream=stream)
+        assert candidate_sets(movielens.test[:5], movielens.catalog, seed=0, split="test", stream=stream) == full[:5]
 
 
 def test_target_position_is_spread(movielens):
@@ -177,7 +179,7 @@ def test_ids_out_of_range(movielens):
     with pytest.raises(ValueError, match="out of range"):
         movielens.catalog.title(-1)
     with pytest.raises(ValueError, match="seed must be >= 0"):
-        candidate_sets(movielens.test, movielens.catalog, seed=-1)
+        candidate_sets(movielens.test, movielens.catalog, seed=-1, split="test")
 
 
 def test_empty_history_rejected():

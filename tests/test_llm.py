@@ -269,7 +269,7 @@ def test_real_smollm2_loads_with_placeholders(real_llm_cache, precision):
 def test_nf4_lora_gradients_survive_a_no_grad_evaluation(tmp_path):
     """A no-grad eval pass may repack 4-bit weights into a form without autograd; unpacking restores gradients."""
     from llara.llm import unpack_4bit_for_training
-    from llara.model import attach_lora
+    from llara.build import attach_lora
 
     tokenizer = make_tiny_tokenizer()
     make_tiny_llama(len(tokenizer), hidden_size=64).save_pretrained(tmp_path)
@@ -288,3 +288,15 @@ def test_nf4_lora_gradients_survive_a_no_grad_evaluation(tmp_path):
     model(**batch, labels=batch["input_ids"]).loss.backward()
     first_a = [p for n, p in model.named_parameters() if "layers.0." in n and "lora_A" in n]
     assert first_a and all(p.grad is not None and p.grad.abs().sum() > 0 for p in first_a)
+
+
+def test_the_optional_hub_kernel_warning_is_not_printed():
+    """bitsandbytes warns at every start that an optional Hub kernel is missing; the project filters that line."""
+    import subprocess
+    import sys
+
+    code = "import llara.llm, bitsandbytes, bitsandbytes.backends.cpu.ops"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "kernels-community" not in proc.stderr

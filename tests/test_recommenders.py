@@ -143,7 +143,10 @@ def test_summarize_combines_saved_results(tmp_path, capsys):
     folder = tmp_path / "movielens"
     write_json(folder / "results_sasrec_2seeds.json", {"models": {"sasrec": per_seed([0.40, 0.44])}})
     write_json(folder / "results_caser_2seeds.json", {"models": {"caser": per_seed([0.30, 0.30])}})
-    assert train_rec.main(["--summarize", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    # files without a candidate stream were computed with the earlier, shared one: the table's popularity row must be too
+    assert train_rec.main(["--summarize", "--seeds", "2", "--out", str(tmp_path)]) == 2
+    assert "pass that --candidate-stream" in capsys.readouterr().err
+    assert train_rec.main(["--summarize", "--seeds", "2", "--out", str(tmp_path), "--candidate-stream", "shared"]) == 0
     out = capsys.readouterr().out
     assert "| sasrec | 0.4200 ± 0.0283 |" in out and "| caser | 0.3000 ± 0.0000 |" in out and "0.3444" in out
     assert train_rec.main(["--summarize", "--seeds", "3", "--out", str(tmp_path)]) == 2

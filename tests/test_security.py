@@ -174,7 +174,7 @@ def test_inputs_are_bounded(studio):
     with pytest.raises(gr.Error, match=rf"Too many candidates \({handlers.MAX_PICKS + 1}\)"):
         handlers.predict(studio, studio.labels[:2], [studio.labels[3]] * (handlers.MAX_PICKS + 1))
     with pytest.raises(gr.Error, match="Too many watched movies"):
-        handlers.add_found([studio.labels[0]] * handlers.MAX_PICKS, [studio.labels[1]])
+        handlers.add_found(studio, [studio.labels[0]] * handlers.MAX_PICKS, [studio.labels[1]])
     with pytest.raises(gr.Error, match="at most 12 digits"):
         handlers.load_test_user(studio, "9" * 5000)
 
@@ -239,13 +239,13 @@ def test_handlers_write_only_into_the_cache_folder(toy_checkpoint, tmp_path, mon
     monkeypatch.chdir(cwd)
 
     s = Studio.load(toy_checkpoint, precision="fp32")
-    h, c, truth = handlers.load_test_user(s, str(s.dataset.test[0].user), 0)
-    c = handlers.draw_candidates(s, h, 1, truth)
+    h, c, _, state = handlers.load_test_user(s, str(s.dataset.test[0].user), 0)
+    c = handlers.draw_candidates(s, h, 1, state=state)
     for decode in s.predictor.decodes:
-        handlers.predict(s, h, c, decode, "shuffle", 3, truth)
+        handlers.predict(s, h, c, decode, "shuffle", 3, state)
     handlers.attribute(s, h, c, c[2], "grad_x_input", "no-embeddings", 0, "rank")
     found = handlers.search(s, "a planet", h)
-    handlers.add_found(h, found.value if hasattr(found, "value") else found)
+    handlers.add_found(s, h, found.value if hasattr(found, "value") else found)
     handlers.target_choices(c)
     demo = build_demo(s)  # the Blocks themselves (gradio copies static images into GRADIO_TEMP_DIR)
 

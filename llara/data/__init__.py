@@ -4,6 +4,8 @@
 >>> ds = load_dataset("movielens")                 # the paper's user split
 >>> ds.test[0].history, ds.test[0].target         # item indices into ds.catalog
 >>> cands = ds.candidates("test", seed=0)         # 20 fixed candidates per test sample
+>>> from llara.data.paper_samples import with_release_samples
+>>> exact = with_release_samples(ds, "path/to/movielens-release")   # the paper's own val/test rows
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from . import movielens, release
 from .catalog import Catalog, clean_title
 from .movielens import DatasetUnavailable
 from .protocol import (
+    CANDIDATE_STREAMS,
+    DEFAULT_STREAM,
     MAX_HISTORY,
     MIN_HISTORY,
     NUM_CANDIDATES,
@@ -23,18 +27,15 @@ from .protocol import (
     candidates_around,
     draw_candidates,
     pad_histories,
+    sample_rng,
 )
 from .release import MalformedDataError
 
 # name -> (domain, loaded from a release folder?)
 DATASETS = {"movielens": ("movie", False), "lastfm": ("artist", True), "steam": ("game", True)}
 
-# The paper's Table-1 figures and filtered test sizes (LLaRA paper, Table 1), printed beside ours by `stats`.
-PAPER_FIGURES = {
-    "movielens": {"users": 943, "items": 1682, "interactions": 100000, "test samples": 95},
-    "steam": {"users": 11938, "items": 3581, "test samples": 1186},
-    "lastfm": {"users": 1220, "items": 4606, "test samples": 122},
-}
+# The paper's Table-1 figures, printed beside ours by `stats` (one home: llara/paper.py).
+from ..paper import DATASET_FIGURES as PAPER_FIGURES  # noqa: E402
 
 
 def load_dataset(
@@ -64,8 +65,8 @@ def load_dataset(
 
 
 __all__ = [
-    "Catalog", "DATASETS", "DatasetUnavailable", "MAX_HISTORY", "MIN_HISTORY", "MalformedDataError",
+    "CANDIDATE_STREAMS", "Catalog", "DATASETS", "DEFAULT_STREAM", "DatasetUnavailable", "MAX_HISTORY", "MIN_HISTORY", "MalformedDataError",
     "NUM_CANDIDATES", "PAPER_FIGURES", "SPLITS", "Sample", "SequenceDataset", "candidate_sets", "candidates_around",
     "clean_title",
-    "draw_candidates", "load_dataset", "pad_histories",
+    "draw_candidates", "load_dataset", "pad_histories", "sample_rng",
 ]

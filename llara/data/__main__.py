@@ -1,29 +1,19 @@
-"""Dataset statistics beside the paper's figures.
+"""Dataset statistics beside the paper's figures, and our MovieLens samples beside the original release's.
 
     python -m llara.data stats --dataset movielens
     python -m llara.data stats --dataset movielens --split random --seed 1
     python -m llara.data stats --dataset lastfm --data-dir path/to/lastfm
+    python -m llara.data compare-release --release-dir path/to/movielens-release   # ties, targets, histories
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from . import DATASETS, PAPER_FIGURES, load_dataset
-
-
-def add_dataset_args(parser: argparse.ArgumentParser) -> None:
-    """The flags every command that loads a dataset shares."""
-    parser.add_argument("--dataset", default="movielens", choices=sorted(DATASETS), help="which dataset to load")
-    parser.add_argument("--data-dir", default=None, help="folder in the original release's format (needed for lastfm and steam)")
-    parser.add_argument("--split", default="paper", choices=["paper", "random"], help="MovieLens user split: the paper's val/test users, or a seeded random 8:1:1")
-    parser.add_argument("--split-seed", type=int, default=0, help="seed of the random user split")
-    parser.add_argument("--allow-pickle", action="store_true", help="read the release's pandas pickles (*.df) when no JSONL exists; unpickling runs code from the file, so only for files you trust")
-
-
-def dataset_from_args(args: argparse.Namespace):
-    return load_dataset(args.dataset, data_dir=args.data_dir, split=args.split, seed=args.split_seed, allow_pickle=args.allow_pickle)
-
+from . import PAPER_FIGURES, load_dataset
+from .args import add_dataset_args, dataset_from_args
+from .paper_samples import RELEASE_ENV, compare, format_comparison, release_dir
 
 def stats_table(ds) -> str:
     users = {s: len(set(x.user for x in ds.split(s))) if ds.users else None for s in ("train", "val", "test")}
@@ -53,8 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     stats = sub.add_parser("stats", help="print users/items/interactions and samples per split beside the paper's figures")
     add_dataset_args(stats)
+    rel = sub.add_parser("compare-release", help="MovieLens: how many ratings tie in time, and how our val/test samples "
+                         "agree with the original release's, user by user")
+    rel.add_argument("--release-dir", default=os.environ.get(RELEASE_ENV), help="folder with the release's MovieLens "
+                     f"val/test files (val.jsonl/test.jsonl, or its pickles with --allow-pickle); default: ${RELEASE_ENV}")
+    rel.add_argument("--allow-pickle", action="store_true", help="read Val_data.df/Test_data.df when no JSONL exists; "
+                     "unpickling runs code from the file, so only for files you trust")
     args = parser.parse_args(argv)
     try:
+        if args.command == "compare-release":
+            folder = release_dir(args.release_dir)
+            print(f"our MovieLens samples (the paper's user split) against the release's rows in {folder}")
+            print(format_comparison(compare(load_dataset("movielens"), folder, allow_pickle=args.allow_pickle)))
+            return 0
         ds = dataset_from_args(args)
     except (ValueError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

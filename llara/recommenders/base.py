@@ -64,6 +64,18 @@ class SequentialRecommender(nn.Module):
         state = self.encode(seqs, lens)  # (B, d)
         return torch.einsum("bd,bcd->bc", state, self.item_emb(items))
 
+    @torch.inference_mode()
+    def score_histories(self, histories, candidate_sets) -> torch.Tensor:
+        """Scores ``(B, C)`` of each history's candidates, from item-id lists: the batch is built on this
+        recommender's own device; the scores come back as float32 on the CPU."""
+        from ..data import pad_histories
+
+        seqs, lens = pad_histories([list(h) for h in histories], self.pad_id, self.max_len)  # (B, L), (B,)
+        device = self.item_emb.weight.device
+        items = torch.tensor([list(c) for c in candidate_sets], dtype=torch.long, device=device)  # (B, C)
+        scores = self.score(torch.as_tensor(seqs, device=device), torch.as_tensor(lens, device=device), items)
+        return scores.float().cpu()
+
     def full_scores(self, seqs: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         """Scores ``(B, n_items)`` over the whole catalog."""
         self.check_input(seqs, lens)

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import option
-from ..data import NUM_CANDIDATES, Sample, SequenceDataset, candidate_sets, pad_histories
+from ..data import NUM_CANDIDATES, Sample, SequenceDataset, pad_histories
 from ..metrics import mean_std, ranking_metrics
 from . import RECOMMENDERS, SequentialRecommender, build_recommender
 
@@ -32,16 +32,10 @@ class RecTrainConfig:
 
 
 def candidate_scores(model: SequentialRecommender, samples: list[Sample], cands: list[tuple[int, ...]], batch_size: int = 1024) -> np.ndarray:
-    """Scores ``(N, C)`` of each sample's candidates."""
-    seqs, lens = pad_histories([s.history for s in samples], model.pad_id, model.max_len)
-    items = torch.as_tensor(np.asarray(cands, dtype=np.int64))
-    seqs_t, lens_t = torch.as_tensor(seqs), torch.as_tensor(lens)
+    """Scores ``(N, C)`` of each sample's candidates (computed on the model's device)."""
     model.eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(samples), batch_size):
-            sl = slice(start, start + batch_size)
-            out.append(model.score(seqs_t[sl], lens_t[sl], items[sl]).float().numpy())
+    out = [model.score_histories([s.history for s in samples[start : start + batch_size]],
+                                 cands[start : start + batch_size]).numpy() for start in range(0, len(samples), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, NUM_CANDIDATES))
 
 
@@ -50,7 +44,7 @@ def evaluate(model: SequentialRecommender, ds: SequenceDataset, split: str, seed
     samples = ds.split(split)
     per_seed = []
     for seed in seeds:
-        cands = candidate_sets(samples, ds.catalog, seed=seed)
+        cands = ds.candidates(split, seed=seed)  # the dataset's candidate stream
         target_pos = np.array([c.index(s.target) for c, s in zip(cands, samples)])
         per_seed.append(ranking_metrics(candidate_scores(model, samples, cands), target_pos))
     summary: dict[str, object] = {"split": split, "seeds": list(seeds), "per_seed": per_seed, "samples": len(samples)}
@@ -67,7 +61,7 @@ def popularity_metrics(ds: SequenceDataset, split: str, seeds: list[int]) -> dic
     samples = ds.split(split)
     per_seed = []
     for seed in seeds:
-        cands = candidate_sets(samples, ds.catalog, seed=seed)
+        cands = ds.candidates(split, seed=seed)  # the dataset's candidate stream
         target_pos = np.array([c.index(s.target) for c, s in zip(cands, samples)])
         per_seed.append(ranking_metrics(counts[np.asarray(cands)], target_pos))
     return {key: mean_std([m[key] for m in per_seed])[0] for key in per_seed[0]}
@@ -83,13 +77,14 @@ def _negatives(rng: np.random.Generator, seqs: np.ndarray, targets: np.ndarray, 
     return neg
 
 
-def train_recommender(cfg: RecTrainConfig, ds: SequenceDataset, progress: bool = True) -> tuple[SequentialRecommender, dict]:
-    """Train on ``ds.train``, keep the weights of the best validation HR@1, and return them with a log."""
+def train_recommender(cfg: RecTrainConfig, ds: SequenceDataset, progress: bool = True,
+                      device: torch.device | str = "cpu") -> tuple[SequentialRecommender, dict]:
+    """Train on ``ds.train`` on ``device``, keep the weights of the best validation HR@1, and return them with a log."""
     if not ds.train:
         raise ValueError(f"dataset {ds.name} has no training samples")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = build_recommender(cfg.model, n_items=ds.n_items, dim=cfg.dim, dropout=cfg.dropout)
+    model = build_recommender(cfg.model, n_items=ds.n_items, dim=cfg.dim, dropout=cfg.dropout).to(device)
     seqs, lens = pad_histories([s.history for s in ds.train], model.pad_id, model.max_len)
     targets = np.array([s.target for s in ds.train], dtype=np.int64)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.l2)
@@ -105,8 +100,7 @@ def train_recommender(cfg: RecTrainConfig, ds: SequenceDataset, progress: bool =
         total = 0.0
         for b in range(0, len(order), cfg.batch_size):
             idx = order[b : b + cfg.batch_size]
-            loss = model.calculate_loss(torch.as_tensor(seqs[idx]), torch.as_tensor(lens[idx]),
-                                        torch.as_tensor(targets[idx]), torch.as_tensor(neg[idx]))
+            loss = model.calculate_loss(*(torch.as_tensor(x[idx], device=device) for x in (seqs, lens, targets, neg)))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

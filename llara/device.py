@@ -1,0 +1,162 @@
+"""Where the model runs: one home for resolving ``--device``, the flag itself, and bf16 autocast.
+
+Every entry point (``python -m llara.<cmd>`` and ``app.py``) adds the same ``--device`` flag with
+:func:`add_device_arg` and turns it into a ``torch.device`` with :func:`resolve_device`. The model is loaded onto that
+device and every tensor a forward pass, a decoder or an attribution creates follows the model's device
+(``LLaRA.device``), so nothing in between has to move batches.
+
+``auto`` means CUDA when a CUDA device is visible, else the CPU. Apple's MPS is used only when asked for by name:
+the default precision of the demo is nf4, which bitsandbytes does not offer on MPS.
+
+Autocast: on CUDA with bf16 support the model runs its forward passes under ``torch.autocast(dtype=bfloat16)``; on
+every other device nothing is autocast, so CPU results stay exactly what they were.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import torch
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+DEVICE_HELP = ("where the model runs: auto (CUDA when a CUDA device is visible, else the CPU), cpu, cuda (or cuda:N "
+               "for the N-th GPU) or mps (Apple GPU; not with nf4)")
+
+F = TypeVar("F", bound=Callable)
+
+
+def _check_spec(spec: str) -> str:
+    """``spec`` if it names a device kind we support (``cuda:N`` included); ValueError otherwise."""
+    kind, _, index = spec.partition(":")
+    if kind not in DEVICE_CHOICES or (index and (kind != "cuda" or not index.isdigit())):
+        raise ValueError(f"unknown device {spec!r}; choose one of {', '.join(DEVICE_CHOICES)} (or cuda:N)")
+    return spec
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """The ``torch.device`` that ``spec`` names, checked to exist on this machine.
+
+    ``None`` and ``"auto"``: ``cuda`` when ``torch.cuda.is_available()``, else ``cpu``. ``"cuda"`` / ``"cuda:N"`` and
+    ``"mps"`` raise ValueError with the reason when that device is not usable here (a CPU-only torch build, no GPU
+    visible, an index past the last GPU), so a command fails at its start rather than at the first tensor.
+    """
+    if isinstance(spec, torch.device):  # already a device (e.g. accelerate's "cpu:0" for a CPU process): check it
+        device, spec = spec, str(spec)
+    else:
+        spec = "auto" if spec is None else _check_spec(str(spec).strip().lower())
+        if spec == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch is a CPU-only build (install a CUDA build of torch)" if torch.version.cuda is None
+                   else "no CUDA device is visible (check the driver and CUDA_VISIBLE_DEVICES)")
+            raise ValueError(f"--device {spec}: CUDA is not available: {why}; use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"numbered from 0")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {spec}: Apple's MPS backend is not available on this machine; use --device cpu or auto")
+    return device
+
+
+def accelerator_for(spec: str = "auto", **kwargs) -> Accelerator:
+    """An ``accelerate.Accelerator`` whose process device is the one ``--device`` names (``kwargs`` go to it).
+
+    Under ``accelerate launch`` every process takes its own GPU (``cuda`` then means "this process's GPU"), and
+    ``ACCELERATE_USE_CPU=1`` or an accelerate config may keep the processes on the CPU: with ``auto`` that decides;
+    a device named explicitly that accelerate does not give is an error rather than a silent CPU run.
+    """
+    from accelerate import Accelerator
+
+    device = resolve_device(spec)
+    if device.type == "cuda" and device.index is not None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError(f"--device {spec} names one GPU, but under accelerate launch every process takes its own: "
+                             "use --device cuda (or auto)")
+        torch.cuda.set_device(device)  # a single process: "cuda" below then means this GPU
+    if spec != "auto" and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        from accelerate.state import AcceleratorState, PartialState
+
+        if PartialState._shared_state and PartialState().device.type != device.type:
+            # accelerate keeps one state per process: a process that already ran on another device (a test session,
+            # a notebook) starts it afresh for the device asked for
+            AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(cpu=device.type == "cpu", **kwargs)
+    if spec != "auto" and accelerator.device.type != device.type:
+        raise ValueError(f"--device {spec} was asked for, but accelerate runs this process on {accelerator.device} "
+                         "(ACCELERATE_USE_CPU, or an accelerate config that says so): drop one of them")
+    return accelerator
+
+
+def add_device_arg(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """Add ``--device`` with the help text every command shares (syntax checked by argparse, availability by
+    :func:`resolve_device` when the command starts)."""
+
+    def device_type(text: str) -> str:
+        try:
+            return _check_spec(text.strip().lower())
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parser.add_argument("--device", type=device_type, default=default, metavar="{auto,cpu,cuda,mps}",
+                        help=f"{DEVICE_HELP} (default: %(default)s)")
+
+
+def device_name(device: torch.device) -> str:
+    """The device as benchmark tables name it: ``cuda:0 (NVIDIA H200, 140 GiB)``, ``mps`` or ``cpu``."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        return f"cuda:{index} ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
+    return str(device)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (GPU kernels run asynchronously: a timer must not stop before them)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse precisions a device cannot run, with what to use instead: nf4 needs bitsandbytes, which has a CPU and a
+    CUDA backend but none for Apple's MPS."""
+    if precision == "nf4" and device.type == "mps":
+        raise ValueError("nf4 (bitsandbytes 4-bit) is not supported on Apple's MPS: use --precision bf16 or fp32 with "
+                         "--device mps, or keep nf4 with --device cpu")
+
+
+def autocast_supported(device: torch.device) -> bool:
+    """Whether the model's passes on ``device`` run under bf16 autocast: CUDA GPUs with bf16 in hardware (Ampere and
+    later) only; older ones would emulate it, slower than float32."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` where :func:`autocast_supported`, a no-op context everywhere else."""
+    if enabled and autocast_supported(device):
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def autocast_method(method: F) -> F:
+    """Decorator for methods of a module with a ``device`` property and a ``use_autocast`` flag: the call runs
+    under :func:`autocast` of that device (so every decoder gets it, not only ``forward``)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with autocast(self.device, enabled=getattr(self, "use_autocast", True)):
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

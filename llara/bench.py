@@ -32,21 +32,14 @@ import numpy as np
 import torch
 
 from .checkpoint import REPO_ROOT, write_json
+from .concurrency import load_test, rss_mb
 from .constants import DEMO_CHECKPOINT, DEMO_TEXT_CHECKPOINT, PLACEHOLDER_TOKEN, RECOMMENDER_DIR
 from .device import add_device_arg, device_name, resolve_device, synchronize
 
 _GPU = resolve_device("auto")  # timers wait for this device's queued kernels (a no-op on the CPU)
 
-# Targets of issue #7 (2 cores, embedded model), printed beside the measurements.
+# Targets (2 cores, embedded model), printed beside the measurements.
 TARGETS = {"predict_bf16_s": 1.0, "predict_nf4_s": 2.0, "nf4_rss_gb": 1.0, "vs_llamacpp": 2.0, "rank_cache_speedup": 3.0}
-
-
-def _rss_mb() -> float:
-    """Current resident memory (VmRSS), MB; peak comes from getrusage."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _gpu_mb(device: torch.device, peak: bool = False) -> float | None:
@@ -73,7 +66,7 @@ def _timed(fn, repeats: int) -> dict:
 def bench_demo(checkpoint: str, precision: str, repeats: int, merge: bool = True, device: str = "cpu") -> dict:
     from .inference import Predictor
 
-    rss0 = _rss_mb()
+    rss0 = rss_mb()
     # as the app serves it: the demo's checkpoint comes with its text-only twin for the text panel
     text = str(DEMO_TEXT_CHECKPOINT) if Path(checkpoint).resolve() == DEMO_CHECKPOINT.resolve() else None
     started = time.perf_counter()
@@ -85,7 +78,7 @@ def bench_demo(checkpoint: str, precision: str, repeats: int, merge: bool = True
     history = list(sample.history)
     prompts = p.prompts(history, cands)
     decodes = list(dict.fromkeys([p.decodes[0], "rank"]))  # the model's default, and title likelihood
-    out: dict = {"precision": precision, "merged": merge, "cold_start_s": cold, "text_checkpoint": text, "rss_after_load_mb": _rss_mb(),
+    out: dict = {"precision": precision, "merged": merge, "cold_start_s": cold, "text_checkpoint": text, "rss_after_load_mb": rss_mb(),
                  "rss_before_load_mb": rss0, "prompt_tokens": len(prompts["hybrid"].input_ids), "latency": {},
                  "device": device_name(dev), "gpu_mb_after_load": _gpu_mb(dev)}
     lat = out["latency"]
@@ -162,12 +155,12 @@ def bench_recipe(recipe: str, repeats: int, batch: int = 8, device: str = "cpu")
     from .build import build_llara
     from .train import quick_validation
 
-    rss = {"start": _rss_mb()}
+    rss = {"start": rss_mb()}
     ds = load_dataset("movielens")
     options = RECIPES[recipe][1]
     model = build_llara(ds, str(RECOMMENDER_DIR / "movielens" / "sasrec"), precision="bf16",
                         lora={"r": 8, "alpha": 32, "dropout": 0.1}, device=device, **options)
-    rss["model loaded"] = _rss_mb()
+    rss["model loaded"] = rss_mb()
     rng = random.Random(0)
     short = recipe == "next-item"
     prompts = []
@@ -186,11 +179,11 @@ def bench_recipe(recipe: str, repeats: int, batch: int = 8, device: str = "cpu")
 
     counter = iter(range(10**6))
     t = _timed(lambda: step(next(counter)), repeats)
-    rss["after training steps"] = _rss_mb()
+    rss["after training steps"] = rss_mb()
     rss["peak during training"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     model.eval()
     quick_validation(model, ds, 16, hybrid=True)
-    rss["after a validation pass"] = _rss_mb()
+    rss["after a validation pass"] = rss_mb()
     rss["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"recipe": recipe, "what": RECIPES[recipe][0], "batch": batch,
             "tokens_per_prompt": float(np.mean([len(p.input_ids) + len(p.target_ids) for p in prompts])),
@@ -310,6 +303,22 @@ def format_table(res: dict) -> str:
         for r in recipes:
             lines.append(f"| {r['recipe']}: {r['what']} | {r['tokens_per_prompt']:.0f} | {r['samples_per_s']:.2f} | "
                          f"{r['step']['p50'] * 1000:,.0f} | " + " | ".join(f"{r['rss_mb'][p]:,.0f}" for p in phases) + " |")
+    loads = res.get("load")
+    if loads:
+        first = loads[0]
+        lines += ["", f"| {first['clients']} clients x {first['per_client']} predicts ({first['precision']}, "
+                  f"{first['decode']}) | " + " | ".join(f"at most {r['max_batch']} per pass" for r in loads) + " | target |",
+                  "|---" * (len(loads) + 2) + "|"]
+        row = lambda name, cells, target="": lines.append(f"| {name} | " + " | ".join(cells) + f" | {target} |")  # noqa: E731
+        row("latency p50 / p95 / max (s)", [f"{r['p50_s']:.2f} / {r['p95_s']:.2f} / {r['max_s']:.2f}" for r in loads], "p95 ≤ 6")
+        row("predicts per second", [f"{r['predicts_per_s']:.2f}" for r in loads], "≥ 3")
+        row("per predict: median wait for the model / compute (s)",
+            [f"{r['median_wait_s']:.2f} / {r['median_compute_s']:.2f}" for r in loads])
+        row("model passes (requests per pass: median / max)",
+            [f"{len(r['batch_sizes'])} ({statistics.median(r['batch_sizes'] or [0]):.0f} / {max(r['batch_sizes'] or [0])})"
+             for r in loads])
+        row("errors", [str(len(r["errors"])) for r in loads], "0")
+        row("RSS before / after (MB)", [f"{r['rss_before_mb']:,.0f} / {r['rss_after_mb']:,.0f}" for r in loads])
     ref = res.get("llamacpp")
     if ref:
         lines.append("")
@@ -330,7 +339,8 @@ def format_table(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llara.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="demo,train,recipes,llamacpp",
-                        help="comma-separated parts: demo, train, recipes, llamacpp (default: all)")
+                        help="comma-separated parts: demo, train, recipes, llamacpp, load (20 clients x 5 predicts on the "
+                             "first precision; not in the default) (default: %(default)s)")
     parser.add_argument("--precisions", default="bf16,nf4", help="demo precisions (default: %(default)s; fp32 also valid)")
     parser.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT), help="LLaRA checkpoint of the demo (default: the committed one)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per figure after one warm-up (default: %(default)s)")
@@ -364,10 +374,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    bad = [p for p in precisions if p not in ("bf16", "fp32", "nf4")] + [p for p in parts if p not in ("demo", "train", "recipes", "llamacpp")]
+    bad = [p for p in precisions if p not in ("bf16", "fp32", "nf4")] + [p for p in parts if p not in ("demo", "train", "recipes", "llamacpp", "load")]
     if bad:
         parser.error(f"unknown part or precision: {', '.join(bad)}")
-    if "demo" in parts and not (Path(args.checkpoint) / "meta.json").is_file():
+    if parts & {"demo", "load"} and not (Path(args.checkpoint) / "meta.json").is_file():
         parser.error(f"no LLaRA checkpoint at {args.checkpoint}")
     res: dict = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__,
                              "device": device_name(torch.device(device))}}
@@ -375,6 +385,13 @@ def main(argv: list[str] | None = None) -> int:
         res["demo"] = [run_demo_child(args.checkpoint, p, args.repeats, not args.no_merge, device) for p in precisions]
         if args.merge_ablation and not args.no_merge:
             res["demo"].append(run_demo_child(args.checkpoint, precisions[0], args.repeats, merge=False, device=device))
+    if "load" in parts:
+        from .inference import Predictor
+
+        text = str(DEMO_TEXT_CHECKPOINT) if Path(args.checkpoint).resolve() == DEMO_CHECKPOINT.resolve() else None
+        p = Predictor.load(args.checkpoint, precision=precisions[0], device=device, text_checkpoint=text)
+        res["load"] = [{**load_test(p, max_batch=1), "precision": precisions[0]},  # one at a time, then batched
+                       {**load_test(p), "precision": precisions[0]}]
     if "train" in parts:
         res["train"] = [bench_train(p, max(2, args.repeats // 2), ckpt, device=device) for p in ("bf16", "nf4")
                         for ckpt in (False, True)]

@@ -147,3 +147,60 @@ def test_residual_needs_next_weight(toy_setup, tmp_path, capsys):
     assert exc.value.code == 2
     assert "--residual" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("decode", ["residual", "next"])
+def test_requests_waiting_for_the_model_are_answered_in_one_batch(predictor, decode):
+    """Concurrent next-item predicts are batched (llara/batching.py) and answer exactly as they do one by one."""
+    import threading
+
+    samples = predictor.dataset.test[:6]
+    requests = []
+    for s in samples:
+        history = list(s.history)
+        requests.append((history, predictor.draw_candidates(history, 0, include=s.target)))
+    alone = [predictor.predict(h, c, decode) for h, c in requests]
+    before = len(predictor.combiner.batch_sizes)
+    results: list = [None] * len(requests)
+    barrier = threading.Barrier(len(requests) + 1)
+
+    def ask(i: int) -> None:
+        barrier.wait()
+        results[i] = predictor.predict(*requests[i], decode)
+
+    with predictor.lock:  # the model is busy: every request arrives and waits
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        barrier.wait()
+        import time
+
+        time.sleep(0.3)
+    for t in threads:
+        t.join()
+    assert max(predictor.combiner.batch_sizes[before:]) > 1  # at least one batch answered several requests
+    for a, b in zip(alone, results):
+        for kind in ("text", "hybrid"):
+            assert a.answers[kind].item == b.answers[kind].item and a.answers[kind].decode == b.answers[kind].decode
+            assert dict(a.answers[kind].ranked) == pytest.approx(dict(b.answers[kind].ranked), abs=1e-4)
+        assert b.waited > 0
+
+
+def test_a_failing_batch_raises_in_every_waiting_request():
+    import threading
+
+    from llara.batching import Combiner
+
+    lock = threading.Lock()
+
+    def run(payloads):
+        if "bad" in payloads:
+            raise ValueError("broken batch")
+        return [p.upper() for p in payloads]
+
+    combiner = Combiner(lock, run)
+    assert combiner.submit("ok")[0] == "OK"
+    with pytest.raises(ValueError, match="broken batch"):
+        combiner.submit("bad")
+    with pytest.raises(ValueError, match="max_batch"):
+        Combiner(lock, run, max_batch=0)

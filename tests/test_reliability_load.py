@@ -171,3 +171,14 @@ def test_50_attributions_do_not_grow_memory(studio):
     grown = (_rss_bytes() - before) / 2**20
     print(f"RSS grew by {grown:.1f} MB over 50 attributions")
     assert grown <= 200, f"RSS grew by {grown:.0f} MB over 50 attributions"
+
+
+def test_the_load_benchmark_counts_every_request(studio):
+    """``llara.concurrency.load_test`` (``python -m llara.bench --parts load``) on the toy model."""
+    from llara.concurrency import load_test
+
+    out = load_test(studio.predictor, clients=4, per_client=3)
+    assert out["requests"] == 12 and out["errors"] == [] and out["predicts_per_s"] > 0
+    assert out["p50_s"] <= out["p95_s"] <= out["max_s"] and out["median_wait_s"] >= 0 and out["median_compute_s"] > 0
+    with pytest.raises(ValueError, match=">= 1"):
+        load_test(studio.predictor, clients=0)

@@ -43,13 +43,6 @@ INFERENCE_BAD = [
 ]
 
 
-@pytest.mark.parametrize("argv, expected", INFERENCE_BAD, ids=[e[:40] for _, e in INFERENCE_BAD])
-def test_inference_cli_bad_input(toy_checkpoint, capsys, argv, expected):
-    code, _, err = run_cli(inference_mod.main, ["--checkpoint", str(toy_checkpoint), "--precision", "fp32", *argv], capsys)
-    assert code == 2
-    assert_refused(code, err, expected)
-
-
 def test_inference_cli_bad_checkpoint(tmp_path, capsys):
     code, _, err = run_cli(inference_mod.main, ["--checkpoint", str(tmp_path / "nope"), "--history", "Alpha"], capsys)
     assert_refused(code, err, r"checkpoint folder .*nope does not exist")
@@ -83,9 +76,15 @@ ATTRIBUTE_BAD = [
 ]
 
 
-@pytest.mark.parametrize("argv, expected", ATTRIBUTE_BAD, ids=[e[:40] for _, e in ATTRIBUTE_BAD])
-def test_attribute_cli_bad_input(toy_checkpoint, capsys, argv, expected):
-    code, _, err = run_cli(attribute_mod.main, ["--checkpoint", str(toy_checkpoint), "--precision", "fp32", *argv], capsys)
+# the two commands that take a checkpoint and titles: one runner for both tables
+CHECKPOINT_CLI_BAD = [("inference", inference_mod, *case) for case in INFERENCE_BAD] + \
+    [("attribute", attribute_mod, *case) for case in ATTRIBUTE_BAD]
+
+
+@pytest.mark.parametrize("name, module, argv, expected", CHECKPOINT_CLI_BAD,
+                         ids=[f"{name}_cli:{e[:40]}" for name, _, _, e in CHECKPOINT_CLI_BAD])
+def test_checkpoint_cli_bad_input(toy_checkpoint, capsys, name, module, argv, expected):
+    code, _, err = run_cli(module.main, ["--checkpoint", str(toy_checkpoint), "--precision", "fp32", *argv], capsys)
     assert code == 2
     assert_refused(code, err, expected)
 

@@ -17,7 +17,7 @@ import importlib
 import os
 from pathlib import Path
 
-from llara.constants import PRECISIONS
+from llara.constants import MAX_BATCH, PRECISIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weights of the base model: nf4 (4-bit, default), bf16 or fp32")
     add_device_arg(parser)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    parser.add_argument("--concurrency", type=int, default=16,
+    parser.add_argument("--concurrency", type=int, default=MAX_BATCH,
                         help="requests handled at once; model calls run one at a time, and next/residual requests "
-                             "that wait for the model are answered together, up to 16 per pass (default: %(default)s)")
+                             f"that wait for the model are answered together, up to {MAX_BATCH} per pass "
+                             "(default: %(default)s)")
     parser.add_argument("--queue-size", type=int, default=64, help="requests allowed to wait (default: %(default)s)")
     where = parser.add_argument_group("where data and weights come from (default: the packaged copies, offline)")
     where.add_argument("--ml100k-dir", metavar="DIR", default=None,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .attribution import Attribution, attribute_items, attribute_tokens, neutral_slot_vector
-from .constants import DECODES, MAX_SEED, MAX_TITLE_CHARS, PRECISIONS
+from .constants import DECODES, MAX_BATCH, MAX_SEED, MAX_TITLE_CHARS, PRECISIONS
 from .data import NUM_CANDIDATES, SequenceDataset, candidates_around
 from .device import add_device_arg, resolve_device
 from .metrics import match_answer
@@ -34,9 +34,6 @@ from .prompts import Prompt, clean_history
 ABLATIONS = ("none", "no-embeddings", "no-titles", "shuffle")
 ATTRIBUTION_METHODS = ("grad_x_input", "ig", "ablation")
 PROMPT_KINDS = ("text", "hybrid")
-# requests per batched pass; 20 clients x 5 predicts on 2 cores (one run each): 8 -> 2.4 predicts/s and +210 MB,
-# 16 -> 2.7 predicts/s and +370 MB, against 1.3 predicts/s unbatched
-MAX_BATCH = 16
 BATCHED_DECODES = ("residual", "next")  # one pass over the prompt up to its query slot: requests batch together
 CANDIDATE_KINDS = ("random", "hard")  # see Predictor.draw_candidates
 HARD_POOL = 30  # the recommender's best-scored unseen items a "hard" set draws half its candidates from

@@ -210,7 +210,10 @@ def test_main_launches_on_loopback_with_limits(studio, monkeypatch):
     app_main.main([])
     assert seen["launch"]["server_name"] == "127.0.0.1" and not seen["launch"].get("share")
     assert seen["launch"].get("max_file_size") and not seen["launch"].get("allowed_paths")
-    assert seen["queue"]["default_concurrency_limit"] == 4 and 0 < seen["queue"]["max_size"] <= 64
+    from llara.constants import MAX_BATCH
+
+    # a bounded queue, as wide as one batched pass (so the requests waiting for the model can share it)
+    assert seen["queue"]["default_concurrency_limit"] == MAX_BATCH == 16 and 0 < seen["queue"]["max_size"] <= 64
 
 
 def test_served_app_serves_no_arbitrary_files(served, toy_checkpoint):

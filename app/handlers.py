@@ -54,6 +54,14 @@ def to_items(studio: Studio, value, what: str = "watched movies") -> list[int]:
     return [studio.by_label[label] for label in labels]
 
 
+def watched(studio: Studio, value) -> list[int]:
+    """The watched movies' item ids, order kept; at least one (every request starts from a history)."""
+    items = to_items(studio, value)
+    if not items:
+        raise refuse("Pick at least one watched movie.")
+    return items
+
+
 def parse_seed(seed) -> int:
     if isinstance(seed, bool):  # JSON true/false over the HTTP API: float(True) would pass as 1
         raise refuse(f"The seed must be a whole number, got {str(seed).lower()}.")
@@ -123,9 +131,7 @@ def load_test_user(studio: Studio, user=None, seed=0, state=None) -> tuple[list[
 def draw_candidates(studio: Studio, history, seed=0, kind: str = "random", state=None) -> list[str]:
     """20 unseen candidates drawn with ``seed`` (``kind``: random, or hard); a loaded user's true next movie stays
     among them."""
-    items = to_items(studio, history)
-    if not items:
-        raise refuse("Pick at least one watched movie.")
+    items = watched(studio, history)
     keep = true_item(state)
     if keep in items:
         keep = None
@@ -228,9 +234,7 @@ def summary(studio: Studio, result: Prediction, truth: int | None) -> str:
 def predict(studio: Studio, history, candidates, decode: str = "rank", ablation: str = "none", seed=0, state=None):
     """Both prompts and the recommender: (text headline, text bars, hybrid headline, hybrid bars, recommender
     headline, recommender bars, summary, text prompt, hybrid prompt, slot table, request state)."""
-    items = to_items(studio, history)
-    if not items:
-        raise refuse("Pick at least one watched movie.")
+    items = watched(studio, history)
     cands = to_items(studio, candidates, "candidates")
     if not cands:
         raise refuse("The candidate set is empty: draw candidates or pick some.")
@@ -288,9 +292,7 @@ def attribute(studio: Studio, history, candidates, target: str = TOP_CHOICE, met
               ablation: str = "none", seed=0, decode: str = "rank", state=None):
     """Token highlighting of both prompts and a per-item bar chart (title vs embedding) for one candidate: the
     model's answer by default (the one the last prediction of this same request showed, without ranking again)."""
-    items = to_items(studio, history)
-    if not items:
-        raise refuse("Pick at least one watched movie.")
+    items = watched(studio, history)
     cands = to_items(studio, candidates, "candidates")
     _choice(method, ATTRIBUTION_METHODS, "attribution method")
     _choice(ablation, ABLATIONS, "ablation")

@@ -34,15 +34,8 @@ def load_test(predictor: Predictor, clients: int = 20, per_client: int = 5, deco
     """Run ``clients`` x ``per_client`` predicts concurrently; returns latencies (p50/p95/max), predicts per second,
     the median wait for the model and the median compute time per predict, errors, the model batches, and RSS
     before and after. ``max_batch``: requests answered together at most for this run (1: one at a time)."""
-    if clients < 1 or per_client < 1:
-        raise ValueError("clients and per_client must be >= 1")
-    if max_batch is not None:
-        saved = predictor.combiner.max_batch
-        predictor.combiner.max_batch = max_batch
-        try:
-            return load_test(predictor, clients, per_client, decode)
-        finally:
-            predictor.combiner.max_batch = saved
+    if clients < 1 or per_client < 1 or (max_batch is not None and max_batch < 1):
+        raise ValueError("clients, per_client and max_batch must be >= 1")
     decode = decode or predictor.decodes[0]
     inputs = []
     for sample in predictor.dataset.test[:per_client]:
@@ -70,6 +63,8 @@ def load_test(predictor: Predictor, clients: int = 20, per_client: int = 5, deco
                 latencies.append(time.perf_counter() - started)
                 waits.append(result.waited)
 
+    saved_width = predictor.combiner.max_batch
+    predictor.combiner.max_batch = max_batch if max_batch is not None else saved_width
     rss_before = rss_mb()
     batches_before = len(predictor.combiner.batch_sizes)
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -79,9 +74,11 @@ def load_test(predictor: Predictor, clients: int = 20, per_client: int = 5, deco
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
+    width = predictor.combiner.max_batch
+    predictor.combiner.max_batch = saved_width
     ordered = sorted(latencies)
     pick = (lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]) if ordered else (lambda q: float("nan"))
-    return {"clients": clients, "per_client": per_client, "decode": decode, "max_batch": predictor.combiner.max_batch, "requests": clients * per_client,
+    return {"clients": clients, "per_client": per_client, "decode": decode, "max_batch": width, "requests": clients * per_client,
             "errors": errors, "wall_s": wall, "predicts_per_s": len(latencies) / wall if wall > 0 else 0.0,
             "p50_s": pick(0.5), "p95_s": pick(0.95), "max_s": ordered[-1] if ordered else float("nan"),
             "median_wait_s": statistics.median(waits) if waits else float("nan"),

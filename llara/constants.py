@@ -43,8 +43,8 @@ MAX_SEED = 2**32 - 1
 MAX_TITLE_CHARS = 300
 
 # Next/residual requests answered together in one pass at most (llara/batching.py), and so the app's default queue
-# width. 20 clients x 5 predicts on 2 cores (one run each): 8 -> 2.4 predicts/s and +210 MB, 16 -> 2.7 predicts/s
-# and +370 MB, against 1.3 predicts/s one at a time.
+# width. `python -m llara.bench --parts load`: 20 clients x 5 predicts on 2 cores, 1.21 predicts/s one at a time,
+# 2.59 with batches of up to 16 (docs/performance.md).
 MAX_BATCH = 16
 
 # Environment variable that moves the conversion cache (default ~/.cache/llara-studio).

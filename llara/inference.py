@@ -28,7 +28,7 @@ from .metrics import match_answer
 from .batching import Combiner
 from .inspector import SlotInfo, slot_infos
 from .loader import trim_heap
-from .model import LLaRA, available
+from .model import LLaRA, available, rank_candidates
 from .prompts import Prompt, clean_history
 
 ABLATIONS = ("none", "no-embeddings", "no-titles", "shuffle")
@@ -82,6 +82,12 @@ class Explanation:
     decode: str
     note: str = ""
     seconds: float = 0.0
+
+
+def check_method(method: str) -> str:
+    if method not in ATTRIBUTION_METHODS:
+        raise ValueError(f"Unknown attribution method {method!r}; choose one of {', '.join(ATTRIBUTION_METHODS)}.")
+    return method
 
 
 class Predictor:
@@ -159,6 +165,20 @@ class Predictor:
             raise ValueError(f"{both[0]!r} is both watched and a candidate: candidates must be unseen movies.")
         return cands
 
+    def check_decode(self, decode: str) -> str:
+        if decode not in self.decodes:
+            raise ValueError(f"Unknown decode mode {decode!r}; this model offers {', '.join(self.decodes)}.")
+        return decode
+
+    @staticmethod
+    def fallback(model: LLaRA, decode: str) -> tuple[str, str]:
+        """``(decode, note)``: ``decode`` where ``model`` offers it, else its best one, with a note saying so (the
+        text-only model has no recommender, so no residual scoring)."""
+        if available(model, decode):
+            return decode, ""
+        best = next(d for d in DECODES if available(model, d))
+        return best, f"the text-only model has no {decode} decode: answered with {best}"
+
     @staticmethod
     def check_seed(seed: int) -> int:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
@@ -224,14 +244,11 @@ class Predictor:
 
     def answer(self, prompt: Prompt, decode: str) -> Answer:
         """One prompt answered with ``decode`` (call under ``self.lock``)."""
-        if decode not in self.decodes:
-            raise ValueError(f"Unknown decode mode {decode!r}; this model offers {', '.join(self.decodes)}.")
+        self.check_decode(decode)
         started = time.perf_counter()
         source = "hybrid" if prompt.hybrid else "text"
-        model, note = self.model_for(prompt), ""
-        if not available(model, decode):  # e.g. residual scoring for a text-only model, which has no recommender
-            fallback = next(d for d in DECODES if available(model, d))
-            note, decode = f"the text-only model has no {decode} decode: answered with {fallback}", fallback
+        model = self.model_for(prompt)
+        decode, note = self.fallback(model, decode)
         if decode in ("rank", "head", "next", "residual"):
             if decode in ("next", "residual"):
                 ranked = model.rank_items(prompt, residual=decode == "residual")
@@ -262,11 +279,8 @@ class Predictor:
         for model, entries in groups.values():
             pure, residual = model.all_item_scores([p for _, _, p in entries])  # (B, N) each
             for row, (i, kind, prompt) in enumerate(entries):
-                decode, note = jobs[i][1], ""
-                if not available(model, decode):  # the text-only model has no recommender: no residual scoring
-                    note, decode = f"the text-only model has no {decode} decode: answered with next", "next"
-                scores = (residual if decode == "residual" else pure)[row, list(prompt.candidates)].log_softmax(-1)
-                ranked = sorted(zip(prompt.candidates, scores.tolist()), key=lambda x: -x[1])
+                decode, note = self.fallback(model, jobs[i][1])
+                ranked = rank_candidates((residual if decode == "residual" else pure)[row], prompt.candidates)
                 out[i][kind] = Answer(kind, decode, ranked[0][0], self.titles[ranked[0][0]], ranked, 0.0, note)
         elapsed = time.perf_counter() - started
         for answers in out:
@@ -290,8 +304,7 @@ class Predictor:
         history, note = self.clean_history(history)
         candidates = self.check_candidates(history, candidates)
         prompts = self.prompts(history, candidates, ablation, seed)
-        if decode not in self.decodes:
-            raise ValueError(f"Unknown decode mode {decode!r}; this model offers {', '.join(self.decodes)}.")
+        self.check_decode(decode)
         if decode in BATCHED_DECODES and ablation != "no-embeddings":  # no model state to change: batch it
             answers, waited = self.combiner.submit((prompts, decode))
         else:
@@ -311,8 +324,7 @@ class Predictor:
                   ablation: str = "none", decode: str = "rank") -> Attribution:
         """Attribution of the answer ``target`` to one prompt, under ``ablation`` as ``predict`` answers it; by
         default the candidate the model chooses with ``decode`` (what the prediction panel shows)."""
-        if method not in ATTRIBUTION_METHODS:
-            raise ValueError(f"Unknown attribution method {method!r}; choose one of {', '.join(ATTRIBUTION_METHODS)}.")
+        check_method(method)
         chosen_by_model = target is None
         with self.lock, self._conditions(prompt, ablation):
             if target is None:  # an invalid generated answer names nothing: explain the likeliest title instead
@@ -333,14 +345,12 @@ class Predictor:
         answers a prediction of this same request already showed (``Prediction.chosen()``), so they are explained
         without ranking again; a prompt kind missing from it is answered here with ``decode``."""
         started = time.perf_counter()
-        if method not in ATTRIBUTION_METHODS:
-            raise ValueError(f"Unknown attribution method {method!r}; choose one of {', '.join(ATTRIBUTION_METHODS)}.")
+        check_method(method)
         history, note = self.clean_history(history)
         candidates = self.check_candidates(history, candidates)
         if target is not None and target not in candidates:
             raise ValueError(f"{self.titles[target]!r} is not among the candidates: pick one of them to explain.")
-        if decode not in self.decodes:
-            raise ValueError(f"Unknown decode mode {decode!r}; this model offers {', '.join(self.decodes)}.")
+        self.check_decode(decode)
         prompts = self.prompts(history, candidates, ablation, seed)
         out = {}
         for kind in PROMPT_KINDS:

@@ -44,7 +44,7 @@ def slot_infos(model: LLaRA, prompt: Prompt, unit_items: torch.Tensor, nearest: 
     n_hist = len(prompt.history)
     out = []
     for k, (pos, item) in enumerate(zip(prompt.slot_positions, items)):
-        ids = model.builder.tokenizer(" " + titles[item], add_special_tokens=False)["input_ids"]
+        ids = model.builder.answer_ids(item)[:-1]  # " <title>" as the prompt writes it, cached per item
         title = embedding(torch.tensor(ids, device=embedding.weight.device)).float().mean(0)  # (D,)
         cosine = float(torch.nn.functional.cosine_similarity(vectors[k], title.to(vectors.device), dim=0))
         out.append(SlotInfo(pos, item, titles[item], "history" if k < n_hist else "candidate",

@@ -22,9 +22,8 @@ from .llm import _say, cache_root
 from .build import build_llara, model_options
 
 def trim_heap() -> None:
-    """Hand the memory freed while loading back to the operating system. Loading converts and copies weights, and
-    glibc keeps the freed blocks in its heap: measured on the demo's two nf4 models, resident memory after loading
-    fell from 1,785 MB to 1,226 MB with this call. A no-op where the C library has no ``malloc_trim``."""
+    """Hand the memory freed while loading back to the operating system: loading converts and copies weights, and
+    glibc keeps the freed blocks in its heap unless asked. A no-op where the C library has no ``malloc_trim``."""
     import ctypes
     import ctypes.util
 

@@ -231,8 +231,7 @@ class LLaRA(nn.Module):
 
     def rank_items(self, prompt: Prompt, residual: bool = False) -> list[tuple[int, float]]:
         """``(item, log-softmax over the candidates)`` for every candidate, best first, from the next-item head."""
-        scores = self.item_scores([prompt], residual=residual)[0, list(prompt.candidates)].log_softmax(-1).tolist()
-        return sorted(zip(prompt.candidates, scores), key=lambda x: -x[1])
+        return rank_candidates(self.item_scores([prompt], residual=residual)[0], prompt.candidates)
 
     def candidate_logits(self, hidden: torch.Tensor, cand_cols: torch.Tensor) -> torch.Tensor:
         """Head scores ``(B, C)`` from final hidden states ``(B, T, D)`` at the candidate positions ``(B, C)``."""
@@ -362,6 +361,12 @@ class LLaRA(nn.Module):
 
 
 REQUIRES = {"head": "--head-weight > 0", "next": "--next-weight > 0", "residual": "--next-weight > 0 --residual"}
+
+
+def rank_candidates(scores: torch.Tensor, candidates) -> list[tuple[int, float]]:
+    """``(item, log-softmax over the candidates)`` best first, from one prompt's next-item scores ``(N,)``."""
+    logp = scores[list(candidates)].log_softmax(-1).tolist()
+    return sorted(zip(candidates, logp), key=lambda x: -x[1])
 
 
 def available(model: LLaRA, decode: str) -> bool:

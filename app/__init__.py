@@ -26,8 +26,9 @@ ABLATION_LABELS = {
     "no-titles": "drop titles (IDs only: slots alone)",
     "shuffle": "shuffle the watch order (seeded)",
 }
-METHOD_LABELS = {"grad_x_input": "token: gradient × input (fast)", "ig": "token: integrated gradients",
-                 "ablation": "item: remove title / embedding (slow)"}
+METHOD_LABELS = {"grad_x_input": "token: gradient × input", "ig": "token: integrated gradients",
+                 "ablation": "item: remove title / embedding (slow)",
+                 "deletion": "item: delete the movie, rebuild the prompt"}
 EXAMPLES = [
     ["Toy Story (1995)", "Aladdin (1992)", "The Lion King (1994)", "Beauty and the Beast (1991)"],
     ["Star Wars (1977)", "The Empire Strikes Back (1980)", "Raiders of the Lost Ark (1981)", "Alien (1979)"],
@@ -44,6 +45,15 @@ def catalog_schema(dropdown: gr.Dropdown) -> gr.Dropdown:
     dropdown.api_info = lambda: {"type": "array", "items": {"type": "string"},
                                  "description": "movie labels exactly as the catalog writes them, e.g. 'Toy Story (1995)'"}
     return dropdown
+
+
+def seed_input(number: gr.Number) -> gr.Number:
+    """Let a seed that is not a number at all ("abc", true, [1]) reach the handlers, whose check names the problem in a
+    sentence; gradio's own bound check would fail on it with its generic error. Numbers keep gradio's checks."""
+    checked = number.preprocess
+    number.preprocess = lambda payload: checked(payload) if payload is None or (
+        isinstance(payload, (int, float)) and not isinstance(payload, bool)) else payload
+    return number
 
 
 def _panel(title: str, elem_id: str) -> tuple[gr.Markdown, gr.Label]:
@@ -101,8 +111,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                                    "(redrawn when the history changes; editable)")
                     catalog_schema(candidates)
                     with gr.Row():
-                        seed = gr.Number(value=0, minimum=0, label="Candidate / shuffle seed (a whole number)",
-                                         elem_id="seed", scale=2)
+                        seed = seed_input(gr.Number(value=0, minimum=0, label="Candidate / shuffle seed (a whole number)",
+                                                    elem_id="seed", scale=2))
                         redraw = gr.Button("Draw candidates", elem_id="redraw", scale=1)
                     cand_kind = gr.Radio([("random: the paper's draw", "random"),
                                           ("hard: half from the recommender's 30 best for this history", "hard")],
@@ -180,5 +190,5 @@ def build_demo(studio: Studio) -> gr.Blocks:
         # the previous explanation is cleared at once (an explanation takes seconds), then the new one is computed
         explain.click(handlers.explaining, inputs=method, outputs=attr_outputs, queue=False, api_name=False).then(
             on_gpu(call(handlers.attribute, studio)), inputs=[history, candidates, target, method, ablation, seed, decode,
-                                                           request], outputs=attr_outputs, api_name="attribute")
+                                                           request], outputs=[*attr_outputs, slots], api_name="attribute")
     return demo

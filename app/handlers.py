@@ -279,11 +279,22 @@ def prompt_segments(prompt) -> list[tuple[str, str | None]]:
     return out
 
 
-def slot_table(studio: Studio, prompt) -> pd.DataFrame:
-    rows = [[s.part, studio.labels[s.item], ", ".join(f"{studio.labels[i]} ({v:.2f})" for i, v in s.neighbours),
-             round(s.title_cosine, 2)] for s in studio.predictor.slots(prompt)]
-    return pd.DataFrame(rows, columns=["slot", "movie it carries", "closest movies to it for the recommender (cosine)",
-                                       "cosine to its title's token embeddings"])
+def slot_table(studio: Studio, prompt, att=None) -> pd.DataFrame:
+    """One row per embedding slot of the hybrid prompt; with an attribution of that prompt, also each slot's share
+    of it (``Attribution.slot_shares``; "-" where the method does not score slots)."""
+    columns = ["slot", "movie it carries", "closest movies to it for the recommender (cosine)",
+               "cosine to its title's token embeddings"]
+    shares = att.slot_shares() if att is not None else {}
+    rows = []
+    for s in studio.predictor.slots(prompt):
+        row = [s.part, studio.labels[s.item], ", ".join(f"{studio.labels[i]} ({v:.2f})" for i, v in s.neighbours),
+               round(s.title_cosine, 2)]
+        if att is not None:
+            row.append(f"{shares[s.position]:.1%}" if s.position in shares else "-")
+        rows.append(row)
+    if att is not None:
+        columns.append(f"share of the hybrid explanation ({att.method})")
+    return pd.DataFrame(rows, columns=columns)
 
 
 # ---- attributions --------------------------------------------------------------------------------------------
@@ -291,7 +302,8 @@ def slot_table(studio: Studio, prompt) -> pd.DataFrame:
 def attribute(studio: Studio, history, candidates, target: str = TOP_CHOICE, method: str = "grad_x_input",
               ablation: str = "none", seed=0, decode: str = "rank", state=None):
     """Token highlighting of both prompts and a per-item bar chart (title vs embedding) for one candidate: the
-    model's answer by default (the one the last prediction of this same request showed, without ranking again)."""
+    model's answer by default (the one the last prediction of this same request showed, without ranking again);
+    and the slot table again, with each slot's share of the hybrid explanation."""
     items = watched(studio, history)
     cands = to_items(studio, candidates, "candidates")
     _choice(method, ATTRIBUTION_METHODS, "attribution method")
@@ -317,17 +329,21 @@ def attribute(studio: Studio, history, candidates, target: str = TOP_CHOICE, met
         charts[name] = item_chart(studio, att, f"{name}: why {answer}")
         lines.append(f"{name}: explaining **{answer}** ({'your choice' if chosen is not None else f'the model’s {decode} choice'}), "
                      f"{att.cost['seconds']:.1f} s")
-    return views["text"], views["hybrid"], charts["text"], charts["hybrid"], " · ".join(lines)
+    hybrid = result.attributions.get("hybrid")
+    prompt = studio.predictor.prompts(items, cands, ablation, seed)["hybrid"]
+    return (views["text"], views["hybrid"], charts["text"], charts["hybrid"], " · ".join(lines),
+            slot_table(studio, prompt, hybrid))
 
 
 def explaining(method: str = "grad_x_input"):
     """What the attribution outputs show while an explanation runs: nothing of the previous one."""
-    slow = " (item removal runs one pass per watched movie part: 10-20 s)" if method == "ablation" else ""
+    slow = {"ablation": " (item removal runs one pass per watched movie part: 10-20 s)",
+            "deletion": " (one pass per watched movie)"}.get(method, "")
     return None, None, None, None, f"*Explaining both prompts{slow} ...*"
 
 
 AXIS = {"ablation": "log-likelihood change when the part is removed", "grad_x_input": "summed gradient × input",
-        "ig": "summed integrated gradients"}
+        "ig": "summed integrated gradients", "deletion": "score change when the movie is removed"}
 
 
 def item_chart(studio: Studio, att, title: str) -> "gr.BarPlot":
@@ -337,9 +353,10 @@ def item_chart(studio: Studio, att, title: str) -> "gr.BarPlot":
     for k, it in enumerate(att.items, start=1):
         label = f"{k}. {studio.labels[it.item][:40]}"
         order.append(label)
-        for part, value in (("title", it.title_score), ("embedding", it.embedding_score)):
-            if value is not None:
-                rows.append([label, part, value])
+        parts = [(part, value) for part, value in (("title", it.title_score), ("embedding", it.embedding_score))
+                 if value is not None]
+        for part, value in parts or [("whole movie", it.total)]:  # deletion measures the movie as one
+            rows.append([label, part, value])
     frame = pd.DataFrame(rows, columns=["watched movie", "part", AXIS[att.method]])
     return gr.BarPlot(value=frame, x="watched movie", y=AXIS[att.method], color="part", sort=order, title=title,
                       y_title=AXIS[att.method], x_label_angle=-35)

@@ -21,6 +21,7 @@ recent titles are kept (a note says so).
 
 Item level (default): score = logL(target | prompt) - logL(target | prompt without the part); positive = the part
 made the target more likely. Token level: integrated gradients on the input embeddings, slots included.
+Deletion (``--level deletion``): each watched item removed and the prompt rebuilt, scored as the model answers.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from .attribution import SLOT_BASELINES, TOKEN_METHODS, Attribution, attribute_items, attribute_tokens
+from .attribution import SLOT_BASELINES, TOKEN_METHODS, Attribution, attribute_deletion, attribute_items, attribute_tokens
 from .layout import build_prompt, resolve_item
 from .checkpoint import CheckpointError, write_json
 from .constants import MAX_SEED, MAX_TITLE_CHARS, PRECISIONS, RECOMMENDER_DIR
@@ -54,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", default=None, help="the candidate titles, separated by --sep (default: 20 drawn with --seed)")
     p.add_argument("--seed", type=int, default=0, help="seed of the drawn candidates (default: %(default)s)")
     p.add_argument("--prompt", default="hybrid", choices=["text", "hybrid"], help="prompt kind (default: %(default)s)")
-    p.add_argument("--level", default="item", choices=["item", "token", "both"], help="which attribution (default: %(default)s)")
+    p.add_argument("--level", default="item", choices=["item", "token", "both", "deletion"],
+                   help="which attribution: item (title / slot ablation), token (--method), both, or deletion (each "
+                        "watched item removed and the prompt rebuilt; default: %(default)s)")
     p.add_argument("--method", default="ig", choices=TOKEN_METHODS, help="token-level method (default: %(default)s)")
     p.add_argument("--steps", type=int, default=8, help="integrated-gradients steps (default: %(default)s)")
     p.add_argument("--slot-baseline", default="mean", choices=SLOT_BASELINES, help="what replaces an ablated embedding slot: the mean projected item, or the text-only <PH> token (default: %(default)s)")
@@ -81,8 +84,12 @@ def _split(text: str | None, sep: str) -> list[str]:
 
 def format_attribution(att: Attribution, top: int = 12) -> str:
     """A plain-text table: one row per history item; for token level also the strongest tokens."""
-    what = "ablation: score = logL(full) - logL(part removed)" if att.level == "item" else \
-        f"{att.method} on input embeddings" + (f", {att.details['n_steps']} steps" if "n_steps" in att.details else "")
+    if att.method == "deletion":
+        what = "deletion: score = score(full) - score(prompt rebuilt without the item)"
+    elif att.level == "item":
+        what = "ablation: score = logL(full) - logL(part removed)"
+    else:
+        what = f"{att.method} on input embeddings" + (f", {att.details['n_steps']} steps" if "n_steps" in att.details else "")
     lines = [f"{att.level}-level attribution ({what}; + pushes the target up)",
              f"{'#':>3}  {'history item':40s} {'title':>9s} {'slot':>9s} {'total':>9s}"]
     for i, it in enumerate(att.items, 1):
@@ -131,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         results["item"] = attribute_items(model, prompt, target, slot_baseline=args.slot_baseline,
                                           upcast=not args.keep_precision)
         target = results["item"].target
+    if args.level == "deletion":
+        results["deletion"] = attribute_deletion(model, prompt, target)
     if args.level in ("token", "both"):
         results["token"] = attribute_tokens(model, prompt, target, method=args.method, n_steps=args.steps,
                                             slot_baseline=args.slot_baseline, upcast=not args.keep_precision)

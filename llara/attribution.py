@@ -11,6 +11,10 @@ candidate by default, or any candidate the user names):
   variants run as one batch. A slot is ablated by splicing a neutral vector (see :func:`neutral_slot_vector`)
   instead of the item's projected embedding. The answer tokens are appended to every variant and scored in the
   same pass: one batched forward for ``1 + n_history * (2 if hybrid else 1)`` sequences.
+- **item level, whole item** (:func:`attribute_deletion`, ``deletion``): leave-one-out. Each watched item is
+  removed from the history and the prompt rebuilt (its title, its slot and, where the model has one, the user slot
+  the recommender encodes from the history), then scored alone in the model's own precision, exactly as it answers:
+  ``score(full) - score(without the item)``. One pass per watched item; no interaction between items is measured.
 - **token level** (:func:`attribute_tokens`): integrated gradients (or gradient x input) with captum on the
   *post-splice* ``inputs_embeds``, so an embedding slot is scored like any token. The leaf tensor is float32 and is
   cast to the compute dtype inside the forward, so nf4 (bitsandbytes, bf16 compute) models give float32 gradients
@@ -57,15 +61,15 @@ class TokenScore:
 class ItemScore:
     item: int
     title: str
-    title_score: float | None  # None for the "IDs only" ablation (the prompt lists no titles)
-    embedding_score: float | None  # None for a text-only prompt (it has no embedding slots)
-    total: float  # title + embedding: the sum of the two separate effects (interactions are not measured)
+    title_score: float | None  # None for the "IDs only" ablation (the prompt lists no titles) and for deletion
+    embedding_score: float | None  # None for a text-only prompt (it has no embedding slots) and for deletion
+    total: float  # title + embedding (the sum of two separate effects), or the whole item's effect (deletion)
 
 
 @dataclass
 class Attribution:
     level: str  # "item" or "token"
-    method: str  # "ablation", "ig" or "grad_x_input"
+    method: str  # "deletion", "ablation", "ig" or "grad_x_input"
     hybrid: bool
     target: int
     target_title: str
@@ -82,6 +86,20 @@ class Attribution:
     def highlighted(self) -> list[tuple[str, float]]:
         """``(text, score)`` pairs for ``gr.HighlightedText``."""
         return [(t.text, t.score) for t in self.tokens]
+
+    def slot_shares(self) -> dict[int, float]:
+        """Each embedding slot's share of this attribution, by prompt position: ``|its score| / sum of |scores|``
+        over what the method scores (every token for the token methods; every title and slot of the watched items
+        for ``ablation``). Empty for a text-only prompt and for ``deletion`` (it scores whole items, not slots)."""
+        if not self.hybrid or self.method == "deletion":
+            return {}
+        if self.level == "token":
+            total = sum(abs(t.raw) for t in self.tokens)
+            slots = [p for p, t in enumerate(self.tokens) if t.part.endswith("slot")]
+        else:
+            total = sum(abs(v) for it in self.items for v in (it.title_score, it.embedding_score) if v is not None)
+            slots = [p for p, t in enumerate(self.tokens) if t.part == "history slot"]
+        return {p: abs(self.tokens[p].raw) / total for p in slots} if total > 0 else {}
 
     def words(self) -> list[tuple[str, float | None]]:
         """``(text, score)`` per word for ``gr.HighlightedText``: sub-word tokens merged into the word they spell
@@ -224,14 +242,16 @@ def ablation_log_likelihoods(model: LLaRA, prompt: Prompt, target: int, ablation
 
 def _result(model: LLaRA, prompt: Prompt, layout: Layout, level: str, method: str, target: int, source: str,
             full: float, raw: list[float], titles: list[float], slots: list, cost: dict, started: float,
-            details: dict) -> Attribution:
-    """Package per-token raw scores (normalised by the largest |raw|) and per-item title/slot scores."""
+            details: dict, totals: list[float] | None = None) -> Attribution:
+    """Package per-token raw scores (normalised by the largest |raw|) and per-item title/slot scores (``totals``:
+    each item's whole effect where it was measured as one, else title + slot)."""
     top = max((abs(r) for r in raw), default=0.0)
     texts = [model.tokenizer.decode([t]) for t in prompt.input_ids]
     tokens = [TokenScore(text, (r / top) if top > 0 else 0.0, r, part, item)
               for text, r, part, item in zip(texts, raw, layout.parts, layout.items)]
-    items = [ItemScore(item, model.builder.titles[item], t, s, (t or 0.0) + (s or 0.0))
-             for item, t, s in zip(prompt.history, titles, slots)]
+    totals = totals or [(t or 0.0) + (s or 0.0) for t, s in zip(titles, slots)]
+    items = [ItemScore(item, model.builder.titles[item], t, s, total)
+             for item, t, s, total in zip(prompt.history, titles, slots, totals)]
     cost = {**cost, "seconds": time.perf_counter() - started}
     return Attribution(level, method, prompt.hybrid, target, model.builder.titles[target], source, full, tokens, items,
                        cost, details)
@@ -307,6 +327,51 @@ def attribute_items(model: LLaRA, prompt: Prompt, target: int | None = None, slo
                    {"forward_passes": cost["forward_passes"] + calls, "sequences": cost["sequences"] + len(ablations) + 1},
                    started, {"title_ablation": "attention mask (deletion)", "compute_dtype": compute,
                              "slot_baseline": slot_baseline if prompt.hybrid else None})
+
+
+@torch.inference_mode()
+def explained_score(model: LLaRA, prompt: Prompt, target: int) -> float:
+    """What the model ranks ``target`` by, for one prompt in its own precision: the log-softmax over the candidates
+    of the next-item head for a model that has one, else the answer's log-likelihood (``LLaRA.rank``)."""
+    ranked = model.rank_items(prompt) if model.next_head is not None else model.rank(prompt)
+    return dict(ranked)[target]
+
+
+def attribute_deletion(model: LLaRA, prompt: Prompt, target: int | None = None) -> Attribution:
+    """Item-level attribution by deletion (leave-one-out; see the module docstring): each watched item's score is
+    ``explained_score(full prompt) - explained_score(prompt rebuilt without it)``. Token scores spread an item's
+    score over its title tokens and its slot. Needs at least two watched items (removing the only one leaves no
+    history to prompt with)."""
+    started = time.perf_counter()
+    if len(prompt.history) < 2:
+        raise ValueError("deletion needs at least 2 watched items: without the only one there is no prompt to score")
+    layout = prompt_layout(model, prompt)
+    target, source, cost = _check_target(model, prompt, target)
+    was_training = model.training
+    model.eval()
+    try:
+        full = explained_score(model, prompt, target)
+        effects = []
+        for k in range(len(prompt.history)):
+            kept = [*prompt.history[:k], *prompt.history[k + 1:]]
+            reduced = model.builder.build(kept, list(prompt.candidates), hybrid=prompt.hybrid, template=prompt.template,
+                                          titles=prompt.titles)
+            effects.append(full - explained_score(model, reduced, target))
+    finally:
+        model.train(was_training)
+    raw = [0.0] * len(prompt.input_ids)
+    for k, effect in enumerate(effects):
+        for p in layout.history_titles[k]:
+            raw[p] = effect
+        if prompt.hybrid:
+            raw[layout.history_slots[k]] = effect
+    none = [None] * len(effects)
+    calls = 1 + len(effects)
+    return _result(model, prompt, layout, "item", "deletion", target, source, full, raw, none, none,
+                   {"forward_passes": cost["forward_passes"] + calls, "sequences": cost["sequences"] + calls},
+                   started, {"deleted": "title, slot and user slot rebuilt without the item",
+                             "compute_dtype": str(model.llm.get_input_embeddings().weight.dtype).replace("torch.", "")},
+                   totals=effects)
 
 
 def attribute_tokens(model: LLaRA, prompt: Prompt, target: int | None = None, method: str = "ig", n_steps: int = 8,

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .checkpoint import REPO_ROOT, write_json
-from .concurrency import load_test, rss_mb
+from .concurrency import format_load, load_test, mixed_load, rss_mb
 from .constants import DEMO_CHECKPOINT, DEMO_TEXT_CHECKPOINT, PLACEHOLDER_TOKEN, RECOMMENDER_DIR
 from .device import add_device_arg, device_name, resolve_device, synchronize
 
@@ -303,22 +303,7 @@ def format_table(res: dict) -> str:
         for r in recipes:
             lines.append(f"| {r['recipe']}: {r['what']} | {r['tokens_per_prompt']:.0f} | {r['samples_per_s']:.2f} | "
                          f"{r['step']['p50'] * 1000:,.0f} | " + " | ".join(f"{r['rss_mb'][p]:,.0f}" for p in phases) + " |")
-    loads = res.get("load")
-    if loads:
-        first = loads[0]
-        lines += ["", f"| {first['clients']} clients x {first['per_client']} predicts ({first['precision']}, "
-                  f"{first['decode']}) | " + " | ".join(f"at most {r['max_batch']} per pass" for r in loads) + " | target |",
-                  "|---" * (len(loads) + 2) + "|"]
-        row = lambda name, cells, target="": lines.append(f"| {name} | " + " | ".join(cells) + f" | {target} |")  # noqa: E731
-        row("latency p50 / p95 / max (s)", [f"{r['p50_s']:.2f} / {r['p95_s']:.2f} / {r['max_s']:.2f}" for r in loads], "p95 ≤ 6")
-        row("predicts per second", [f"{r['predicts_per_s']:.2f}" for r in loads], "≥ 3")
-        row("per predict: median wait for the model / compute (s)",
-            [f"{r['median_wait_s']:.2f} / {r['median_compute_s']:.2f}" for r in loads])
-        row("model passes (requests per pass: median / max)",
-            [f"{len(r['batch_sizes'])} ({statistics.median(r['batch_sizes'] or [0]):.0f} / {max(r['batch_sizes'] or [0])})"
-             for r in loads])
-        row("errors", [str(len(r["errors"])) for r in loads], "0")
-        row("RSS before / after (MB)", [f"{r['rss_before_mb']:,.0f} / {r['rss_after_mb']:,.0f}" for r in loads])
+    lines += format_load(res.get("load") or [], res.get("mixed"))
     ref = res.get("llamacpp")
     if ref:
         lines.append("")
@@ -340,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llara.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="demo,train,recipes,llamacpp",
                         help="comma-separated parts: demo, train, recipes, llamacpp, load (20 clients x 5 predicts on the "
-                             "first precision; not in the default) (default: %(default)s)")
+                             "first precision, then 100 mixed predicts and explanations; not in the default) "
+                             "(default: %(default)s)")
     parser.add_argument("--precisions", default="bf16,nf4", help="demo precisions (default: %(default)s; fp32 also valid)")
     parser.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT), help="LLaRA checkpoint of the demo (default: the committed one)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per figure after one warm-up (default: %(default)s)")
@@ -392,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         p = Predictor.load(args.checkpoint, precision=precisions[0], device=device, text_checkpoint=text)
         res["load"] = [{**load_test(p, max_batch=1), "precision": precisions[0]},  # one at a time, then batched
                        {**load_test(p), "precision": precisions[0]}]
+        res["mixed"] = mixed_load(p)
     if "train" in parts:
         res["train"] = [bench_train(p, max(2, args.repeats // 2), ckpt, device=device) for p in ("bf16", "nf4")
                         for ckpt in (False, True)]

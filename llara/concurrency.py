@@ -1,7 +1,8 @@
 """Many requests at once against one loaded ``Predictor``: latency percentiles, throughput, time spent waiting for
 the model apart from computing, and memory, as the demo's users meet them.
 
-    python -m llara.bench --parts load --precisions nf4          # 20 clients x 5 predicts, the demo's two models
+    python -m llara.bench --parts load --precisions nf4          # 20 clients x 5 predicts, the demo's two models,
+                                                                 # then 100 mixed requests (memory)
 
 Each client is a thread that sends its predicts one after another (the next when the last answered), all clients
 starting together; the inputs are the first test users' histories with their seeded candidates, rotated per client.
@@ -85,3 +86,88 @@ def load_test(predictor: Predictor, clients: int = 20, per_client: int = 5, deco
             "median_compute_s": statistics.median(l - w for l, w in zip(latencies, waits)) if waits else float("nan"),
             "rss_before_mb": rss_before, "rss_after_mb": rss_mb(),
             "batch_sizes": predictor.combiner.batch_sizes[batches_before:]}
+
+
+def mixed_load(predictor: Predictor, requests: int = 100, clients: int = 4, explain_every: int = 5,
+               methods: tuple[str, ...] | None = None) -> dict:
+    """``requests`` requests from ``clients`` threads, as a demo's visitors mix them: every ``explain_every``-th is an
+    explanation (the attribution methods in turn), the others predicts (the model's decodes in turn), over the
+    first test users. Returns the resident memory before, after and at its highest (sampled after each request),
+    the requests of each kind, errors, and wall time: what the process holds once many kinds of work have passed."""
+    from .inference import ATTRIBUTION_METHODS
+
+    if requests < 1 or clients < 1 or explain_every < 1:
+        raise ValueError("requests, clients and explain_every must be >= 1")
+    methods = methods or ATTRIBUTION_METHODS
+    decodes = predictor.decodes
+    users = [list(s.history) for s in predictor.dataset.test[:10]]
+    inputs = [(h, predictor.draw_candidates(h, 0)) for h in users]
+    plan = []
+    for i in range(requests):
+        if (i + 1) % explain_every == 0:
+            plan.append(("explain", methods[(i // explain_every) % len(methods)]))
+        else:
+            plan.append(("predict", decodes[i % len(decodes)]))
+    counts: dict[str, int] = {}
+    errors: list[str] = []
+    peak = [rss_mb()]
+    rss_before = peak[0]
+    lock = threading.Lock()
+    jobs = iter(enumerate(plan))
+
+    def client() -> None:
+        while True:
+            with lock:
+                step = next(jobs, None)
+            if step is None:
+                return
+            i, (kind, how) = step
+            history, cands = inputs[i % len(inputs)]
+            try:
+                if kind == "explain":
+                    predictor.explain(history, cands, how, decode=decodes[0])
+                else:
+                    predictor.predict(history, cands, how)
+            except Exception as err:  # noqa: BLE001 - counted and reported, the run goes on
+                with lock:
+                    errors.append(f"{kind} {how}: {err!r}")
+            with lock:
+                counts[f"{kind} {how}"] = counts.get(f"{kind} {how}", 0) + 1
+                peak[0] = max(peak[0], rss_mb())
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"requests": requests, "clients": clients, "counts": counts, "errors": errors,
+            "wall_s": time.perf_counter() - started, "rss_before_mb": rss_before, "rss_after_mb": rss_mb(),
+            "rss_max_mb": peak[0]}
+
+
+def format_load(loads: list[dict], mixed: dict | None = None) -> list[str]:
+    """Markdown lines for ``load_test`` results (one column each, same run) and a ``mixed_load`` result."""
+    lines: list[str] = []
+    if loads:
+        first = loads[0]
+        lines += ["", f"| {first['clients']} clients x {first['per_client']} predicts ({first['precision']}, "
+                  f"{first['decode']}) | " + " | ".join(f"at most {r['max_batch']} per pass" for r in loads) + " | target |",
+                  "|---" * (len(loads) + 2) + "|"]
+        row = lambda name, cells, target="": lines.append(f"| {name} | " + " | ".join(cells) + f" | {target} |")  # noqa: E731
+        row("latency p50 / p95 / max (s)", [f"{r['p50_s']:.2f} / {r['p95_s']:.2f} / {r['max_s']:.2f}" for r in loads], "p95 ≤ 6")
+        row("predicts per second", [f"{r['predicts_per_s']:.2f}" for r in loads], "≥ 3")
+        row("per predict: median wait for the model / compute (s)",
+            [f"{r['median_wait_s']:.2f} / {r['median_compute_s']:.2f}" for r in loads])
+        row("model passes (requests per pass: median / max)",
+            [f"{len(r['batch_sizes'])} ({statistics.median(r['batch_sizes'] or [0]):.0f} / {max(r['batch_sizes'] or [0])})"
+             for r in loads])
+        row("errors", [str(len(r["errors"])) for r in loads], "0")
+        row("RSS before / after (MB)", [f"{r['rss_before_mb']:,.0f} / {r['rss_after_mb']:,.0f}" for r in loads])
+    if mixed:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(mixed["counts"].items()))
+        lines += ["", f"{mixed['requests']} mixed requests from {mixed['clients']} clients ({kinds}): "
+                  f"{len(mixed['errors'])} errors, {mixed['wall_s']:.0f} s; RSS before / after / highest "
+                  f"{mixed['rss_before_mb']:,.0f} / {mixed['rss_after_mb']:,.0f} / {mixed['rss_max_mb']:,.0f} MB "
+                  "(target after: ≤ 1,500)"]
+    return lines

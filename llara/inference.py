@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .attribution import Attribution, attribute_items, attribute_tokens, neutral_slot_vector
+from .attribution import Attribution, attribute_deletion, attribute_items, attribute_tokens, neutral_slot_vector
 from .constants import DECODES, MAX_BATCH, MAX_SEED, MAX_TITLE_CHARS, PRECISIONS
 from .data import NUM_CANDIDATES, SequenceDataset, candidates_around
 from .device import add_device_arg, resolve_device
@@ -32,7 +32,7 @@ from .model import LLaRA, available, rank_candidates
 from .prompts import Prompt, clean_history
 
 ABLATIONS = ("none", "no-embeddings", "no-titles", "shuffle")
-ATTRIBUTION_METHODS = ("grad_x_input", "ig", "ablation")
+ATTRIBUTION_METHODS = ("grad_x_input", "ig", "ablation", "deletion")
 PROMPT_KINDS = ("text", "hybrid")
 BATCHED_DECODES = ("residual", "next")  # one pass over the prompt up to its query slot: requests batch together
 CANDIDATE_KINDS = ("random", "hard")  # see Predictor.draw_candidates
@@ -332,6 +332,8 @@ class Predictor:
                 target = self.model_for(prompt).rank(prompt)[0][0] if target is None else target
             if method == "ablation":
                 result = attribute_items(self.model_for(prompt), prompt, target=target)
+            elif method == "deletion":
+                result = attribute_deletion(self.model_for(prompt), prompt, target=target)
             else:
                 result = attribute_tokens(self.model_for(prompt), prompt, target=target, method=method)
         return dataclasses.replace(result, target_source="model") if chosen_by_model else result

@@ -94,9 +94,13 @@ def test_ablations_move_only_the_hybrid_prompt(studio, user):
 
 def test_attribution_views(studio, user):
     history, cands = user.h, user.c
-    text_view, hybrid_view, text_chart, hybrid_chart, status = handlers.attribute(
+    text_view, hybrid_view, text_chart, hybrid_chart, status, slots = handlers.attribute(
         studio, history, cands, handlers.TOP_CHOICE, "grad_x_input", "none", 0, "head")
     assert text_view and hybrid_view and "explaining" in status
+    # the inspector's slot table comes back with each slot's share of the hybrid explanation
+    share = slots["share of the hybrid explanation (grad_x_input)"]
+    assert len(slots) == len(history) + len(cands) and share.str.endswith("%").all()
+    assert 0 < sum(float(v.rstrip("%")) for v in share) <= 100.5
     # "the model's top choice" is the answer the prediction panel shows for the same decode mode
     shown = handlers.predict(studio, history, cands, "head", "none", 0, None)
     assert shown[2].removeprefix("### ").split("\n")[0] in status.split(" · ")[1]
@@ -107,8 +111,12 @@ def test_attribution_views(studio, user):
     assert hybrid_chart.title.startswith("hybrid: why ") and hybrid_chart.y_title == "summed gradient × input"
     assert text_chart.title.startswith("text: why ")
     chosen = cands[3]
-    *_, status = handlers.attribute(studio, history, cands, chosen, "ablation")
+    *_, status, slots = handlers.attribute(studio, history, cands, chosen, "ablation")
     assert chosen in status and "your choice" in status
+    share = slots["share of the hybrid explanation (ablation)"]  # ablation scores the watched movies' slots only
+    assert (share[slots["slot"] == "candidate"] == "-").all() and share[slots["slot"] == "history"].str.endswith("%").all()
+    *_, slots = handlers.attribute(studio, history, cands, chosen, "deletion")
+    assert (slots["share of the hybrid explanation (deletion)"] == "-").all()  # whole movies, not slots
 
 
 BAD_PREDICTS = [
@@ -193,8 +201,8 @@ def test_served_app_over_http(studio):
         assert len(out) == 10 and "Predicted in" in out[6]
         # the session's state remembers the loaded user: the true next movie is starred in the recommender's bars
         assert any(c["label"].startswith("★ ") for c in out[5]["confidences"])
-        text_view, hybrid_view, _, _, status = client.predict(history, cands, handlers.TOP_CHOICE, "grad_x_input",
-                                                              "none", 0, "head", api_name="/attribute")
+        text_view, hybrid_view, _, _, status, _ = client.predict(history, cands, handlers.TOP_CHOICE, "grad_x_input",
+                                                                 "none", 0, "head", api_name="/attribute")
         assert "explaining" in status
         with pytest.raises(Exception, match="Pick at least one"):
             client.predict([], cands, "rank", "none", 0, api_name="/predict")
@@ -214,16 +222,18 @@ def test_explain_works_under_every_ablation_and_method(studio, user, ablation, m
         assert att.target in cands and att.target_source == "model"
         assert len(att.items) == len(items)
         for it in att.items:
-            if ablation == "no-titles":  # no titles to remove: only the slots are scored
+            if method == "deletion":  # whole movies: one effect each, no title / slot split
+                assert it.title_score is None and it.embedding_score is None and math.isfinite(it.total)
+            elif ablation == "no-titles":  # no titles to remove: only the slots are scored
                 assert it.title_score is None and math.isfinite(it.embedding_score)
             else:
                 assert math.isfinite(it.title_score)
                 assert (it.embedding_score is None) == (kind == "text")
     # the handler turns the same request into two views and a chart with a bar per scored part
-    text_view, hybrid_view, _, hybrid_chart, status = handlers.attribute(studio, user.h, user.c, handlers.TOP_CHOICE,
-                                                                         method, ablation, 3, "head")
+    text_view, hybrid_view, _, hybrid_chart, status, _ = handlers.attribute(studio, user.h, user.c, handlers.TOP_CHOICE,
+                                                                            method, ablation, 3, "head")
     bars = chart_frame(hybrid_chart)
-    parts = {"embedding"} if ablation == "no-titles" else {"title", "embedding"}
+    parts = {"whole movie"} if method == "deletion" else {"embedding"} if ablation == "no-titles" else {"title", "embedding"}
     assert set(bars["part"]) == parts and hybrid_view and "hybrid: explaining" in status
 
 
@@ -234,7 +244,7 @@ def test_explain_reuses_the_answers_the_prediction_showed(studio, user, monkeypa
     calls = []
     real = studio.predictor.answer
     monkeypatch.setattr(studio.predictor, "answer", lambda *a, **k: calls.append(a) or real(*a, **k))
-    *_, status = handlers.attribute(studio, user.h, user.c, handlers.TOP_CHOICE, "grad_x_input", "none", 0, "head", state)
+    *_, status, _ = handlers.attribute(studio, user.h, user.c, handlers.TOP_CHOICE, "grad_x_input", "none", 0, "head", state)
     assert calls == []  # the shown answers are explained as they are, not ranked again
     assert studio.labels[state["shown"]["chosen"]["hybrid"]] in status.split(" · ")[1]
     handlers.attribute(studio, user.h, user.c, handlers.TOP_CHOICE, "grad_x_input", "none", 1, "head", state)

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from llara.attribute import main as cli_main
-from llara.attribution import Ablation, ablation_log_likelihoods, attribute_items, attribute_tokens, neutral_slot_vector
+from llara.attribution import (Ablation, ablation_log_likelihoods, attribute_deletion, attribute_items, attribute_tokens,
+                               neutral_slot_vector)
 from llara.layout import build_prompt, prompt_layout
 from llara.data import Catalog
 from llara.llm import add_placeholder_tokens, ensure_pad_token, load_base_model
@@ -152,6 +153,38 @@ def test_one_title_is_the_only_signal():
     tokens = attribute_tokens(model, prompt, TARGET)
     best_token = max(tokens.tokens, key=lambda t: abs(t.score))
     assert (best_token.text, best_token.part, abs(best_token.score)) == ("Fargo", "history title", 1.0)
+
+
+# ---- deletion (leave-one-out) ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("hybrid", [True, False])
+def test_deletion_scores_are_the_rebuilt_prompts_score_changes(model, hybrid):
+    prompt = model.builder.build(HIST, CANDS, hybrid=hybrid)
+    att = attribute_deletion(model, prompt, TARGET)
+    full = dict(model.rank(prompt))[TARGET]
+    assert att.method == "deletion" and att.level == "item" and att.log_likelihood == pytest.approx(full, abs=1e-5)
+    for k, it in enumerate(att.items):
+        without = model.builder.build([h for j, h in enumerate(HIST) if j != k], CANDS, hybrid=hybrid)
+        assert it.total == pytest.approx(full - dict(model.rank(without))[TARGET], abs=1e-5)
+        assert it.title_score is None and it.embedding_score is None  # one effect for the whole item
+    assert len({round(it.total, 6) for it in att.items}) > 1  # the items differ: not a constant
+    assert att.cost["forward_passes"] == 1 + len(HIST)
+    tin_cup = [t for t in att.tokens if t.item == 17]  # every token of an item (title and slot) carries its score
+    assert {t.raw for t in tin_cup} == {att.items[2].total}
+    assert [t.text for t in tin_cup] == (["Tin", "Cup", "<HistoryEmb>"] if hybrid else ["Tin", "Cup"])
+    json.dumps(att.to_dict())
+
+
+def test_deletion_finds_the_only_signal():
+    model, item = engineered("slot")
+    att = attribute_deletion(model, model.builder.build(HIST, CANDS, hybrid=True), TARGET)
+    best = max(att.items, key=lambda it: abs(it.total))
+    assert best.item == item and abs(best.total) > 0.1
+
+
+def test_deletion_needs_two_watched_items(model):
+    with pytest.raises(ValueError, match="at least 2 watched items"):
+        attribute_deletion(model, model.builder.build(HIST[:1], CANDS, hybrid=True), TARGET)
 
 
 # ---- precisions and adapters -----------------------------------------------------------------------------------

@@ -58,8 +58,8 @@ def test_served_app_end_to_end(studio):
         out = client.predict(history, cands, decode, "none", 0, api_name="/predict")
         assert out[0].startswith("###") and out[2].startswith("###") and "Predicted in" in out[6]
         assert len(out[3]["confidences"]) == 20  # the hybrid ranking over all 20 candidates
-        *_, status = client.predict(history, cands, handlers.TOP_CHOICE, "grad_x_input", "none", 0, decode,
-                                    api_name="/attribute")
+        *_, status, _ = client.predict(history, cands, handlers.TOP_CHOICE, "grad_x_input", "none", 0, decode,
+                                       api_name="/attribute")
         assert status.count("explaining") == 2
         with pytest.raises(Exception, match="candidate set is empty"):
             client.predict(history, [], decode, "none", 0, api_name="/predict")

@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from llara.faithfulness import deletion_curves, explained_score, format_curves
+from llara.attribution import explained_score
+from llara.faithfulness import deletion_curves, format_curves, meets_target
 from llara.inference import ATTRIBUTION_METHODS, PROMPT_KINDS
 
 pytestmark = pytest.mark.usefixtures("llara_cache")
@@ -24,7 +25,31 @@ def test_every_method_and_prompt_kind_gets_a_curve(curves):
         assert r["median_seconds"] > 0
     assert all(len(drops) == curves.users == 3 for per_k in curves.random.values() for drops in per_k)
     table = format_curves(curves)
-    assert table.count("\n") == 1 + len(rows) and "top-1 / random-1" in table
+    assert table.count("\n") == 1 + len(rows) and "top-1 / random-1" in table and "target met" in table
+    assert all(isinstance(r["meets_target"], bool) for r in rows)
+
+
+def test_deletions_top_1_is_the_largest_single_deletion(studio, curves):
+    """Leave-one-out scores every single deletion, so its top-1 drop is the largest one (the upper bound the other
+    methods' top-1 is read against): the curve's entry equals the attribution's best item score."""
+    p = studio.predictor
+    sample = next(s for s in p.dataset.test if len(s.history) >= 4)
+    history = list(sample.history)
+    cands = p.draw_candidates(history, 0, include=sample.target)
+    for kind in PROMPT_KINDS:
+        att = p.attribute(p.prompts(history, cands)[kind], "deletion", decode=p.decodes[0])
+        assert curves.top[kind]["deletion"][0][0] == pytest.approx(max(it.total for it in att.items), abs=1e-4)
+
+
+@pytest.mark.parametrize("top1, random1, low, met", [
+    (0.10, 0.04, 0.01, True),   # 2.5x, interval above 0
+    (0.07, 0.04, 0.01, False),  # under 2x
+    (0.10, 0.04, -0.01, False),  # the interval holds 0: could be chance
+    (0.05, -0.02, 0.02, True),  # random deletions raise the score on average: any clear drop is more
+    (-0.01, -0.05, 0.01, False),  # no drop at all
+])
+def test_the_target_needs_twice_the_random_drop_and_an_interval_above_0(top1, random1, low, met):
+    assert meets_target(top1, random1, low) is met
 
 
 def test_a_drop_is_the_score_lost_by_deleting_the_top_items(studio, curves):

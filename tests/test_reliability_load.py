@@ -182,3 +182,21 @@ def test_the_load_benchmark_counts_every_request(studio):
     assert out["p50_s"] <= out["p95_s"] <= out["max_s"] and out["median_wait_s"] >= 0 and out["median_compute_s"] > 0
     with pytest.raises(ValueError, match=">= 1"):
         load_test(studio.predictor, clients=0)
+
+
+def test_the_mixed_benchmark_runs_every_kind_of_request(studio):
+    """``llara.concurrency.mixed_load`` (the memory half of ``--parts load``): predicts with every decode and
+    explanations with every method, all counted, none failing, and its table line."""
+    from llara.concurrency import format_load, mixed_load
+    from llara.inference import ATTRIBUTION_METHODS
+
+    p = studio.predictor
+    out = mixed_load(p, requests=len(p.decodes) * 2 + 4 * 2, clients=2, explain_every=2)
+    assert out["errors"] == [] and sum(out["counts"].values()) == out["requests"]
+    assert {k for k in out["counts"] if k.startswith("explain")} == {f"explain {m}" for m in ATTRIBUTION_METHODS}
+    assert any(k.startswith("predict") for k in out["counts"])
+    assert out["rss_max_mb"] >= max(out["rss_before_mb"], out["rss_after_mb"]) - 1
+    line = format_load([], out)[-1]
+    assert f"{out['requests']} mixed requests from 2 clients" in line and "0 errors" in line
+    with pytest.raises(ValueError, match=">= 1"):
+        mixed_load(p, requests=0)

@@ -1,0 +1,133 @@
+"""The 4-bit CPU path (llara/cpu4bit.py): both kernels give the same answer, gradients still flow, weights leave the
+mapped file, and the GGUF conversion parses its file once."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from llara import cpu4bit
+
+bnb = pytest.importorskip("bitsandbytes")
+
+
+def nf4_layer(out_features: int = 64, in_features: int = 128, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    layer = bnb.nn.Linear4bit(in_features, out_features, bias=True, compute_dtype=torch.bfloat16, quant_type="nf4")
+    layer.weight = bnb.nn.Params4bit(torch.randn(out_features, in_features, dtype=torch.bfloat16) * 0.1,
+                                     requires_grad=False, quant_type="nf4", compress_statistics=False)
+    layer.bias = torch.nn.Parameter(torch.randn(out_features, dtype=torch.bfloat16) * 0.1, requires_grad=False)
+    return layer.to("cpu").eval()
+
+
+def dequantized_reference(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    weight = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).to(torch.bfloat16)
+    return torch.nn.functional.linear(x.to(torch.bfloat16), weight, layer.bias).float()
+
+
+@pytest.mark.parametrize("rows", [1, cpu4bit.GEMV_ROWS, cpu4bit.GEMV_ROWS + 1, 200])
+def test_both_kernels_match_the_dequantized_weights(rows):
+    layer = nf4_layer()
+    assert cpu4bit.prefer_dequantized_matmul(layer) == 1
+    x = torch.randn(rows, 128, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        out = layer(x).float()
+    ref = dequantized_reference(layer, x)
+    assert out.shape == (rows, 64)
+    # bf16 accumulation order differs between the kernels: a few bf16 ulps at these magnitudes
+    assert torch.allclose(out, ref, atol=0.05, rtol=0.02), (out - ref).abs().max()
+
+
+def test_layer_weight_keeps_the_standard_layout_after_inference():
+    """bitsandbytes would repack the weight itself at the first no-grad call (and then have no autograd)."""
+    layer = nf4_layer()
+    cpu4bit.prefer_dequantized_matmul(layer)
+    with torch.inference_mode():
+        layer(torch.randn(3, 128, dtype=torch.bfloat16))
+        layer(torch.randn(300, 128, dtype=torch.bfloat16))
+    assert not getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+
+
+def test_gradients_flow_through_a_patched_layer():
+    layer = nf4_layer()
+    cpu4bit.prefer_dequantized_matmul(layer)
+    with torch.inference_mode():
+        layer(torch.randn(2, 128, dtype=torch.bfloat16))  # an earlier no-grad call must not break autograd later
+    x = torch.randn(4, 128, dtype=torch.bfloat16, requires_grad=True)
+    layer(x).float().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_fused_kernel_is_used_for_few_rows_only(monkeypatch):
+    layer = nf4_layer()
+    cpu4bit.prefer_dequantized_matmul(layer)
+    if layer.llara_packed is None:
+        pytest.skip("this CPU has no fused 4-bit kernel in bitsandbytes (AVX512-BF16)")
+    calls = []
+    real = bnb.matmul_4bit
+    monkeypatch.setattr(bnb, "matmul_4bit", lambda *a, **k: calls.append(k["quant_state"]) or real(*a, **k))
+    with torch.inference_mode():
+        layer(torch.randn(2, 128, dtype=torch.bfloat16))
+        layer(torch.randn(cpu4bit.GEMV_ROWS + 5, 128, dtype=torch.bfloat16))
+    assert [getattr(state, "packing_format_for_cpu", False) for state in calls] == [True, False]
+
+
+def test_a_layer_the_packer_cannot_take_stays_on_the_dequantize_path():
+    layer = nf4_layer(in_features=32)  # fewer inputs than one 64-value quantization block
+    assert cpu4bit.prefer_dequantized_matmul(layer) == 1 and layer.llara_packed is None
+    x = torch.randn(2, 32, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        assert torch.allclose(layer(x).float(), dequantized_reference(layer, x), atol=0.05, rtol=0.02)
+
+
+def test_dense_models_are_left_alone():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    forward = model[0].forward
+    assert cpu4bit.prefer_dequantized_matmul(model) == 0
+    assert model[0].forward == forward
+
+
+def test_detach_from_file_releases_the_mapped_safetensors(tmp_path):
+    path = tmp_path / "weights.safetensors"
+    save_file({"embed": torch.randn(256, 64), "norm": torch.ones(64)}, str(path))
+    model = torch.nn.Module()
+    tensors = load_file(str(path))  # mmap-backed views
+    model.embed = torch.nn.Parameter(tensors.pop("embed"), requires_grad=False)
+    model.tied = model.embed  # a tied weight: the same Parameter object
+    model.register_buffer("norm", tensors.pop("norm"))
+    before = model.embed.data_ptr()
+    copied = cpu4bit.detach_from_file(model)
+    assert copied == (256 * 64 + 64) * 4
+    assert model.embed.data_ptr() != before and model.tied is model.embed
+    del tensors
+    import gc
+
+    gc.collect()
+    maps = open("/proc/self/maps").read() if __import__("os").path.exists("/proc/self/maps") else ""
+    assert str(path) not in maps
+
+
+def test_gguf_is_parsed_once_inside_the_block(monkeypatch):
+    gguf = pytest.importorskip("gguf")
+    from llara.llm import _gguf_parsed_once
+
+    made = []
+
+    class Reader:
+        def __init__(self, path):
+            made.append(path)
+
+    monkeypatch.setattr(gguf, "GGUFReader", Reader)
+    with _gguf_parsed_once():
+        first, second = gguf.GGUFReader("a.gguf"), gguf.GGUFReader("a.gguf")
+        other = gguf.GGUFReader("b.gguf")
+        assert first is second and other is not first
+        assert gguf.get_tensor_name_map is not None
+    assert made == ["a.gguf", "b.gguf"]
+    assert gguf.GGUFReader is Reader  # restored afterwards
+
+
+def test_kernel_table_cli_refuses_bad_rows(capsys):
+    with pytest.raises(SystemExit):
+        cpu4bit.main(["--rows", "a,b"])
+    assert "--rows must be comma-separated whole numbers" in capsys.readouterr().err

@@ -29,6 +29,8 @@ ABLATION_LABELS = {
 METHOD_LABELS = {"grad_x_input": "token: gradient × input", "ig": "token: integrated gradients",
                  "ablation": "item: remove title / embedding (slow)",
                  "deletion": "item: delete the movie, rebuild the prompt"}
+# the most faithful method on the deletion benchmark, and the fastest (README, *Are they faithful?*)
+DEFAULT_METHOD = "deletion"
 EXAMPLES = [
     ["Toy Story (1995)", "Aladdin (1992)", "The Lion King (1994)", "Beauty and the Beast (1991)"],
     ["Star Wars (1977)", "The Empire Strikes Back (1980)", "Raiders of the Lost Ark (1981)", "Alien (1979)"],
@@ -139,7 +141,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 with gr.Row():
                     target = gr.Dropdown(choices=[handlers.TOP_CHOICE], value=handlers.TOP_CHOICE, allow_custom_value=True,
                                          label="Candidate to explain", elem_id="attr-target", scale=2)
-                    method = gr.Radio([(METHOD_LABELS[m], m) for m in ATTRIBUTION_METHODS], value="grad_x_input",
+                    method = gr.Radio([(METHOD_LABELS[m], m) for m in ATTRIBUTION_METHODS], value=DEFAULT_METHOD,
                                       label="Method", elem_id="attr-method", scale=2)
                     explain = gr.Button("Explain", elem_id="attribute", scale=1)
                 attr_status = gr.Markdown(elem_id="attr-status")
@@ -148,11 +150,14 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     hybrid_attr = gr.HighlightedText(label="Hybrid prompt", elem_id="hybrid-attr")
                 gr.Markdown("Colours: red pushed the explained answer up, purple pushed it down; the stronger the "
                             "colour, the larger the effect (scaled to the strongest word of each prompt). Sub-word "
-                            "pieces are merged into words. Gradient × input and integrated gradients score tokens "
-                            "(a movie's bar sums its title's tokens and its slot); item removal scores each title and "
-                            "slot by how much removing it lowers the answer's log-likelihood. Read them as hints: "
-                            "deleting the movie a method ranks first moves these models' answer no more than "
-                            "deleting a random one (README, *Are they faithful?*).", elem_id="attr-legend")
+                            "pieces are merged into words. Deletion (the default) removes each watched movie, "
+                            "rebuilds the prompt and scores the answer again: a bar is what the answer's score "
+                            "(log-softmax over the 20 candidates) loses without that movie, so it is exact for one "
+                            "movie at a time but says nothing about movies removed together. Gradient × input and "
+                            "integrated gradients score tokens (a movie's bar sums its title's tokens and its slot); "
+                            "title / embedding removal scores each part by how much removing it lowers the answer's "
+                            "score. On the faithfulness benchmark the token methods' top movie matters no more than "
+                            "a random one (README, *Are they faithful?*).", elem_id="attr-legend")
                 with gr.Row():  # one chart per prompt: the two prompts may explain different answers
                     text_bars_attr = gr.BarPlot(label="Per watched movie: text-only prompt", elem_id="text-item-bars",
                                                 height=360)

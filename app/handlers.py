@@ -224,8 +224,11 @@ def summary(studio: Studio, result: Prediction, truth: int | None) -> str:
     parts = [f"Predicted in {result.seconds:.2f} s ({studio.precision or 'model'} weights, ablation: {result.ablation}"
              f"{busy})."]
     if "text" in picks:
-        parts.append("All three agree." if agree else
-                     ("Text-only and hybrid agree." if picks["text"] == picks["hybrid"] else "Text-only and hybrid disagree."))
+        if None in (picks["text"], picks["hybrid"]):  # an invalid generated answer agrees with nothing
+            parts.append("No comparison: a generated answer names none of the candidates.")
+        else:
+            parts.append("All three agree." if agree else ("Text-only and hybrid agree." if picks["text"] == picks["hybrid"]
+                                                           else "Text-only and hybrid disagree."))
     if result.note:
         parts.append(result.note[0].upper() + result.note[1:] + ".")
     return " ".join(parts)
@@ -299,7 +302,7 @@ def slot_table(studio: Studio, prompt, att=None) -> pd.DataFrame:
 
 # ---- attributions --------------------------------------------------------------------------------------------
 
-def attribute(studio: Studio, history, candidates, target: str = TOP_CHOICE, method: str = "grad_x_input",
+def attribute(studio: Studio, history, candidates, target: str = TOP_CHOICE, method: str = "deletion",
               ablation: str = "none", seed=0, decode: str = "rank", state=None):
     """Token highlighting of both prompts and a per-item bar chart (title vs embedding) for one candidate: the
     model's answer by default (the one the last prediction of this same request showed, without ranking again);
@@ -327,7 +330,9 @@ def attribute(studio: Studio, history, candidates, target: str = TOP_CHOICE, met
         views[name] = att.words()
         answer = studio.labels[att.target]
         charts[name] = item_chart(studio, att, f"{name}: why {answer}")
-        lines.append(f"{name}: explaining **{answer}** ({'your choice' if chosen is not None else f'the model’s {decode} choice'}), "
+        used = studio.predictor.fallback(studio.predictor.text_model or studio.predictor.model
+                                         if name == "text" else studio.predictor.model, decode)[0]
+        lines.append(f"{name}: explaining **{answer}** ({'your choice' if chosen is not None else f'the model’s {used} choice'}), "
                      f"{att.cost['seconds']:.1f} s")
     hybrid = result.attributions.get("hybrid")
     prompt = studio.predictor.prompts(items, cands, ablation, seed)["hybrid"]
@@ -335,7 +340,7 @@ def attribute(studio: Studio, history, candidates, target: str = TOP_CHOICE, met
             slot_table(studio, prompt, hybrid))
 
 
-def explaining(method: str = "grad_x_input"):
+def explaining(method: str = "deletion"):
     """What the attribution outputs show while an explanation runs: nothing of the previous one."""
     slow = {"ablation": " (item removal runs one pass per watched movie part: 10-20 s)",
             "deletion": " (one pass per watched movie)"}.get(method, "")
@@ -343,7 +348,7 @@ def explaining(method: str = "grad_x_input"):
 
 
 AXIS = {"ablation": "log-likelihood change when the part is removed", "grad_x_input": "summed gradient × input",
-        "ig": "summed integrated gradients", "deletion": "score change when the movie is removed"}
+        "ig": "summed integrated gradients", "deletion": "score lost when the movie is removed"}
 
 
 def item_chart(studio: Studio, att, title: str) -> "gr.BarPlot":

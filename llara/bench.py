@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .checkpoint import REPO_ROOT, write_json
-from .concurrency import format_load, load_test, mixed_load, rss_mb
+from .concurrency import app_start, format_load, load_test, mixed_load, rss_mb
 from .constants import DEMO_CHECKPOINT, DEMO_TEXT_CHECKPOINT, PLACEHOLDER_TOKEN, RECOMMENDER_DIR
 from .device import add_device_arg, device_name, resolve_device, synchronize
 
@@ -303,7 +303,7 @@ def format_table(res: dict) -> str:
         for r in recipes:
             lines.append(f"| {r['recipe']}: {r['what']} | {r['tokens_per_prompt']:.0f} | {r['samples_per_s']:.2f} | "
                          f"{r['step']['p50'] * 1000:,.0f} | " + " | ".join(f"{r['rss_mb'][p]:,.0f}" for p in phases) + " |")
-    lines += format_load(res.get("load") or [], res.get("mixed"))
+    lines += format_load(res.get("load") or [], res.get("mixed"), res.get("app"))
     ref = res.get("llamacpp")
     if ref:
         lines.append("")
@@ -321,12 +321,16 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+PARTS = ("demo", "train", "recipes", "llamacpp", "load", "app")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llara.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="demo,train,recipes,llamacpp",
-                        help="comma-separated parts: demo, train, recipes, llamacpp, load (20 clients x 5 predicts on the "
-                             "first precision, then 100 mixed predicts and explanations; not in the default) "
-                             "(default: %(default)s)")
+                        help="comma-separated parts: demo, train, recipes, llamacpp; not in the default: load (20 clients "
+                             "x 5 predicts on the first precision, then 100 mixed predicts and explanations) and app "
+                             "(`python app.py` launched on an empty cache, then on the user's cache, timed until it "
+                             "serves) (default: %(default)s)")
     parser.add_argument("--precisions", default="bf16,nf4", help="demo precisions (default: %(default)s; fp32 also valid)")
     parser.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT), help="LLaRA checkpoint of the demo (default: the committed one)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per figure after one warm-up (default: %(default)s)")
@@ -360,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    bad = [p for p in precisions if p not in ("bf16", "fp32", "nf4")] + [p for p in parts if p not in ("demo", "train", "recipes", "llamacpp", "load")]
+    bad = [p for p in precisions if p not in ("bf16", "fp32", "nf4")] + [p for p in parts if p not in PARTS]
     if bad:
         parser.error(f"unknown part or precision: {', '.join(bad)}")
     if parts & {"demo", "load"} and not (Path(args.checkpoint) / "meta.json").is_file():
@@ -371,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         res["demo"] = [run_demo_child(args.checkpoint, p, args.repeats, not args.no_merge, device) for p in precisions]
         if args.merge_ablation and not args.no_merge:
             res["demo"].append(run_demo_child(args.checkpoint, precisions[0], args.repeats, merge=False, device=device))
+    if "app" in parts:  # the first start ever, then a start from the cache it leaves (in the user's cache: warm)
+        res["app"] = [app_start(precisions[0], empty_cache=True), app_start(precisions[0], empty_cache=False)]
     if "load" in parts:
         from .inference import Predictor
 

@@ -3,6 +3,7 @@ the model apart from computing, and memory, as the demo's users meet them.
 
     python -m llara.bench --parts load --precisions nf4          # 20 clients x 5 predicts, the demo's two models,
                                                                  # then 100 mixed requests (memory)
+    python -m llara.bench --parts app --precisions nf4           # `python app.py` from launch to serving, empty cache
 
 Each client is a thread that sends its predicts one after another (the next when the last answered), all clients
 starting together; the inputs are the first test users' histories with their seeded candidates, rotated per client.
@@ -11,8 +12,14 @@ under the Predictor's lock) are what a queue of users waits for.
 """
 from __future__ import annotations
 
+import os
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
+import urllib.request
 import time
 from pathlib import Path
 
@@ -146,9 +153,16 @@ def mixed_load(predictor: Predictor, requests: int = 100, clients: int = 4, expl
             "rss_max_mb": peak[0]}
 
 
-def format_load(loads: list[dict], mixed: dict | None = None) -> list[str]:
-    """Markdown lines for ``load_test`` results (one column each, same run) and a ``mixed_load`` result."""
+def format_load(loads: list[dict], mixed: dict | None = None, starts: list[dict] | None = None) -> list[str]:
+    """Markdown lines for ``load_test`` results (one column each, same run), a ``mixed_load`` result and
+    ``app_start`` results."""
     lines: list[str] = []
+    if starts:
+        lines += ["", "| `python app.py`, launch to serving | seconds | server RSS then (MB) | target |", "|---|---|---|---|"]
+        for r in starts:
+            lines.append(f"| {r['precision']}, {'empty cache (first start)' if r['empty_cache'] else 'warm cache'} | "
+                         f"{r['ready_s']:.1f} | {r['rss_mb']:,.0f} | "
+                         f"{'≤ 30 s' if r['empty_cache'] else ''}{'; ' if r['empty_cache'] else ''}≤ 1,000 MB |")
     if loads:
         first = loads[0]
         lines += ["", f"| {first['clients']} clients x {first['per_client']} predicts ({first['precision']}, "
@@ -171,3 +185,49 @@ def format_load(loads: list[dict], mixed: dict | None = None) -> list[str]:
                   f"{mixed['rss_before_mb']:,.0f} / {mixed['rss_after_mb']:,.0f} / {mixed['rss_max_mb']:,.0f} MB "
                   "(target after: ≤ 1,500)"]
     return lines
+
+
+def _pid_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def app_start(precision: str = "nf4", empty_cache: bool = True, timeout_s: float = 600,
+              app_file: str | Path | None = None) -> dict:
+    """Launch ``python app.py`` as a user would and time it from launch until its page answers over HTTP; returns
+    those seconds and the server's resident memory at that moment. ``empty_cache``: a fresh ``LLARA_CACHE`` (the
+    first start ever: base-model conversion and LoRA merges included); else the user's cache as it is."""
+    app_file = Path(app_file) if app_file else Path(__file__).resolve().parents[1] / "app.py"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, **({"LLARA_CACHE": cache} if empty_cache else {})}
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, str(app_file), "--port", str(port), "--precision", precision],
+                                env=env, cwd=app_file.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"app.py exited with code {proc.returncode} before serving")
+                if time.perf_counter() - started > timeout_s:
+                    raise RuntimeError(f"app.py did not serve within {timeout_s:.0f} s")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as reply:
+                        if reply.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.25)
+            ready = time.perf_counter() - started
+            return {"precision": precision, "empty_cache": empty_cache, "ready_s": ready, "rss_mb": _pid_rss_mb(proc.pid)}
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -5,8 +5,9 @@ bitsandbytes (0.50) repacks every 4-bit weight on a CPU with AVX512-BF16 at the 
 step) but slow for a prompt: a batch of 16 demo prompts (~3,400 rows) took 4.7 s against 1.0 s for bitsandbytes'
 own dequantize kernel followed by a bf16 matmul (oneDNN), which is how it treats prompts on a GPU. So each 4-bit
 linear here keeps bitsandbytes' standard layout (dequantize + matmul, used for prompts and for anything that needs
-gradients) and, where the fused kernel exists, a packed copy for calls of at most ``GEMV_ROWS`` rows. The copy
-costs the 4-bit bytes once more (~50 MB for SmolLM2-135M).
+gradients) and, where the fused kernel exists, a packed copy for calls of at most ``GEMV_ROWS`` rows (token-by-token
+decoding), made at the first such call: it costs the 4-bit bytes once more (~50 MB for SmolLM2-135M), which a
+process that only scores prompts (the demo's default decode) never pays.
 
 Loading a 4-bit model from a bf16 folder also leaves the folder's safetensors file mapped: the unquantized tensors
 (embeddings, norms) are zero-copy views of it, so every page read while quantizing stays resident (~200 MB per
@@ -38,9 +39,7 @@ def _linear4bit_class():
 
 def _packed_copy(module: torch.nn.Module) -> tuple[torch.Tensor, object] | None:
     """The fused kernel's layout of ``module``'s 4-bit weight, leaving the module's own weight and state untouched;
-    None where bitsandbytes has no fused CPU kernel (no AVX512-BF16) or its private packer is gone."""
-    if not getattr(module, "support_avx512bf16_for_cpu", False):
-        return None
+    None where bitsandbytes' private packer is gone or cannot take the layer's shape."""
     try:
         from bitsandbytes.functional import _convert_weight_packed_for_cpu
     except ImportError:
@@ -55,16 +54,20 @@ def _packed_copy(module: torch.nn.Module) -> tuple[torch.Tensor, object] | None:
 
 
 def _forward(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``Linear4bit.forward`` with the kernel chosen by rows (the bound method of every patched layer)."""
-    packed = module.llara_packed
+    """``Linear4bit.forward`` with the kernel chosen by rows (the bound method of every patched layer). The packed
+    copy is made at the first few-row call, so a process that only ever scores prompts never holds it."""
     rows = x.numel() // max(x.shape[-1], 1)
-    if (packed is not None and rows <= GEMV_ROWS and x.device.type == "cpu" and not module.training
+    if (module.llara_pack and rows <= GEMV_ROWS and x.device.type == "cpu" and not module.training
             and not (torch.is_grad_enabled() and x.requires_grad)):
-        import bitsandbytes as bnb
+        if module.llara_packed is None:
+            module.llara_packed = _packed_copy(module)
+            module.llara_pack = module.llara_packed is not None
+        if module.llara_packed is not None:
+            import bitsandbytes as bnb
 
-        weight, state = packed
-        bias = None if module.bias is None else module.bias.to(torch.bfloat16)
-        return bnb.matmul_4bit(x.to(torch.bfloat16), weight, bias=bias, quant_state=state).to(x.dtype)
+            weight, state = module.llara_packed
+            bias = None if module.bias is None else module.bias.to(torch.bfloat16)
+            return bnb.matmul_4bit(x.to(torch.bfloat16), weight, bias=bias, quant_state=state).to(x.dtype)
     return type(module).forward(module, x)
 
 
@@ -79,7 +82,9 @@ def prefer_dequantized_matmul(model: torch.nn.Module, gemv_rows: bool = True) ->
     for module in model.modules():
         if not isinstance(module, cls):
             continue
-        module.llara_packed = _packed_copy(module) if gemv_rows else None
+        # the packed copy is made on first use (see _forward); bitsandbytes' own flag says whether it can be
+        module.llara_pack = bool(gemv_rows and getattr(module, "support_avx512bf16_for_cpu", False))
+        module.llara_packed = None
         # bitsandbytes repacks (and then uses only the fused kernel) when this is true at a no-grad CPU call
         module.support_avx512bf16_for_cpu = False
         module.forward = _forward.__get__(module)
@@ -118,7 +123,7 @@ def kernel_table(rows: list[int], repeats: int = 50, shape: tuple[int, int] = (1
     layer.weight = bnb.nn.Params4bit(torch.randn(shape, dtype=torch.bfloat16) * 0.02, requires_grad=False,
                                      quant_type="nf4", compress_statistics=False)
     layer = layer.to("cpu").eval()
-    if prefer_dequantized_matmul(layer) and layer.llara_packed is None:
+    if prefer_dequantized_matmul(layer) and not layer.llara_pack:
         raise RuntimeError("this CPU has no fused 4-bit kernel in bitsandbytes (it needs AVX512-BF16): nothing to compare")
     saved, table = GEMV_ROWS, []
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .cpu4bit import detach_from_file
 from .checkpoint import (OPTIONAL_PARTS, CheckpointError, load_tensors, read_json, read_llara_meta, resolve_path,
                          sha256_file, write_json)
 from .data import load_dataset
@@ -115,6 +116,9 @@ def merged_base(folder, meta: dict, dataset, precision: str):
         shutil.rmtree(target, ignore_errors=True)
     _say(f"merging the LoRA adapter of {folder} into the base model once ({target})")
     model, _, _ = load_llara(str(folder), dataset=dataset, precision=dtype)
+    # the base weights are views of the mapped safetensors file: merging in place would copy-on-write it page by
+    # page (1.4 s per model here); one copy first makes the merge 0.4 s
+    detach_from_file(model.llm)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:

@@ -11,6 +11,17 @@ survive layout changes. DOM facts these helpers rely on (checked against Gradio 
 * ``gr.Error``: a toast ``[data-testid="toast-body"]`` with class ``error`` and the message in
   ``[data-testid="toast-text"]``; it disappears by itself after ~10 s.
 * ``gr.Dataframe``: a virtualised grid; visible body cells are ``#<elem_id> [role=gridcell][data-row][data-col]``.
+* ``gr.Radio``: one ``label`` per option, holding ``input[type=radio][value=<value>]`` (``aria-checked`` says whether
+  it is picked) and a ``span`` with the option's visible label.
+* ``gr.Examples`` (no id unless the app gives one): a block whose ``.label`` reads the examples' label, with one
+  ``button.gallery-item`` per example; a one-input multiselect example shows its values joined by ", ".
+* ``gr.Label``: one ``button.confidence-set`` per class, whose ``meter`` carries the class (``aria-label``) and its
+  share (``value``, 0..1).
+* ``gr.BarPlot``: a vega-embed chart drawn as SVG (not canvas): ``text`` elements under ``g.role-axis-label``
+  (x-axis: the ``g.role-axis`` whose ``aria-label`` starts with "X-axis") and ``g.role-title-text``; bars are the
+  ``path`` elements of ``g.role-mark``. An empty plot (value None) draws no SVG at all.
+* Every component's block has a ``[data-testid=status-tracker]`` that loses its ``hide`` class while an event that
+  outputs to it runs (the old value stays visible under it): ``updated`` waits for one such run to finish.
 
 System requirements: Debian's ``chromium`` and ``chromium-driver`` (``make browser`` installs them) and ``selenium``
 (requirements-dev.txt). ``CHROMIUM_BIN`` / ``CHROMEDRIVER_BIN`` override the binary paths.
@@ -279,6 +290,140 @@ def table_rows(driver, elem_id: str) -> list[list[str]]:
     for cell in cells:
         rows.setdefault(int(cell.get_attribute("data-row")), {})[int(cell.get_attribute("data-col"))] = cell.text.strip()
     return [[row[c] for c in sorted(row)] for _, row in sorted(rows.items())]
+
+
+@contextlib.contextmanager
+def updated(driver, elem_id: str, timeout: float = 120) -> Iterator[None]:
+    """Wait, after the ``with`` body (typically a click), until an event writing to ``#elem_id`` has run and finished.
+
+    The old value stays on screen while an event runs, so waiting for text alone can read a stale answer. A
+    MutationObserver installed before the body notes when the component's status tracker shows (even for a moment);
+    on exit this waits until it was seen and is hidden again."""
+    found = driver.execute_script("""
+        const block = document.getElementById(arguments[0]);
+        if (!block) return false;
+        const busy = () => {
+            const tracker = block.querySelector('[data-testid="status-tracker"]');
+            return !!tracker && !tracker.classList.contains('hide');
+        };
+        block.__seenBusy = busy();
+        block.__busy = busy;
+        block.__observer = new MutationObserver(() => { if (busy()) block.__seenBusy = true; });
+        block.__observer.observe(block, {attributes: true, childList: true, subtree: true});
+        return true;""", elem_id)
+    assert found, f"no element with id {elem_id!r}"
+    yield
+    done = """
+        const block = document.getElementById(arguments[0]);
+        return !!block && block.__seenBusy === true && !block.__busy();"""
+    try:
+        _wait(driver, timeout).until(lambda d: d.execute_script(done, elem_id),
+                                     f"#{elem_id} was not updated within {timeout}s")
+    finally:
+        driver.execute_script("const b = document.getElementById(arguments[0]); if (b && b.__observer) "
+                              "b.__observer.disconnect();", elem_id)
+
+
+def radio_options(driver, elem_id: str) -> list[tuple[str, str]]:
+    """(visible label, value) of every option of the ``gr.Radio`` with this ``elem_id``, in page order."""
+    from selenium.webdriver.common.by import By
+
+    return [(opt.find_element(By.TAG_NAME, "span").text.strip(), opt.find_element(By.TAG_NAME, "input").get_attribute("value"))
+            for opt in element(driver, elem_id).find_elements(By.CSS_SELECTOR, "label")
+            if opt.find_elements(By.CSS_SELECTOR, "input[type=radio]")]
+
+
+def radio_value(driver, elem_id: str) -> str | None:
+    """The value of the picked option of the ``gr.Radio`` with this ``elem_id`` (None when none is picked)."""
+    from selenium.webdriver.common.by import By
+
+    picked = element(driver, elem_id).find_elements(By.CSS_SELECTOR, 'input[type=radio][aria-checked="true"]')
+    return picked[0].get_attribute("value") if picked else None
+
+
+def pick_radio(driver, elem_id: str, option: str, timeout: float = 15) -> str:
+    """Pick the option of the ``gr.Radio`` with this ``elem_id`` whose visible label or value is ``option``;
+    wait until the page shows it picked; return its value."""
+    from selenium.webdriver.common.by import By
+
+    options = radio_options(driver, elem_id)
+    value = next((v for label, v in options if option in (label, v)), None)
+    assert value is not None, f"#{elem_id} has no option {option!r}; it offers {options}"
+    box = element(driver, elem_id).find_element(By.CSS_SELECTOR, f'input[type=radio][value="{value}"]')
+    _scroll_to(driver, box)
+    box.find_element(By.XPATH, "..").click()  # the label: the input itself may be visually hidden
+    _wait(driver, timeout).until(lambda _: radio_value(driver, elem_id) == value, f"#{elem_id}: {option!r} not picked")
+    return value
+
+
+def _examples_block(driver, label: str, timeout: float = 30):
+    from selenium.webdriver.common.by import By
+
+    def block(d):
+        for head in d.find_elements(By.CSS_SELECTOR, ".block > .label"):
+            if head.text.strip() == label:
+                return head.find_element(By.XPATH, "..")
+        return False
+
+    return _wait(driver, timeout).until(block, f"no gr.Examples labelled {label!r}")
+
+
+def examples(driver, label: str = "Examples") -> list[str]:
+    """The visible text of each example of the ``gr.Examples`` block labelled ``label``, in page order."""
+    from selenium.webdriver.common.by import By
+
+    return [btn.text.strip() for btn in
+            _examples_block(driver, label).find_elements(By.CSS_SELECTOR, "button.gallery-item")]
+
+
+def pick_example(driver, index: int, label: str = "Examples") -> str:
+    """Click example number ``index`` of the ``gr.Examples`` block labelled ``label``; return its visible text."""
+    from selenium.webdriver.common.by import By
+
+    buttons = _examples_block(driver, label).find_elements(By.CSS_SELECTOR, "button.gallery-item")
+    assert 0 <= index < len(buttons), f"{label!r} has {len(buttons)} examples, not #{index}"
+    _scroll_to(driver, buttons[index])
+    buttons[index].click()
+    return buttons[index].text.strip()
+
+
+def label_bars(driver, elem_id: str) -> list[tuple[str, float]]:
+    """(class, share 0..1) of every bar of the ``gr.Label`` with this ``elem_id``, top first."""
+    from selenium.webdriver.common.by import By
+
+    return [(m.get_attribute("aria-label"), float(m.get_attribute("value")))
+            for m in element(driver, elem_id).find_elements(By.CSS_SELECTOR, "button.confidence-set meter")]
+
+
+def bar_chart(driver, elem_id: str) -> dict | None:
+    """What the ``gr.BarPlot`` with this ``elem_id`` draws: ``title``, ``x`` (the x-axis labels, left to right on
+    screen) and ``bars`` (how many bar shapes); None while it draws no chart."""
+    from selenium.webdriver.common.by import By
+
+    block = element(driver, elem_id)
+    if not block.find_elements(By.CSS_SELECTOR, "svg.marks"):
+        return None
+    x_labels = block.find_elements(By.CSS_SELECTOR, 'g.role-axis[aria-label^="X-axis"] g.role-axis-label text')
+    return {
+        "title": " ".join(t.text.strip() for t in block.find_elements(By.CSS_SELECTOR, "g.role-title-text text")),
+        "x": [t.text.strip() for t in sorted(x_labels, key=lambda t: t.rect["x"])],
+        "bars": len(block.find_elements(By.CSS_SELECTOR, "g.role-mark path")),
+    }
+
+
+def wait_chart(driver, elem_id: str, timeout: float = 30) -> dict:
+    """``bar_chart`` once the ``gr.BarPlot`` has drawn its title and x-axis labels (vega draws after the value
+    arrives)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def drawn(_):
+        try:
+            chart = bar_chart(driver, elem_id)
+        except StaleElementReferenceException:  # redrawn while being read: read again
+            return False
+        return chart if chart and chart["title"] and chart["x"] else False
+
+    return _wait(driver, timeout).until(drawn, f"#{elem_id} draws no chart within {timeout}s")
 
 
 def toast_text(driver, timeout: float = 10, kind: str = "error") -> str:

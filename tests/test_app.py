@@ -314,3 +314,14 @@ def test_a_hard_candidate_set_mixes_the_recommenders_best_with_random_ones(studi
     assert len(set(hard) & best) >= 10
     with pytest.raises(gr.Error, match="Unknown candidate set"):
         handlers.draw_candidates(studio, user.h, 0, "easy")
+
+
+def test_two_invalid_generated_answers_are_not_called_agreement(studio):
+    from types import SimpleNamespace as NS
+
+    answers = {"text": NS(item=None), "hybrid": NS(item=None), "recommender": NS(item=3)}
+    result = NS(answers=answers, seconds=1.0, waited=0.0, ablation="none", note="")
+    line = handlers.summary(studio, result, None)
+    assert "agree" not in line and "names none of the candidates" in line
+    answers["text"], answers["hybrid"] = NS(item=3), NS(item=3)
+    assert "All three agree." in handlers.summary(studio, result, None)

@@ -47,3 +47,21 @@ def test_llamacpp_crash_is_a_note_not_a_lost_table(monkeypatch):
 
     monkeypatch.setattr(bench.subprocess, "run", lambda cmd: Done())
     assert "SIGILL" in bench.run_llamacpp_child("a prompt", 1, 1)["skipped"]
+
+
+def test_app_start_rows_name_the_cache_and_targets():
+    starts = [{"precision": "nf4", "empty_cache": True, "ready_s": 31.4, "rss_mb": 930.2},
+              {"precision": "nf4", "empty_cache": False, "ready_s": 17.0, "rss_mb": 899.6}]
+    table = bench.format_table({"app": starts})
+    assert "| nf4, empty cache (first start) | 31.4 | 930 | ≤ 30 s; ≤ 1,000 MB |" in table
+    assert "| nf4, warm cache | 17.0 | 900 | ≤ 1,000 MB |" in table
+
+
+def test_app_start_reports_an_app_that_dies(tmp_path):
+    """``llara.concurrency.app_start`` launches a real process; one that exits before serving is an error, not a hang."""
+    from llara.concurrency import app_start
+
+    broken = tmp_path / "app.py"
+    broken.write_text("raise SystemExit(3)\n")
+    with pytest.raises(RuntimeError, match="exited with code 3 before serving"):
+        app_start(app_file=broken, timeout_s=30)

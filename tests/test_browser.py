@@ -1,11 +1,27 @@
 """End-to-end: the real app (committed checkpoint, 4-bit) served by ``app.py`` and driven by a real headless Chromium.
 
+Covered, each through what the page shows:
+
+* first visit: an example history with its 20 candidates is already there, and Predict answers at once;
+* picking a history by hand: the candidates are redrawn, Predict fills the three panels, Explain renders both
+  prompts token by token;
+* an example history (``gr.Examples``): clicking one puts exactly its movies in the history and draws 20 new
+  candidates; Predict then fills the three panels;
+* every decode mode: the text-only and hybrid panels answer with a candidate and say which decode answered; ranked
+  modes chart all 20 candidates with the answer on top, ``constrained`` / ``generate`` chart one bar and say why
+  (or, for ``generate``, show an answer that names no candidate as invalid, with no bar);
+* Explain under every ablation: the status names the explained answers (those the panels showed), the hybrid
+  per-movie chart is drawn for them, and under "drop titles" the text-only prompt is reported as not run;
+* the per-movie chart lists the watched movies in watch order, numbered (its SVG axis labels, left to right);
+* loading a real test user, the error toast of an empty history, and the Results tab's plot.
+
 Needs Debian's chromium + chromium-driver (``make browser``). Skipped when they are missing, except with
 ``CHROMIUM_REQUIRED=1`` (set by ``make test``, hence in CI), where that is a failure. Screenshots go to
 tests/screenshots/ (the README's screenshot is one of them, copied to assets/)."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +31,16 @@ from tests import browser as b
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = Path(__file__).resolve().parent / "screenshots"
-PICKS = ["Toy Story (1995)", "Star Wars (1977)", "Fargo (1997)"]
+PICKS = ["Toy Story (1995)", "Star Wars (1977)", "Fargo (1997)"]  # alphabetical order is the reverse of watch order
+PANELS = ("text-panel", "hybrid-panel", "rec-panel")
+EXAMPLES = "Example histories"  # the gr.Examples label
+# how each decode's answer is described in its panel (app.handlers._headline), and the note of a one-bar chart
+HOW = {"rank": "title likelihood", "head": "candidate head", "constrained": "constrained decoding",
+       "generate": "greedy generation", "next": "next-item head (the LLM alone)",
+       "residual": "recommender + the LLM's learned correction"}
+ONE_BAR = "decoding names one movie and scores no other, so the chart has one bar"
+DECODED = ("constrained", "generate")  # decodes that name one movie and score no other
+PREDICT_S, EXPLAIN_S = 180, 240  # generous: the CPU is shared, generate takes seconds, an explanation up to a minute
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +62,55 @@ def page(app_url):
         yield driver
 
 
+# ---- steps shared by the tests -----------------------------------------------------------------------------
+
+def predict(page) -> str:
+    """Click Predict, wait until its answer is on the page (not the previous one) and return the status line."""
+    with b.updated(page, "status", timeout=PREDICT_S):
+        b.click(page, "predict")
+    status = b.text(page, "status")
+    assert "Predicted in" in status, status
+    return status
+
+
+def explain(page) -> str:
+    """Click Explain (the default method), wait until the new explanation is shown and return its status line."""
+    with b.updated(page, "attr-status", timeout=EXPLAIN_S):
+        b.click(page, "attribute")
+    return b.wait_text(page, "attr-status", "explaining", timeout=EXPLAIN_S)
+
+
+def new_candidates(page, before: list[str]) -> list[str]:
+    """Wait until the candidates are a new draw of 20 (they follow the history with no click); return them."""
+    b.wait_text(page, "candidates", lambda _: len(b.dropdown_values(page, "candidates")) == 20
+                and b.dropdown_values(page, "candidates") != before, timeout=60)
+    return b.dropdown_values(page, "candidates")
+
+
+def answer(page, panel: str, candidates: list[str]) -> str:
+    """The movie a panel answered (the first line of its headline), checked to be one of the candidates."""
+    head = b.text(page, f"{panel}-answer")
+    movie = head.splitlines()[0].strip() if head.strip() else ""
+    assert movie in candidates, (panel, head)
+    return movie
+
+
+def explained(status: str, prompt: str) -> str | None:
+    """The movie the attribution status says it explains for ``prompt`` ("text" / "hybrid"); None if not listed."""
+    found = re.search(rf"\b{prompt}: explaining (.+?) \((?:your choice|the model)", status)
+    return found.group(1) if found else None
+
+
+def numbered(movies: list[str]) -> list[str]:
+    return [f"{k}. {movie}" for k, movie in enumerate(movies, start=1)]
+
+
+# ---- tests ---------------------------------------------------------------------------------------------------
+
 def test_first_visit_predicts_at_once(page):
     """The page opens on an example history with its 20 candidates: Predict answers without any other step."""
     assert len(b.dropdown_values(page, "history")) >= 2 and len(b.dropdown_values(page, "candidates")) == 20
-    b.click(page, "predict")
-    assert "Predicted in" in b.wait_text(page, "status", "Predicted in", timeout=120)
+    predict(page)
     b.screenshot(page, SHOTS / "first-visit.png")
 
 
@@ -49,24 +118,111 @@ def test_pick_predict_and_explain(page):
     first = b.dropdown_values(page, "candidates")
     b.clear_dropdown(page, "history")
     assert b.pick_dropdown(page, "history", PICKS) == PICKS
-    # the candidates follow the history: a new draw of 20, with no click
-    b.wait_text(page, "candidates", lambda _: len(b.dropdown_values(page, "candidates")) == 20
-                and b.dropdown_values(page, "candidates") != first, timeout=60)
-    b.click(page, "predict")
-    status = b.wait_text(page, "status", "Predicted in", timeout=120)
-    assert "ablation: none" in status
-    for panel in ("text-panel", "hybrid-panel", "rec-panel"):
-        answer = b.text(page, f"{panel}-answer")
-        assert answer.strip() and "press Predict" not in answer, (panel, answer)
-        assert any(label in answer for label in b.dropdown_values(page, "candidates")), (panel, answer)
+    candidates = new_candidates(page, first)
+    assert "ablation: none" in predict(page)
+    for panel in PANELS:
+        answer(page, panel, candidates)
     b.screenshot(page, SHOTS / "predict.png")
-    b.click(page, "attribute")
-    b.wait_text(page, "attr-status", "explaining", timeout=180)
+    explain(page)
     view = b.text(page, "attr-view")
     # both prompts rendered token by token (one highlighted span each): the text-only one with <PH>, the hybrid with slots
     assert "Text-only prompt" in view and "<PH>" in view and "<HistoryEmb>" in view and "<CansEmb>" in view
     assert "Toy" in view and "Story" in view
     b.screenshot(page, SHOTS / "attribution.png")
+
+
+def test_example_history_then_predict(page):
+    """Clicking an example history (not the one the page opens on) replaces the history with exactly its movies and
+    draws 20 new candidates; Predict then answers in all three panels."""
+    shown = b.examples(page, EXAMPLES)
+    assert len(shown) >= 2, shown
+    before_history, before_candidates = b.dropdown_values(page, "history"), b.dropdown_values(page, "candidates")
+    assert ", ".join(before_history) == shown[0]  # the first visit opens on the first example
+    picked = b.pick_example(page, 1, EXAMPLES)
+    b.wait_text(page, "history", lambda _: b.dropdown_values(page, "history") != before_history, timeout=30)
+    history = b.dropdown_values(page, "history")
+    assert ", ".join(history) == picked and len(history) == picked.count(", ") + 1, (history, picked)
+    candidates = new_candidates(page, before_candidates)
+    assert not set(candidates) & set(history), "a watched movie was drawn as a candidate"
+    predict(page)
+    for panel in PANELS:
+        answer(page, panel, candidates)
+    b.screenshot(page, SHOTS / "example-predict.png")
+
+
+def test_every_decode_mode_answers(page):
+    """Each decode of the radio, predicted on the first visit's history: the text-only and hybrid panels name a
+    candidate and the decode that answered it (a model without the chosen decode says so); ranked decodes chart all
+    20 candidates with the answer on top, constrained / generate chart the one movie they name and say why."""
+    candidates = b.dropdown_values(page, "candidates")
+    modes = [value for _, value in b.radio_options(page, "decode")]
+    assert {"residual", *DECODED} <= set(modes), modes
+    for mode in modes:
+        b.pick_radio(page, "decode", mode)
+        predict(page)
+        for panel in ("text-panel", "hybrid-panel"):
+            head, bars = b.text(page, f"{panel}-answer"), b.label_bars(page, f"{panel}-bars")
+            if mode == "generate" and head.startswith("Invalid answer:"):  # free generation may name no candidate
+                assert "names none of the candidates" in head and bars == [], (panel, head, bars)
+                continue
+            movie = answer(page, panel, candidates)
+            how = head.splitlines()[1]
+            assert how.startswith(HOW[mode]) or f"has no {mode} decode" in how, (mode, panel, head)
+            if mode in DECODED:
+                assert ONE_BAR in head and bars == [(movie, 1.0)], (mode, panel, head, bars)
+            else:
+                assert sorted(label for label, _ in bars) == sorted(candidates), (mode, panel, bars)
+                assert bars[0][0] == movie, (mode, panel, head, bars[:3])
+        if mode in DECODED:
+            b.screenshot(page, SHOTS / f"decode-{mode}.png")
+
+
+def test_explain_under_every_ablation(page):
+    """Each ablation of the radio: Predict, then Explain (default method). The status names the answers the panels
+    showed; the hybrid chart is drawn for that answer with one labelled group per watched movie. Under "drop titles"
+    the text-only prompt is not run: no text answer, no text explanation, no text chart."""
+    history = b.dropdown_values(page, "history")
+    for label, ablation in b.radio_options(page, "ablation"):
+        b.pick_radio(page, "ablation", label)
+        candidates = b.dropdown_values(page, "candidates")
+        assert f"ablation: {ablation}" in predict(page)
+        hybrid = answer(page, "hybrid-panel", candidates)
+        status = explain(page)
+        assert explained(status, "hybrid") == hybrid, (ablation, status)
+        chart = b.wait_chart(page, "hybrid-item-bars")
+        assert chart["title"] == f"hybrid: why {hybrid}", (ablation, chart)
+        assert chart["bars"] >= len(history), (ablation, chart)
+        if ablation == "shuffle":  # numbered in the prompt's order: the history in a seeded shuffled order
+            movies = [x.split(". ", 1)[1] for x in chart["x"]]
+            assert chart["x"] == numbered(movies) and sorted(movies) == sorted(history), chart
+        else:
+            assert chart["x"] == numbered(history), (ablation, chart)
+        if ablation == "no-titles":
+            assert "Not run" in b.text(page, "text-panel-answer")
+            assert explained(status, "text") is None and "text:" not in status, status
+            assert "(no text-only prompt for this ablation)" in b.text(page, "text-attr")
+            assert b.bar_chart(page, "text-item-bars") is None  # (its title "not run" is not drawn either)
+        else:
+            text = answer(page, "text-panel", candidates)
+            assert explained(status, "text") == text, (ablation, status)
+            text_chart = b.wait_chart(page, "text-item-bars")
+            assert text_chart["title"] == f"text: why {text}", (ablation, text_chart)
+        b.screenshot(page, SHOTS / f"explain-ablation-{ablation}.png")
+
+
+def test_item_chart_lists_movies_in_watch_order(page):
+    """The per-movie charts (gr.BarPlot, drawn as SVG) label their bars "1. <first watched>", "2. ...", ... from
+    left to right: watch order, which for PICKS is the reverse of the alphabetical order a plain sort would give."""
+    first = b.dropdown_values(page, "candidates")
+    b.clear_dropdown(page, "history")
+    assert b.pick_dropdown(page, "history", PICKS) == PICKS
+    new_candidates(page, first)
+    predict(page)
+    explain(page)
+    for chart_id in ("hybrid-item-bars", "text-item-bars"):
+        chart = b.wait_chart(page, chart_id)
+        assert chart["x"] == numbered(PICKS), (chart_id, chart)
+    b.screenshot(page, SHOTS / "chart-order.png")
 
 
 def test_load_a_real_test_user(page):

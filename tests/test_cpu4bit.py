@@ -61,8 +61,11 @@ def test_gradients_flow_through_a_patched_layer():
 def test_fused_kernel_is_used_for_few_rows_only(monkeypatch):
     layer = nf4_layer()
     cpu4bit.prefer_dequantized_matmul(layer)
-    if layer.llara_packed is None:
+    if not layer.llara_pack:
         pytest.skip("this CPU has no fused 4-bit kernel in bitsandbytes (AVX512-BF16)")
+    with torch.inference_mode():
+        layer(torch.randn(cpu4bit.GEMV_ROWS + 5, 128, dtype=torch.bfloat16))
+    assert layer.llara_packed is None  # prompts only so far: no packed copy held
     calls = []
     real = bnb.matmul_4bit
     monkeypatch.setattr(bnb, "matmul_4bit", lambda *a, **k: calls.append(k["quant_state"]) or real(*a, **k))
@@ -74,10 +77,11 @@ def test_fused_kernel_is_used_for_few_rows_only(monkeypatch):
 
 def test_a_layer_the_packer_cannot_take_stays_on_the_dequantize_path():
     layer = nf4_layer(in_features=32)  # fewer inputs than one 64-value quantization block
-    assert cpu4bit.prefer_dequantized_matmul(layer) == 1 and layer.llara_packed is None
+    assert cpu4bit.prefer_dequantized_matmul(layer) == 1
     x = torch.randn(2, 32, dtype=torch.bfloat16)
     with torch.inference_mode():
         assert torch.allclose(layer(x).float(), dequantized_reference(layer, x), atol=0.05, rtol=0.02)
+    assert layer.llara_packed is None and not layer.llara_pack
 
 
 def test_dense_models_are_left_alone():

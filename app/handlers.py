@@ -330,14 +330,11 @@ def attribute(studio: Studio, history, candidates, target: str = TOP_CHOICE, met
         views[name] = att.words()
         answer = studio.labels[att.target]
         charts[name] = item_chart(studio, att, f"{name}: why {answer}")
-        used = studio.predictor.fallback(studio.predictor.text_model or studio.predictor.model
-                                         if name == "text" else studio.predictor.model, decode)[0]
+        used = studio.predictor.fallback(studio.predictor.model_for(result.prompts[name]), decode)[0]
         lines.append(f"{name}: explaining **{answer}** ({'your choice' if chosen is not None else f'the model’s {used} choice'}), "
                      f"{att.cost['seconds']:.1f} s")
-    hybrid = result.attributions.get("hybrid")
-    prompt = studio.predictor.prompts(items, cands, ablation, seed)["hybrid"]
     return (views["text"], views["hybrid"], charts["text"], charts["hybrid"], " · ".join(lines),
-            slot_table(studio, prompt, hybrid))
+            slot_table(studio, result.prompts["hybrid"], result.attributions.get("hybrid")))
 
 
 def explaining(method: str = "deletion"):

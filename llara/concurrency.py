@@ -26,10 +26,10 @@ from pathlib import Path
 from .inference import Predictor
 
 
-def rss_mb() -> float:
-    """Current resident memory (VmRSS) of this process, MB (NaN where /proc is missing)."""
+def rss_mb(pid: int | str = "self") -> float:
+    """Current resident memory (VmRSS) of a process (default: this one), MB (NaN where /proc is missing)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     except OSError:
@@ -187,16 +187,6 @@ def format_load(loads: list[dict], mixed: dict | None = None, starts: list[dict]
     return lines
 
 
-def _pid_rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
 def app_start(precision: str = "nf4", empty_cache: bool = True, timeout_s: float = 600,
               app_file: str | Path | None = None) -> dict:
     """Launch ``python app.py`` as a user would and time it from launch until its page answers over HTTP; returns
@@ -224,7 +214,7 @@ def app_start(precision: str = "nf4", empty_cache: bool = True, timeout_s: float
                 except OSError:
                     time.sleep(0.25)
             ready = time.perf_counter() - started
-            return {"precision": precision, "empty_cache": empty_cache, "ready_s": ready, "rss_mb": _pid_rss_mb(proc.pid)}
+            return {"precision": precision, "empty_cache": empty_cache, "ready_s": ready, "rss_mb": rss_mb(proc.pid)}
         finally:
             proc.terminate()
             try:

@@ -82,6 +82,7 @@ class Explanation:
     decode: str
     note: str = ""
     seconds: float = 0.0
+    prompts: dict[str, Prompt] = field(default_factory=dict)  # the prompts explained, by kind
 
 
 def check_method(method: str) -> str:
@@ -363,7 +364,7 @@ class Predictor:
                     result = dataclasses.replace(result, target_source="model")
                 out[kind] = result
         trim_heap()  # an attribution's float32 copies and gradients are freed: keep the process from growing
-        return Explanation(out, method, ablation, decode, note, time.perf_counter() - started)
+        return Explanation(out, method, ablation, decode, note, time.perf_counter() - started, prompts)
 
 
 def main(argv: list[str] | None = None) -> int:

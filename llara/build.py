@@ -18,6 +18,9 @@ LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # the 
 
 def attach_lora(llm: nn.Module, r: int = 8, alpha: int = 32, dropout: float = 0.1, targets: str = LORA_TARGETS) -> nn.Module:
     """Wrap ``llm`` with a LoRA adapter; base weights (and the embedding rows of new tokens) stay frozen."""
+    from .cpu4bit import import_bitsandbytes
+
+    import_bitsandbytes()  # before peft, which imports it (see there)
     from peft import LoraConfig, get_peft_model
 
     names = [t.strip() for t in targets.split(",") if t.strip()]

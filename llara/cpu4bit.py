@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
+from types import ModuleType
 
 import torch
 
@@ -29,12 +31,30 @@ import torch
 GEMV_ROWS = 24
 
 
-def _linear4bit_class():
+def import_bitsandbytes() -> ModuleType | None:
+    """``import bitsandbytes`` without wrapping its pure-PyTorch fallback kernels in ``torch.compile``; None where
+    it is not installed. Call it before anything imports bitsandbytes (peft does, on import).
+
+    bitsandbytes decorates a few fallbacks (for devices without its native kernels) with ``torch.compile`` at
+    import, which imports torch's inductor compiler: ~0.8 s and ~45 MB resident here, in every process. Its CPU and
+    CUDA backends never call those fallbacks, and its own wrapper runs them uncompiled whenever compiling fails, so
+    they get the uncompiled function directly. ``torch.compile`` is restored before this returns."""
+    if "bitsandbytes" in sys.modules:
+        return sys.modules["bitsandbytes"]
+    compile_ = torch.compile
+    torch.compile = lambda fn=None, **_: fn if fn is not None else (lambda f: f)
     try:
-        import bitsandbytes as bnb
+        import bitsandbytes
     except ImportError:  # no 4-bit model can exist without it
         return None
-    return bnb.nn.Linear4bit
+    finally:
+        torch.compile = compile_
+    return bitsandbytes
+
+
+def _linear4bit_class():
+    bnb = import_bitsandbytes()
+    return None if bnb is None else bnb.nn.Linear4bit
 
 
 def _packed_copy(module: torch.nn.Module) -> tuple[torch.Tensor, object] | None:

@@ -117,7 +117,7 @@ class Predictor:
         ``text_checkpoint``: a text-only model for the text-only panel (same dataset). ``device``: where the models
         and the recommender run (default CPU; see llara.device)."""
         from .checkpoint import resolve_path
-        from .loader import load_llara
+        from .loader import load_llara, share_identical_weights
         from .recommenders import load_recommender
 
         if threads > 0:
@@ -132,6 +132,7 @@ class Predictor:
             if text_meta.get("config", {}).get("mode") != "text":
                 raise ValueError(f"{text_checkpoint} was not trained on text-only prompts (mode "
                                  f"{text_meta.get('config', {}).get('mode')!r}): it cannot stand for the text-only model")
+            share_identical_weights(text_model, model)  # e.g. the base model's token embeddings, held once
         predictor = cls(model, recommender, dataset, meta, text_model, text_meta)
         trim_heap()  # the conversion and copies of loading are garbage now
         return predictor

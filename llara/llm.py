@@ -31,7 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from tokenizers import AddedToken
 
 from .checkpoint import write_json
-from .cpu4bit import detach_from_file, prefer_dequantized_matmul
+from .cpu4bit import detach_from_file, import_bitsandbytes, prefer_dequantized_matmul
 from .constants import BASE_MODELS, DEFAULT_BASE_MODEL, PLACEHOLDER_TOKENS, PRECISIONS
 from .base_models import CONVERSION_MARKER, HUB_FILES, PACKAGED, is_converted, registry_choice
 from .sources import SourceUnavailable, cache_root, hub_snapshot
@@ -251,6 +251,7 @@ def load_base_model(
     check_precision(precision, target)
     path = resolve_base_model(spec, cache_dir)
     if precision == "nf4":
+        import_bitsandbytes()  # transformers imports it for the 4-bit load (see there)
         quant = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
         )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .cpu4bit import detach_from_file
+from .cpu4bit import detach_from_file, import_bitsandbytes
 from .checkpoint import (OPTIONAL_PARTS, CheckpointError, load_tensors, read_json, read_llara_meta, resolve_path,
                          sha256_file, write_json)
 from .data import load_dataset
@@ -44,8 +44,8 @@ def load_llara(folder: str, dataset=None, precision: str | None = None, trainabl
     ``merged_base``): no adapter overhead per layer, and for nf4 the merged weights are what gets quantized.
     ``device``: where the model is loaded (default CPU; the merge itself is built on the CPU once).
     """
+    import_bitsandbytes()  # before peft, which imports it (see there)
     from peft import PeftModel
-
 
     folder = Path(folder)
     meta = read_llara_meta(folder)
@@ -87,7 +87,28 @@ def load_llara(folder: str, dataset=None, precision: str | None = None, trainabl
         # torch_device: peft would otherwise read the adapter onto whatever device it finds first (a GPU)
         model.llm = PeftModel.from_pretrained(model.llm, str(folder / "adapter"), is_trainable=trainable,
                                               torch_device=str(model.device))
-    return (model if trainable else model.eval()), meta, dataset
+    # an inference model is never differentiated with respect to its weights (attributions differentiate inputs)
+    return (model if trainable else model.requires_grad_(False).eval()), meta, dataset
+
+
+def share_identical_weights(model: torch.nn.Module, reference: torch.nn.Module) -> int:
+    """Point every frozen floating-point parameter of ``model`` that equals ``reference``'s parameter of the same
+    name (shape, dtype, device and values) at that parameter, so two loaded models hold it once; returns the bytes
+    freed. The demo's text-only and hybrid models share their base model's token embeddings this way (~54 MB:
+    their LoRA adapters leave the embedding alone). Tied weights stay tied: every name of a tied parameter is
+    repointed. 4-bit weights are never shared (each layer's quantization state is its own)."""
+    ours = dict(reference.named_parameters(remove_duplicate=False))
+    freed: dict[int, int] = {}
+    for name, param in list(model.named_parameters(remove_duplicate=False)):
+        ref = ours.get(name)
+        if (ref is None or ref is param or param.requires_grad or ref.requires_grad or not param.is_floating_point()
+                or type(param) is not type(ref) or param.shape != ref.shape or param.dtype != ref.dtype
+                or param.device != ref.device or not torch.equal(param, ref)):
+            continue
+        owner, _, leaf = name.rpartition(".")
+        model.get_submodule(owner)._parameters[leaf] = ref
+        freed[param.untyped_storage().data_ptr()] = param.untyped_storage().nbytes()
+    return sum(freed.values())
 
 
 def merged_base(folder, meta: dict, dataset, precision: str):

@@ -241,3 +241,31 @@ def test_merged_inference_matches_the_adapter(toy_run, tmp_path, monkeypatch):
         assert max(abs(a[k] - b[k]) for k in a) < 1e-3
     again, _, _ = load_llara(toy_run["output"], precision="fp32", merge=True)  # reuses the cached merge
     assert len(list(tmp_path.glob("merged/*"))) == 1
+
+
+def test_two_loaded_models_share_their_identical_frozen_weights(toy_run):
+    """The demo's second model points at the first one's unchanged weights (e.g. token embeddings): held once, tied
+    weights still tied, answers unchanged; a weight that differs keeps its own copy."""
+    from llara.loader import share_identical_weights
+
+    first, _, ds = load_llara(toy_run["output"], precision="fp32")
+    second, _, _ = load_llara(toy_run["output"], dataset=ds, precision="fp32")
+    assert not any(p.requires_grad for p in second.parameters())  # inference models are frozen
+    sample, cands = ds.test[0], ds.candidates("test", seed=0)[0]
+    prompt = second.builder.build(sample.history, cands, hybrid=True)
+    before = dict(second.rank(prompt))
+    emb = second.llm.get_input_embeddings().weight
+    with torch.no_grad():
+        next(second.projector.parameters()).add_(1.0)  # made to differ: must stay its own
+    freed = share_identical_weights(second, first)
+    assert freed >= emb.numel() * emb.element_size()
+    assert second.llm.get_input_embeddings().weight is first.llm.get_input_embeddings().weight
+    out = second.llm.get_output_embeddings()
+    if out is not None and first.llm.get_output_embeddings().weight is first.llm.get_input_embeddings().weight:
+        assert out.weight is second.llm.get_input_embeddings().weight  # still tied
+    assert next(second.projector.parameters()) is not next(first.projector.parameters())
+    with torch.no_grad():
+        next(second.projector.parameters()).sub_(1.0)
+    after = dict(second.rank(prompt))
+    assert max(abs(before[k] - after[k]) for k in before) < 1e-5
+    assert share_identical_weights(second, first) == 0  # nothing left to share

@@ -135,3 +135,23 @@ def test_kernel_table_cli_refuses_bad_rows(capsys):
     with pytest.raises(SystemExit):
         cpu4bit.main(["--rows", "a,b"])
     assert "--rows must be comma-separated whole numbers" in capsys.readouterr().err
+
+
+def test_bitsandbytes_is_imported_without_compiling_and_compile_restored():
+    """The import shim hands back the module and leaves ``torch.compile`` as it was, even when already imported."""
+    compile_ = torch.compile
+    assert cpu4bit.import_bitsandbytes() is bnb
+    assert torch.compile is compile_
+
+
+def test_a_fresh_process_imports_bitsandbytes_without_the_compiler():
+    """Loading peft after the shim never pulls in torch's inductor compiler (what bitsandbytes' compile wrappers
+    would import), and bitsandbytes' fallback kernels are the plain functions."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from llara.cpu4bit import import_bitsandbytes; import_bitsandbytes(); import peft; "
+            "from bitsandbytes.backends.default import ops; "
+            "print('torch._inductor.compile_fx' in sys.modules, type(ops._dequantize_4bit_compute).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split() == ["False", "function"], out.stdout + out.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from llara.checkpoint import REPO_ROOT
-from llara.inference import ABLATIONS, ATTRIBUTION_METHODS
+from llara.inference import ABLATIONS, ATTRIBUTION_METHODS, writes_titles
 
 from . import handlers
 from .gpu import on_gpu  # ZeroGPU: the handlers that run the model get a GPU
@@ -105,7 +105,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
                         add = gr.Button("Add to history", elem_id="add-found", scale=1)
                     truth = gr.Markdown(elem_id="truth")
                     if examples:
-                        gr.Examples(examples=[[ex] for ex in examples], inputs=[history], label="Example histories")
+                        gr.Examples(examples=[[ex] for ex in examples], inputs=[history], label="Example histories",
+                                    elem_id="examples")
                 with gr.Column(scale=2):
                     candidates = gr.Dropdown(choices=studio.labels, multiselect=True, elem_id="candidates", allow_custom_value=True,
                                              value=first_candidates,
@@ -119,10 +120,13 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     cand_kind = gr.Radio([("random: the paper's draw", "random"),
                                           ("hard: half from the recommender's 30 best for this history", "hard")],
                                          value="random", label="Candidate set", elem_id="candidate-kind")
+                    untrained = "" if writes_titles(studio.predictor.model) else (
+                        " (this model was trained without the title loss: rank, constrained and generate show the "
+                        "language model's untrained guesses)")
                     decode = gr.Radio(decodes, value=decodes[0], label="Decode",
                                       info="residual: recommender + LLM correction · next: the LLM's next-item head "
                                            "alone · head: candidate head · rank: title likelihood · constrained / "
-                                           "generate: decoding", elem_id="decode")
+                                           f"generate: decoding{untrained}", elem_id="decode")
                     ablation = gr.Radio([(ABLATION_LABELS[a], a) for a in ABLATIONS], value="none",
                                         label="Ablation", elem_id="ablation")
                     predict = gr.Button("Predict", variant="primary", elem_id="predict")
@@ -159,10 +163,10 @@ def build_demo(studio: Studio) -> gr.Blocks:
                             "score. On the faithfulness benchmark the token methods' top movie matters no more than "
                             "a random one (README, *Are they faithful?*).", elem_id="attr-legend")
                 with gr.Row():  # one chart per prompt: the two prompts may explain different answers
-                    text_bars_attr = gr.BarPlot(label="Per watched movie: text-only prompt", elem_id="text-item-bars",
-                                                height=360)
-                    hybrid_bars_attr = gr.BarPlot(label="Per watched movie: hybrid prompt", elem_id="hybrid-item-bars",
-                                                  height=360)
+                    # tall enough for the angled movie labels and, for methods that split a movie, the legend
+                    text_bars_attr = gr.BarPlot(label=handlers.CHART_LABEL["text"], elem_id="text-item-bars", height=420)
+                    hybrid_bars_attr = gr.BarPlot(label=handlers.CHART_LABEL["hybrid"], elem_id="hybrid-item-bars",
+                                                  height=420)
         with gr.Tab("Results", elem_id="results-tab"):
             gr.Markdown(RESULTS_DOC.read_text() if RESULTS_DOC.is_file() else "No results document yet (docs/results.md).")
             if RESULTS_PLOT.is_file():

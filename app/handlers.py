@@ -325,11 +325,14 @@ def attribute(studio: Studio, history, candidates, target: str = TOP_CHOICE, met
         att = result.attributions.get(name)
         if att is None:
             views[name] = [("(no text-only prompt for this ablation)", None)]
-            charts[name] = gr.BarPlot(value=None, title="Text-only prompt: not run (no titles to list)")
+            # an empty plot draws no title: the label says why the chart is empty
+            charts[name] = gr.BarPlot(value=None, title=None, label=f"{CHART_LABEL[name]}: not run (this ablation's "
+                                                                    "prompt lists no titles)")
             continue
         views[name] = att.words()
         answer = studio.labels[att.target]
-        charts[name] = item_chart(studio, att, f"{name}: why {answer}")
+        title = f"{name}: why {answer}" + (" (prompt in shuffled order)" if ablation == "shuffle" else "")
+        charts[name] = item_chart(studio, att, title, studio.predictor.clean_history(items)[0], CHART_LABEL[name])
         used = studio.predictor.fallback(studio.predictor.model_for(result.prompts[name]), decode)[0]
         lines.append(f"{name}: explaining **{answer}** ({'your choice' if chosen is not None else f'the model’s {used} choice'}), "
                      f"{att.cost['seconds']:.1f} s")
@@ -348,20 +351,32 @@ AXIS = {"ablation": "log-likelihood change when the part is removed", "grad_x_in
         "ig": "summed integrated gradients", "deletion": "score lost when the movie is removed"}
 
 
-def item_chart(studio: Studio, att, title: str) -> "gr.BarPlot":
-    """One bar per watched movie in watch order (numbered), split into its title's and its embedding's effect,
-    with the axis named after what the method measures."""
+PART_COLOURS = {"title": ("orange", "#f97316"), "embedding": ("blue", "#3b82f6"), "whole movie": ("blue", "#3b82f6")}
+CHART_LABEL = {"text": "Per watched movie: text-only prompt", "hybrid": "Per watched movie: hybrid prompt"}
+
+
+def item_chart(studio: Studio, att, title: str, history: list[int], label: str) -> "gr.BarPlot":
+    """One bar per watched movie in watch order (numbered by its place in ``history``, also when the prompt listed
+    them shuffled), split into its title's and its embedding's effect where the method measures parts (a legend
+    then names them), with the axis named after what the method measures."""
+    place = {item: k for k, item in enumerate(history, start=1)}
     rows, order = [], []
-    for k, it in enumerate(att.items, start=1):
-        label = f"{k}. {studio.labels[it.item][:40]}"
-        order.append(label)
+    for it in sorted(att.items, key=lambda it: place.get(it.item, len(place) + 1)):
+        bar = f"{place.get(it.item, '?')}. {studio.labels[it.item][:40]}"
+        order.append(bar)
         parts = [(part, value) for part, value in (("title", it.title_score), ("embedding", it.embedding_score))
                  if value is not None]
         for part, value in parts or [("whole movie", it.total)]:  # deletion measures the movie as one
-            rows.append([label, part, value])
+            rows.append([bar, part, value])
     frame = pd.DataFrame(rows, columns=["watched movie", "part", AXIS[att.method]])
-    return gr.BarPlot(value=frame, x="watched movie", y=AXIS[att.method], color="part", sort=order, title=title,
-                      y_title=AXIS[att.method], x_label_angle=-35)
+    parts = [p for p in PART_COLOURS if p in set(frame["part"])]
+    # gradio draws a colour legend under the angled movie names, where the plot's box cuts it off: the label names
+    # the colours instead (fixed by color_map), and a movie measured as one (deletion) gets one colour
+    if len(parts) > 1:
+        label += " (" + ", ".join(f"{PART_COLOURS[p][0]}: {p}" for p in parts) + ")"
+    return gr.BarPlot(value=frame, x="watched movie", y=AXIS[att.method], color="part" if len(parts) > 1 else None,
+                      color_map={p: PART_COLOURS[p][1] for p in parts}, colors_in_legend=[], sort=order, title=title,
+                      y_title=AXIS[att.method], x_label_angle=-35, label=label)
 
 
 def target_choices(candidates) -> "gr.Dropdown":

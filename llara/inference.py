@@ -34,6 +34,7 @@ from .prompts import Prompt, clean_history
 ABLATIONS = ("none", "no-embeddings", "no-titles", "shuffle")
 ATTRIBUTION_METHODS = ("grad_x_input", "ig", "ablation", "deletion")
 PROMPT_KINDS = ("text", "hybrid")
+TITLE_DECODES = ("rank", "constrained", "generate")  # read the language model's title tokens
 BATCHED_DECODES = ("residual", "next")  # one pass over the prompt up to its query slot: requests batch together
 CANDIDATE_KINDS = ("random", "hard")  # see Predictor.draw_candidates
 HARD_POOL = 30  # the recommender's best-scored unseen items a "hard" set draws half its candidates from
@@ -83,6 +84,16 @@ class Explanation:
     note: str = ""
     seconds: float = 0.0
     prompts: dict[str, Prompt] = field(default_factory=dict)  # the prompts explained, by kind
+
+
+UNTRAINED_TITLES = ("this model was trained without the title loss, so its title decodes (rank, constrained, "
+                    "generate) are the language model's untrained guesses")
+
+
+def writes_titles(model: LLaRA) -> bool:
+    """Whether ``model`` was trained to write the answer's title (the paper's loss): what ``TITLE_DECODES`` read.
+    A model trained on the next-item losses alone (title weight 0) answers them with untrained guesses."""
+    return model.weights.get("title", 1.0) > 0
 
 
 def check_method(method: str) -> str:
@@ -264,9 +275,12 @@ class Predictor:
             ranked, text = [], model.generate([prompt])[0]
             index = match_answer(text, [self.titles[c] for c in prompt.candidates])
             item = None if index is None else prompt.candidates[index]
+        notes = [note] if note else []
+        if decode in TITLE_DECODES and not writes_titles(model):
+            notes.append(UNTRAINED_TITLES)
         if item is None:
-            note = "the generated answer names none of the candidates (invalid)"
-        return Answer(source, decode, item, text, ranked, time.perf_counter() - started, note)
+            notes.append("the generated answer names none of the candidates (invalid)")
+        return Answer(source, decode, item, text, ranked, time.perf_counter() - started, "; ".join(notes))
 
     def _answer_batch(self, jobs: list[tuple[dict[str, Prompt], str]]) -> list[dict[str, Answer]]:
         """``(prompts by kind, decode)`` jobs with a next-item decode, answered with one pass per model over all their

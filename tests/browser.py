@@ -397,17 +397,24 @@ def label_bars(driver, elem_id: str) -> list[tuple[str, float]]:
 
 def bar_chart(driver, elem_id: str) -> dict | None:
     """What the ``gr.BarPlot`` with this ``elem_id`` draws: ``title``, ``x`` (the x-axis labels, left to right on
-    screen) and ``bars`` (how many bar shapes); None while it draws no chart."""
+    screen), ``bars`` (how many bar shapes), ``legend`` (its entries' labels, none without a colour column) and
+    ``clipped`` (the labels and legend entries drawn outside the component's box, so cut off on screen); None while
+    it draws no chart."""
     from selenium.webdriver.common.by import By
 
     block = element(driver, elem_id)
     if not block.find_elements(By.CSS_SELECTOR, "svg.marks"):
         return None
     x_labels = block.find_elements(By.CSS_SELECTOR, 'g.role-axis[aria-label^="X-axis"] g.role-axis-label text')
+    legend = block.find_elements(By.CSS_SELECTOR, "g.role-legend-label text")
+    box = block.rect
     return {
         "title": " ".join(t.text.strip() for t in block.find_elements(By.CSS_SELECTOR, "g.role-title-text text")),
         "x": [t.text.strip() for t in sorted(x_labels, key=lambda t: t.rect["x"])],
         "bars": len(block.find_elements(By.CSS_SELECTOR, "g.role-mark path")),
+        "legend": [t.text.strip() for t in legend],
+        "clipped": [t.text.strip() for t in [*x_labels, *legend]
+                    if t.rect["y"] + t.rect["height"] > box["y"] + box["height"] or t.rect["y"] < box["y"]],
     }
 
 

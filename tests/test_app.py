@@ -52,6 +52,17 @@ def test_redraw_is_seeded_and_keeps_the_truth(studio, user):
     assert studio.labels[handlers.true_item(state)] in a
 
 
+def test_title_decodes_of_a_model_trained_without_the_title_loss_say_so(studio, user, monkeypatch):
+    from llara.inference import UNTRAINED_TITLES
+
+    history, cands = user.h, user.c
+    assert UNTRAINED_TITLES not in handlers.predict(studio, history, cands, "rank", "none", 0, None)[2]
+    monkeypatch.setitem(studio.predictor.model.weights, "title", 0.0)
+    for decode, told in (("rank", True), ("generate", True), ("head", False)):
+        hybrid_head = handlers.predict(studio, history, cands, decode, "none", 0, None)[2]
+        assert (UNTRAINED_TITLES in hybrid_head) == told, (decode, hybrid_head)
+
+
 @pytest.mark.parametrize("decode", ["rank", "head", "constrained", "generate"])
 def test_predict_fills_all_three_panels(studio, user, decode):
     history, cands, state = user.h, user.c, user.state
@@ -106,6 +117,9 @@ def test_attribution_views(studio, user):
     assert shown[2].removeprefix("### ").split("\n")[0] in status.split(" · ")[1]
     bars = chart_frame(hybrid_chart)
     assert set(bars["part"]) == {"title", "embedding"} and (bars["part"] == "embedding").sum() == len(history)
+    assert hybrid_chart.color == "part" and hybrid_chart.colors_in_legend == []  # the label names the colours:
+    assert hybrid_chart.label.endswith("(orange: title, blue: embedding)")    # gradio's legend gets cut off
+    assert text_chart.color is None and text_chart.label == handlers.CHART_LABEL["text"]  # titles only: one colour
     # watch order, numbered, named after the explained answer, the axis after the method
     assert hybrid_chart.sort == [f"{k}. {label[:40]}" for k, label in enumerate(history, start=1)]
     assert hybrid_chart.title.startswith("hybrid: why ") and hybrid_chart.y_title == "summed gradient × input"
@@ -115,8 +129,25 @@ def test_attribution_views(studio, user):
     assert chosen in status and "your choice" in status
     share = slots["share of the hybrid explanation (ablation)"]  # ablation scores the watched movies' slots only
     assert (share[slots["slot"] == "candidate"] == "-").all() and share[slots["slot"] == "history"].str.endswith("%").all()
-    *_, slots = handlers.attribute(studio, history, cands, chosen, "deletion")
+    _, _, _, hybrid_chart, _, slots = handlers.attribute(studio, history, cands, chosen, "deletion")
     assert (slots["share of the hybrid explanation (deletion)"] == "-").all()  # whole movies, not slots
+    # one part per movie: one colour, so no legend (gr.BarPlot draws one for any colour column)
+    assert hybrid_chart.color is None and set(chart_frame(hybrid_chart)["part"]) == {"whole movie"}
+    assert hybrid_chart.label == handlers.CHART_LABEL["hybrid"]
+
+
+def test_attribution_charts_keep_watch_order_under_shuffle_and_say_when_not_run(studio, user):
+    history, cands = user.h, user.c
+    in_order = [f"{k}. {label[:40]}" for k, label in enumerate(history, start=1)]
+    _, _, text_chart, hybrid_chart, _, _ = handlers.attribute(studio, history, cands, handlers.TOP_CHOICE,
+                                                              "grad_x_input", "shuffle", 3, "head")
+    for chart in (text_chart, hybrid_chart):  # the prompt lists the movies shuffled; the chart keeps watch order
+        assert chart.sort == in_order and chart.title.endswith("(prompt in shuffled order)")
+        assert list(dict.fromkeys(chart_frame(chart)["watched movie"])) == in_order
+    _, _, text_chart, hybrid_chart, _, _ = handlers.attribute(studio, history, cands, handlers.TOP_CHOICE,
+                                                              "deletion", "no-titles", 0, "head")
+    assert text_chart.value is None and "not run" in text_chart.label  # an empty plot draws no title: the label says
+    assert hybrid_chart.sort == in_order and hybrid_chart.label == handlers.CHART_LABEL["hybrid"]
 
 
 BAD_PREDICTS = [

@@ -190,23 +190,23 @@ def test_explain_under_every_ablation(page):
         status = explain(page)
         assert explained(status, "hybrid") == hybrid, (ablation, status)
         chart = b.wait_chart(page, "hybrid-item-bars")
-        assert chart["title"] == f"hybrid: why {hybrid}", (ablation, chart)
+        shuffled = " (prompt in shuffled order)" if ablation == "shuffle" else ""
+        assert chart["title"] == f"hybrid: why {hybrid}{shuffled}", (ablation, chart)
         assert chart["bars"] >= len(history), (ablation, chart)
-        if ablation == "shuffle":  # numbered in the prompt's order: the history in a seeded shuffled order
-            movies = [x.split(". ", 1)[1] for x in chart["x"]]
-            assert chart["x"] == numbered(movies) and sorted(movies) == sorted(history), chart
-        else:
-            assert chart["x"] == numbered(history), (ablation, chart)
+        # watch order under every ablation, the shuffled prompt included (its title says the prompt was shuffled)
+        assert chart["x"] == numbered(history), (ablation, chart)
         if ablation == "no-titles":
             assert "Not run" in b.text(page, "text-panel-answer")
             assert explained(status, "text") is None and "text:" not in status, status
             assert "(no text-only prompt for this ablation)" in b.text(page, "text-attr")
-            assert b.bar_chart(page, "text-item-bars") is None  # (its title "not run" is not drawn either)
+            assert b.bar_chart(page, "text-item-bars") is None
+            assert "not run" in b.text(page, "text-item-bars"), b.text(page, "text-item-bars")  # the label says why
         else:
             text = answer(page, "text-panel", candidates)
             assert explained(status, "text") == text, (ablation, status)
             text_chart = b.wait_chart(page, "text-item-bars")
-            assert text_chart["title"] == f"text: why {text}", (ablation, text_chart)
+            assert text_chart["title"] == f"text: why {text}{shuffled}", (ablation, text_chart)
+            assert "not run" not in b.text(page, "text-item-bars")
         b.screenshot(page, SHOTS / f"explain-ablation-{ablation}.png")
 
 
@@ -222,7 +222,16 @@ def test_item_chart_lists_movies_in_watch_order(page):
     for chart_id in ("hybrid-item-bars", "text-item-bars"):
         chart = b.wait_chart(page, chart_id)
         assert chart["x"] == numbered(PICKS), (chart_id, chart)
+        assert chart["legend"] == [] and chart["clipped"] == [], chart  # deletion: one part per movie, one colour
     b.screenshot(page, SHOTS / "chart-order.png")
+    # title / embedding removal splits each movie in two colours, which the label names (no clipped legend)
+    b.pick_radio(page, "attr-method", "item: remove title / embedding (slow)")
+    explain(page)
+    chart = b.wait_chart(page, "hybrid-item-bars")
+    b.screenshot(page, SHOTS / "chart-parts.png")
+    assert chart["x"] == numbered(PICKS) and chart["clipped"] == [], chart
+    assert chart["legend"] == [] and "(orange: title, blue: embedding)" in b.text(page, "hybrid-item-bars")
+    b.pick_radio(page, "attr-method", "item: delete the movie, rebuild the prompt")  # the default, for later tests
 
 
 def test_load_a_real_test_user(page):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from app.state import DEFAULT_CHECKPOINT, DEFAULT_TEXT_CHECKPOINT
+from llara.inference import UNTRAINED_TITLES
 
 from .conftest import served_client
 
@@ -36,6 +37,9 @@ def test_committed_checkpoint_answers_a_fixed_prompt(studio):
     assert residual.answers["text"].decode == "next" and "no residual" in residual.answers["text"].note
     generated = p.predict(history, cands, "generate").answers["hybrid"]
     assert isinstance(generated.text, str)  # validity of free generation is measured (ValidRatio), not asserted
+    # both demo models were trained on the next-item losses alone: their title decodes say so, the others do not
+    assert UNTRAINED_TITLES in generated.note and UNTRAINED_TITLES in result.answers["hybrid"].note
+    assert UNTRAINED_TITLES not in residual.answers["hybrid"].note
 
 
 def test_committed_model_reads_the_history(studio):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import sys
 import time
 from types import ModuleType
@@ -32,8 +33,9 @@ GEMV_ROWS = 24
 
 
 def import_bitsandbytes() -> ModuleType | None:
-    """``import bitsandbytes`` without wrapping its pure-PyTorch fallback kernels in ``torch.compile``; None where
-    it is not installed. Call it before anything imports bitsandbytes (peft does, on import).
+    """``import bitsandbytes`` without wrapping its pure-PyTorch fallback kernels in ``torch.compile``, and without
+    its start-up warning about an optional kernel package; None where it is not installed. Call it before anything
+    imports bitsandbytes (peft does, on import).
 
     bitsandbytes decorates a few fallbacks (for devices without its native kernels) with ``torch.compile`` at
     import, which imports torch's inductor compiler: ~0.8 s and ~45 MB resident here, in every process. Its CPU and
@@ -41,6 +43,9 @@ def import_bitsandbytes() -> ModuleType | None:
     they get the uncompiled function directly. ``torch.compile`` is restored before this returns."""
     if "bitsandbytes" in sys.modules:
         return sys.modules["bitsandbytes"]
+    # it also looks for an optional faster CPU 4-bit kernel on the Hugging Face Hub (the `kernels` package) and
+    # warns at every start when that is absent; its own CPU kernel then runs, which is what every figure here measures
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in record.getMessage())
     compile_ = torch.compile
     torch.compile = lambda fn=None, **_: fn if fn is not None else (lambda f: f)
     try:
@@ -136,7 +141,9 @@ def kernel_table(rows: list[int], repeats: int = 50, shape: tuple[int, int] = (1
     """Milliseconds per call of one random nf4 layer (``shape`` = out x in features) through the fused kernel and
     through dequantize + bf16 matmul, for each number of input rows (same process, so the ratio is the comparison)."""
     global GEMV_ROWS
-    import bitsandbytes as bnb
+    bnb = import_bitsandbytes()
+    if bnb is None:
+        raise RuntimeError("bitsandbytes is not installed: pip install -r requirements.txt")
 
     torch.manual_seed(0)
     layer = bnb.nn.Linear4bit(shape[1], shape[0], bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")

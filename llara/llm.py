@@ -15,7 +15,6 @@ import contextlib
 import functools
 import hashlib
 import importlib.util
-import logging
 from importlib import import_module
 import os
 import re
@@ -37,9 +36,6 @@ from .base_models import CONVERSION_MARKER, HUB_FILES, PACKAGED, is_converted, r
 from .sources import SourceUnavailable, cache_root, hub_snapshot
 from .sources import say as _say
 
-# bitsandbytes looks for an optional faster CPU 4-bit kernel on the Hugging Face Hub (the `kernels` package) and
-# warns at every start when it is absent; its own CPU kernel then runs, which is what every figure here measures.
-logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in record.getMessage())
 from .device import check_precision, resolve_device
 
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name", passed through to from_pretrained
@@ -401,8 +397,8 @@ def unpack_4bit_for_training(model: torch.nn.Module) -> list[torch.nn.Module]:
     layers before it stop learning). Call this after any no-grad evaluation of a 4-bit model that will be trained
     or differentiated again. Returns the 4-bit layers (empty for dense models).
     """
+    bnb = import_bitsandbytes()
     try:
-        import bitsandbytes as bnb
         from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse as unpack
     except ImportError:
         return []

@@ -198,9 +198,8 @@ def _target_score(model: LLaRA, prompt: Prompt, embeds: torch.Tensor, mask: torc
         return _answer_logl(model, embeds, mask, answer)
     q = prompt.query_position
     positions = (mask.cumsum(1) - 1).clamp(min=0)[:, : q + 1]  # (B, q + 1)
-    out = model.llm(inputs_embeds=embeds[:, : q + 1], attention_mask=mask[:, : q + 1], position_ids=positions,
-                    logits_to_keep=1, output_hidden_states=True, use_cache=False)
-    logits = model.next_head(out.hidden_states[-1][:, q])[:, list(prompt.candidates)]  # (B, C)
+    hidden = model.final_hidden(embeds[:, : q + 1], mask[:, : q + 1], positions)  # (B, q + 1, D)
+    logits = model.next_head(hidden[:, q])[:, list(prompt.candidates)]  # (B, C)
     return logits.log_softmax(-1)[:, prompt.candidates.index(target)]
 
 

@@ -27,15 +27,18 @@ from types import ModuleType
 
 import torch
 
+# bitsandbytes looks for an optional faster CPU 4-bit kernel on the Hugging Face Hub (the `kernels` package) and warns
+# at every start when it is absent; its own CPU kernel then runs, which is what every figure here measures
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in record.getMessage())
+
 # calls with at most this many rows (tokens x batch) use the fused kernel; more rows: dequantize + bf16 matmul.
 # (measured crossover ~30 rows for a 576x1536 layer on the 2-core AVX512-BF16 machine: python -m llara.cpu4bit)
 GEMV_ROWS = 24
 
 
 def import_bitsandbytes() -> ModuleType | None:
-    """``import bitsandbytes`` without wrapping its pure-PyTorch fallback kernels in ``torch.compile``, and without
-    its start-up warning about an optional kernel package; None where it is not installed. Call it before anything
-    imports bitsandbytes (peft does, on import).
+    """``import bitsandbytes`` without wrapping its pure-PyTorch fallback kernels in ``torch.compile``; None where
+    it is not installed. Call it before anything imports bitsandbytes (peft does, on import).
 
     bitsandbytes decorates a few fallbacks (for devices without its native kernels) with ``torch.compile`` at
     import, which imports torch's inductor compiler: ~0.8 s and ~45 MB resident here, in every process. Its CPU and
@@ -43,9 +46,6 @@ def import_bitsandbytes() -> ModuleType | None:
     they get the uncompiled function directly. ``torch.compile`` is restored before this returns."""
     if "bitsandbytes" in sys.modules:
         return sys.modules["bitsandbytes"]
-    # it also looks for an optional faster CPU 4-bit kernel on the Hugging Face Hub (the `kernels` package) and
-    # warns at every start when that is absent; its own CPU kernel then runs, which is what every figure here measures
-    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in record.getMessage())
     compile_ = torch.compile
     torch.compile = lambda fn=None, **_: fn if fn is not None else (lambda f: f)
     try:

@@ -304,3 +304,41 @@ def test_title_features_are_mean_token_rows():
     assert torch.allclose(feats, torch.stack([emb[[1, 2, 3]].mean(0), emb[7], emb[[4, 4, 9]].mean(0)]))
     with pytest.raises(ValueError, match="empty title"):
         title_features(emb, [[1], []])
+
+
+def test_a_heads_only_pass_skips_the_output_layer_and_matches_the_full_pass():
+    """Without the title loss the pass feeds the heads only: the decoder alone runs (the output layer, whose
+    one-position logits cost more than the whole pass once it is frozen, never does), with the same hidden states."""
+    model = tiny_llara(weights={"title": 0.0, "next": 1.0})
+    randomize_head(model, gate=0.3)
+    model.requires_grad_(False)  # as loaded for inference
+    prompts = [model.builder.build(HIST, CANDS, hybrid=True).truncated(),
+               model.builder.build(LONG, CANDS, hybrid=True).truncated()]
+    batch = collate(prompts, model.pad_id)
+    hidden = last_hidden(model, batch)
+    calls = []
+    hook = model.llm.get_output_embeddings().register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        out = model(batch)
+        expected = model.next_head(hidden[torch.arange(2), batch.query_cols])
+    hook.remove()
+    assert calls == [] and out.logits is None
+    assert torch.allclose(out.item_logits, expected, atol=1e-5)
+
+
+def test_a_heads_only_pass_trains_the_lora_adapter():
+    """The decoder-only pass goes through a peft-wrapped LLM too: its LoRA layers get gradients."""
+    from llara.build import attach_lora
+
+    model = tiny_llara(weights={"title": 0.0, "next": 1.0, "dense": 1.0, "distill": 0.0})
+    randomize_head(model)  # zero query weights would give every hidden state a zero gradient
+    model.llm = attach_lora(model.llm, r=2, alpha=4, dropout=0.0, targets="q_proj,v_proj")
+    for name, p in model.llm.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)  # B starts at zero, which would hide gradients to A
+    model.train()
+    batch = collate([model.builder.build(HIST, CANDS, hybrid=True, target=TARGET).truncated()], model.pad_id,
+                    with_targets=True, padding_side="right")
+    model(batch).loss.backward()
+    lora_a = [p for n, p in model.llm.named_parameters() if "lora_A" in n]
+    assert lora_a and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_a)

@@ -28,8 +28,9 @@ table: $(STAMP)  ## load the committed recommenders and print their results tabl
 results: $(STAMP)  ## rerun every row of the LLaRA results table from the committed checkpoints (docs/results.md)
 	$(PY) -m llara.results
 
-bench: $(STAMP)  ## speed and memory of the demo path and of training, beside the targets (docs/performance.md)
+bench: $(STAMP)  ## speed and memory of the demo path, the app's start, 20 users at once and training, beside the targets (docs/performance.md; ~25 min)
 	$(PY) -m llara.bench --merge-ablation
+	$(PY) -m llara.bench --parts app,load --precisions nf4
 
 bench-deps: $(STAMP)  ## the llama.cpp reference for `make bench`, in .bench-deps/ only (a C++ build, several minutes)
 	# GGML_NATIVE=OFF: the default -march=native build died with SIGILL on our VM's CPU (see docs/performance.md)

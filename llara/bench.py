@@ -91,6 +91,9 @@ def bench_demo(checkpoint: str, precision: str, repeats: int, merge: bool = True
         lat[f"full demo predict ({decode})"] = _timed(lambda: p.predict(history, cands, decode), repeats)
     lat["token attribution (grad x input), hybrid"] = _timed(lambda: p.attribute(prompts["hybrid"], "grad_x_input"), max(1, repeats // 2))
     lat["item attribution (ablation), hybrid"] = _timed(lambda: p.attribute(prompts["hybrid"], "ablation"), 1)
+    # what the demo's Explain button runs by default: both prompts, each watched movie deleted in turn
+    lat["Explain (deletion, both prompts)"] = _timed(lambda: p.explain(history, cands, "deletion", "none", 0, decodes[0]),
+                                                     max(1, repeats // 2))
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["gpu_peak_mb"] = _gpu_mb(dev, peak=True)
     return out

@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from llara.checkpoint import REPO_ROOT
-from llara.inference import ABLATIONS, ATTRIBUTION_METHODS, writes_titles
+from llara.answers import ABLATIONS, ATTRIBUTION_METHODS, writes_titles
 
 from . import handlers
 from .gpu import on_gpu  # ZeroGPU: the handlers that run the model get a GPU

@@ -14,7 +14,8 @@ import gradio as gr
 import pandas as pd
 
 from llara.constants import MAX_SEED, MAX_TITLE_CHARS
-from llara.inference import ABLATIONS, ATTRIBUTION_METHODS, CANDIDATE_KINDS, PROMPT_KINDS, Prediction
+from llara.answers import ABLATIONS, ATTRIBUTION_METHODS, PROMPT_KINDS, Prediction
+from llara.inference import CANDIDATE_KINDS
 from llara.search import MAX_QUERY_CHARS
 
 from .state import Studio

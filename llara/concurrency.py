@@ -101,7 +101,7 @@ def mixed_load(predictor: Predictor, requests: int = 100, clients: int = 4, expl
     explanation (the attribution methods in turn), the others predicts (the model's decodes in turn), over the
     first test users. Returns the resident memory before, after and at its highest (sampled after each request),
     the requests of each kind, errors, and wall time: what the process holds once many kinds of work have passed."""
-    from .inference import ATTRIBUTION_METHODS
+    from .answers import ATTRIBUTION_METHODS
 
     if requests < 1 or clients < 1 or explain_every < 1:
         raise ValueError("requests, clients and explain_every must be >= 1")

@@ -23,7 +23,8 @@ import time
 from dataclasses import dataclass, field
 
 from .attribution import explained_score
-from .inference import ATTRIBUTION_METHODS, PROMPT_KINDS, Predictor
+from .answers import ATTRIBUTION_METHODS, PROMPT_KINDS
+from .inference import Predictor
 
 DELETION_KS = (1, 2, 3)
 MIN_RANDOM_DROP = 0.01  # nats: below it, top-1 / random-1 divides by noise and is not reported

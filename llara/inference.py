@@ -16,10 +16,11 @@ import dataclasses
 import random
 import threading
 import time
-from dataclasses import dataclass, field
 
 import torch
 
+from .answers import (ABLATIONS, PROMPT_KINDS, TITLE_DECODES, UNTRAINED_TITLES, Answer, Explanation, Prediction,
+                      check_method, writes_titles)
 from .attribution import Attribution, attribute_deletion, attribute_items, attribute_tokens, neutral_slot_vector
 from .constants import DECODES, MAX_BATCH, MAX_SEED, MAX_TITLE_CHARS, PRECISIONS
 from .data import NUM_CANDIDATES, SequenceDataset, candidates_around
@@ -31,75 +32,9 @@ from .loader import trim_heap
 from .model import LLaRA, available, rank_candidates
 from .prompts import Prompt, clean_history
 
-ABLATIONS = ("none", "no-embeddings", "no-titles", "shuffle")
-ATTRIBUTION_METHODS = ("grad_x_input", "ig", "ablation", "deletion")
-PROMPT_KINDS = ("text", "hybrid")
-TITLE_DECODES = ("rank", "constrained", "generate")  # read the language model's title tokens
 BATCHED_DECODES = ("residual", "next")  # one pass over the prompt up to its query slot: requests batch together
 CANDIDATE_KINDS = ("random", "hard")  # see Predictor.draw_candidates
 HARD_POOL = 30  # the recommender's best-scored unseen items a "hard" set draws half its candidates from
-
-
-@dataclass
-class Answer:
-    """What one predictor said: the chosen item, and a full ranking where the decode mode produces one."""
-
-    source: str  # "text", "hybrid" or "recommender"
-    decode: str
-    item: int | None  # None: a generated answer that names no candidate (invalid)
-    text: str  # the generated line, or the chosen title
-    ranked: list[tuple[int, float]] = field(default_factory=list)  # (item, score) best first; empty for generate/constrained
-    seconds: float = 0.0
-    note: str = ""
-
-    @property
-    def valid(self) -> bool:
-        return self.item is not None
-
-
-@dataclass
-class Prediction:
-    history: tuple[int, ...]
-    candidates: tuple[int, ...]
-    prompts: dict[str, Prompt]  # "text" (absent for the no-titles ablation) and "hybrid"
-    answers: dict[str, Answer]  # "text", "hybrid", "recommender"
-    ablation: str
-    note: str = ""
-    seconds: float = 0.0  # the whole call, ``waited`` included
-    waited: float = 0.0  # of which spent waiting for the model while other requests used it
-
-    def chosen(self) -> dict[str, int]:
-        """The item each prompt kind answered (invalid answers left out): what ``Predictor.explain`` explains."""
-        return {k: a.item for k, a in self.answers.items() if k in PROMPT_KINDS and a.item is not None}
-
-
-@dataclass
-class Explanation:
-    """Attributions of one request's answers: one per prompt kind ("text" is absent under the no-titles ablation)."""
-
-    attributions: dict[str, Attribution]
-    method: str
-    ablation: str
-    decode: str
-    note: str = ""
-    seconds: float = 0.0
-    prompts: dict[str, Prompt] = field(default_factory=dict)  # the prompts explained, by kind
-
-
-UNTRAINED_TITLES = ("this model was trained without the title loss, so its title decodes (rank, constrained, "
-                    "generate) are the language model's untrained guesses")
-
-
-def writes_titles(model: LLaRA) -> bool:
-    """Whether ``model`` was trained to write the answer's title (the paper's loss): what ``TITLE_DECODES`` read.
-    A model trained on the next-item losses alone (title weight 0) answers them with untrained guesses."""
-    return model.weights.get("title", 1.0) > 0
-
-
-def check_method(method: str) -> str:
-    if method not in ATTRIBUTION_METHODS:
-        raise ValueError(f"Unknown attribution method {method!r}; choose one of {', '.join(ATTRIBUTION_METHODS)}.")
-    return method
 
 
 class Predictor:

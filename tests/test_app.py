@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from app import handlers
-from llara.inference import ABLATIONS, ATTRIBUTION_METHODS, Predictor
+from llara.answers import ABLATIONS, ATTRIBUTION_METHODS
+from llara.inference import Predictor
 
 from .conftest import served_client
 
@@ -53,7 +54,7 @@ def test_redraw_is_seeded_and_keeps_the_truth(studio, user):
 
 
 def test_title_decodes_of_a_model_trained_without_the_title_loss_say_so(studio, user, monkeypatch):
-    from llara.inference import UNTRAINED_TITLES
+    from llara.answers import UNTRAINED_TITLES
 
     history, cands = user.h, user.c
     assert UNTRAINED_TITLES not in handlers.predict(studio, history, cands, "rank", "none", 0, None)[2]

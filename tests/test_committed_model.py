@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from app.state import DEFAULT_CHECKPOINT, DEFAULT_TEXT_CHECKPOINT
-from llara.inference import UNTRAINED_TITLES
+from llara.answers import UNTRAINED_TITLES
 
 from .conftest import served_client
 

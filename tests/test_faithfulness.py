@@ -7,7 +7,7 @@ import pytest
 
 from llara.attribution import explained_score
 from llara.faithfulness import deletion_curves, format_curves, meets_target
-from llara.inference import ATTRIBUTION_METHODS, PROMPT_KINDS
+from llara.answers import ATTRIBUTION_METHODS, PROMPT_KINDS
 
 pytestmark = pytest.mark.usefixtures("llara_cache")
 

@@ -1,0 +1,84 @@
+"""What a request asks for and what it gets back: the ablations, attribution methods and prompt kinds a request may
+name, and the answers, predictions and explanations ``llara.inference.Predictor`` returns.
+
+Kept apart from the predictor, which loads and runs the models; a request answered end to end:
+
+    python -m llara.inference --checkpoint checkpoints/llara/movielens-sasrec-curriculum-head \\
+        --history "Toy Story|Star Wars|Fargo|Scream" --decode rank --precision nf4
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: this vocabulary imports no model code
+    from .attribution import Attribution
+    from .model import LLaRA
+    from .prompts import Prompt
+
+ABLATIONS = ("none", "no-embeddings", "no-titles", "shuffle")
+ATTRIBUTION_METHODS = ("grad_x_input", "ig", "ablation", "deletion")
+PROMPT_KINDS = ("text", "hybrid")
+TITLE_DECODES = ("rank", "constrained", "generate")  # read the language model's title tokens
+
+
+@dataclass
+class Answer:
+    """What one predictor said: the chosen item, and a full ranking where the decode mode produces one."""
+
+    source: str  # "text", "hybrid" or "recommender"
+    decode: str
+    item: int | None  # None: a generated answer that names no candidate (invalid)
+    text: str  # the generated line, or the chosen title
+    ranked: list[tuple[int, float]] = field(default_factory=list)  # (item, score) best first; empty for generate/constrained
+    seconds: float = 0.0
+    note: str = ""
+
+    @property
+    def valid(self) -> bool:
+        return self.item is not None
+
+
+@dataclass
+class Prediction:
+    history: tuple[int, ...]
+    candidates: tuple[int, ...]
+    prompts: dict[str, Prompt]  # "text" (absent for the no-titles ablation) and "hybrid"
+    answers: dict[str, Answer]  # "text", "hybrid", "recommender"
+    ablation: str
+    note: str = ""
+    seconds: float = 0.0  # the whole call, ``waited`` included
+    waited: float = 0.0  # of which spent waiting for the model while other requests used it
+
+    def chosen(self) -> dict[str, int]:
+        """The item each prompt kind answered (invalid answers left out): what ``Predictor.explain`` explains."""
+        return {k: a.item for k, a in self.answers.items() if k in PROMPT_KINDS and a.item is not None}
+
+
+@dataclass
+class Explanation:
+    """Attributions of one request's answers: one per prompt kind ("text" is absent under the no-titles ablation)."""
+
+    attributions: dict[str, Attribution]
+    method: str
+    ablation: str
+    decode: str
+    note: str = ""
+    seconds: float = 0.0
+    prompts: dict[str, Prompt] = field(default_factory=dict)  # the prompts explained, by kind
+
+
+UNTRAINED_TITLES = ("this model was trained without the title loss, so its title decodes (rank, constrained, "
+                    "generate) are the language model's untrained guesses")
+
+
+def writes_titles(model: LLaRA) -> bool:
+    """Whether ``model`` was trained to write the answer's title (the paper's loss): what ``TITLE_DECODES`` read.
+    A model trained on the next-item losses alone (title weight 0) answers them with untrained guesses."""
+    return model.weights.get("title", 1.0) > 0
+
+
+def check_method(method: str) -> str:
+    if method not in ATTRIBUTION_METHODS:
+        raise ValueError(f"Unknown attribution method {method!r}; choose one of {', '.join(ATTRIBUTION_METHODS)}.")
+    return method

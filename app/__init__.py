@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from llara.checkpoint import REPO_ROOT
-from llara.answers import ABLATIONS, ATTRIBUTION_METHODS, writes_titles
+from llara.answers import ABLATIONS, ATTRIBUTION_METHODS, UNTRAINED_TITLES, writes_titles
 
 from . import handlers
 from .gpu import on_gpu  # ZeroGPU: the handlers that run the model get a GPU
@@ -120,9 +120,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     cand_kind = gr.Radio([("random: the paper's draw", "random"),
                                           ("hard: half from the recommender's 30 best for this history", "hard")],
                                          value="random", label="Candidate set", elem_id="candidate-kind")
-                    untrained = "" if writes_titles(studio.predictor.model) else (
-                        " (this model was trained without the title loss: rank, constrained and generate show the "
-                        "language model's untrained guesses)")
+                    untrained = "" if writes_titles(studio.predictor.model) else f" ({UNTRAINED_TITLES})"
                     decode = gr.Radio(decodes, value=decodes[0], label="Decode",
                                       info="residual: recommender + LLM correction · next: the LLM's next-item head "
                                            "alone · head: candidate head · rank: title likelihood · constrained / "
@@ -163,7 +161,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                             "score. On the faithfulness benchmark the token methods' top movie matters no more than "
                             "a random one (README, *Are they faithful?*).", elem_id="attr-legend")
                 with gr.Row():  # one chart per prompt: the two prompts may explain different answers
-                    # tall enough for the angled movie labels and, for methods that split a movie, the legend
+                    # tall enough for the angled movie labels (the colours of split bars are named in the label)
                     text_bars_attr = gr.BarPlot(label=handlers.CHART_LABEL["text"], elem_id="text-item-bars", height=420)
                     hybrid_bars_attr = gr.BarPlot(label=handlers.CHART_LABEL["hybrid"], elem_id="hybrid-item-bars",
                                                   height=420)

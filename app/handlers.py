@@ -352,14 +352,14 @@ AXIS = {"ablation": "log-likelihood change when the part is removed", "grad_x_in
         "ig": "summed integrated gradients", "deletion": "score lost when the movie is removed"}
 
 
-PART_COLOURS = {"title": ("orange", "#f97316"), "embedding": ("blue", "#3b82f6"), "whole movie": ("blue", "#3b82f6")}
+PART_COLOURS = {"title": ("orange", "#f97316"), "embedding": ("blue", "#3b82f6")}  # the parts a movie splits into
 CHART_LABEL = {"text": "Per watched movie: text-only prompt", "hybrid": "Per watched movie: hybrid prompt"}
 
 
 def item_chart(studio: Studio, att, title: str, history: list[int], label: str) -> "gr.BarPlot":
     """One bar per watched movie in watch order (numbered by its place in ``history``, also when the prompt listed
-    them shuffled), split into its title's and its embedding's effect where the method measures parts (a legend
-    then names them), with the axis named after what the method measures."""
+    them shuffled), split into its title's and its embedding's effect where the method measures both (the label
+    then names their colours), with the axis named after what the method measures."""
     place = {item: k for k, item in enumerate(history, start=1)}
     rows, order = [], []
     for it in sorted(att.items, key=lambda it: place.get(it.item, len(place) + 1)):
@@ -370,14 +370,15 @@ def item_chart(studio: Studio, att, title: str, history: list[int], label: str) 
         for part, value in parts or [("whole movie", it.total)]:  # deletion measures the movie as one
             rows.append([bar, part, value])
     frame = pd.DataFrame(rows, columns=["watched movie", "part", AXIS[att.method]])
-    parts = [p for p in PART_COLOURS if p in set(frame["part"])]
+    split = [p for p in PART_COLOURS if p in set(frame["part"])]
     # gradio draws a colour legend under the angled movie names, where the plot's box cuts it off: the label names
-    # the colours instead (fixed by color_map), and a movie measured as one (deletion) gets one colour
-    if len(parts) > 1:
-        label += " (" + ", ".join(f"{PART_COLOURS[p][0]}: {p}" for p in parts) + ")"
-    return gr.BarPlot(value=frame, x="watched movie", y=AXIS[att.method], color="part" if len(parts) > 1 else None,
-                      color_map={p: PART_COLOURS[p][1] for p in parts}, colors_in_legend=[], sort=order, title=title,
-                      y_title=AXIS[att.method], x_label_angle=-35, label=label)
+    # the colours instead (fixed by color_map); one part per movie (deletion, or titles only) gets one colour
+    colours = {}
+    if len(split) > 1:
+        label += " (" + ", ".join(f"{PART_COLOURS[p][0]}: {p}" for p in split) + ")"
+        colours = {"color": "part", "color_map": {p: PART_COLOURS[p][1] for p in split}, "colors_in_legend": []}
+    return gr.BarPlot(value=frame, x="watched movie", y=AXIS[att.method], sort=order, title=title,
+                      y_title=AXIS[att.method], x_label_angle=-35, label=label, **colours)
 
 
 def target_choices(candidates) -> "gr.Dropdown":

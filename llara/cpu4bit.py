@@ -41,7 +41,7 @@ def import_bitsandbytes() -> ModuleType | None:
     it is not installed. Call it before anything imports bitsandbytes (peft does, on import).
 
     bitsandbytes decorates a few fallbacks (for devices without its native kernels) with ``torch.compile`` at
-    import, which imports torch's inductor compiler: ~0.8 s and ~45 MB resident here, in every process. Its CPU and
+    import, which imports torch's inductor compiler into every process (time and resident memory). Its CPU and
     CUDA backends never call those fallbacks, and its own wrapper runs them uncompiled whenever compiling fails, so
     they get the uncompiled function directly. ``torch.compile`` is restored before this returns."""
     if "bitsandbytes" in sys.modules:

@@ -193,8 +193,8 @@ class LLaRA(nn.Module):
         """The last layer's normed hidden states ``(B, T, D)`` (what ``hidden_states[-1]`` of a full pass holds):
         the decoder alone, without the output layer, for the heads that read hidden states only. Asking the LM for
         one position's logits instead costs more than the whole pass once its output layer is frozen: torch then
-        multiplies the sliced ``(B, 1, D)`` states by a broadcast copy of the ``(vocab, D)`` weight (1.5 s for 16
-        prompts here, against 5 ms for a weight that requires grad)."""
+        multiplies the sliced ``(B, 1, D)`` states by a broadcast copy of the ``(vocab, D)`` weight (the before /
+        after figures: docs/performance.md)."""
         return self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                       use_cache=False).last_hidden_state
 

@@ -163,9 +163,7 @@ def neutral_slot_vector(model: LLaRA, baseline: str = "mean") -> torch.Tensor:
     ``<PH>`` embedding, i.e. the slot as the text-only prompt fills it (read through the embedding module, which
     may scale rows: Gemma)."""
     if baseline == "mean":
-        vectors = model.projector(model.item_table).float()  # (N, d_rec) -> (N, D)
-        mean = vectors.mean(0)
-        return mean * (vectors.norm(dim=-1).mean() / mean.norm().clamp_min(1e-12))
+        return model.neutral_slot()
     if baseline == "placeholder":
         embedding = model.llm.get_input_embeddings()
         return embedding(torch.tensor([model.builder.placeholder_id], device=embedding.weight.device))[0].float()

@@ -33,6 +33,8 @@ class Batch:
     histories: tuple[tuple[int, ...], ...] = ()  # (B,) for the recommender (user token, residual, distillation)
     user_rows: torch.Tensor | None = None  # (U,) prompts with a hybrid user slot
     user_cols: torch.Tensor | None = None  # (U,)
+    slot_blank: torch.Tensor | None = None  # (S,) bool: the slot carries the neutral vector (a removed part)
+    user_blank: torch.Tensor | None = None  # (U,) bool
 
 
 def collate(prompts: list[Prompt], pad_id: int, with_targets: bool = False, padding_side: str = "left",
@@ -50,7 +52,7 @@ def collate(prompts: list[Prompt], pad_id: int, with_targets: bool = False, padd
     # padded as Python lists first: one tensor per field, created once on the device (no per-row copies)
     offsets = [width - len(s) if padding_side == "left" else 0 for s in seqs]
     ids_rows, lab_rows, mask_rows = [], [], []
-    rows, cols, items = [], [], []
+    rows, cols, items, blank = [], [], [], []
     for b, (s, lab, p, o) in enumerate(zip(seqs, labels, prompts, offsets)):
         after = width - o - len(s)
         ids_rows.append([pad_id] * o + list(s) + [pad_id] * after)
@@ -59,6 +61,7 @@ def collate(prompts: list[Prompt], pad_id: int, with_targets: bool = False, padd
         rows += [b] * len(p.slot_positions)
         cols += [o + c for c in p.slot_positions]
         items += list(p.slot_items)
+        blank += [p.blank_items] * len(p.slot_positions)
     as_long = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
     mask = as_long(mask_rows)  # (B, T)
     position_ids = (mask.cumsum(1) - 1).clamp(min=0)
@@ -67,7 +70,7 @@ def collate(prompts: list[Prompt], pad_id: int, with_targets: bool = False, padd
         cand_cols = as_long([[o + c for c in p.candidate_positions] for o, p in zip(offsets, prompts)])
         if with_targets and all(p.target is not None for p in prompts):
             cand_targets = as_long([p.candidates.index(p.target) for p in prompts])
-    next_rows, next_cols, next_items, user_rows, user_cols = [], [], [], [], []
+    next_rows, next_cols, next_items, user_rows, user_cols, user_blank = [], [], [], [], [], []
     for b, (o, p) in enumerate(zip(offsets, prompts)):
         reads = list(p.history_positions) + ([p.user_position] if p.user_position is not None else [])
         nxt = list(p.next_items()) + ([p.next_items()[-1]] if p.user_position is not None else [])
@@ -77,6 +80,7 @@ def collate(prompts: list[Prompt], pad_id: int, with_targets: bool = False, padd
         if p.hybrid and p.user_position is not None:
             user_rows.append(b)
             user_cols.append(o + p.user_position)
+            user_blank.append(p.blank_user)
     has_history = all(p.history_positions for p in prompts)
     targets = as_long([p.target if with_targets and p.target is not None else IGNORE_INDEX for p in prompts])
     same_c = len({len(p.candidates) for p in prompts}) == 1 and len(prompts[0].candidates) > 0
@@ -85,4 +89,6 @@ def collate(prompts: list[Prompt], pad_id: int, with_targets: bool = False, padd
                  as_long(next_cols), as_long(next_items),
                  as_long([o + p.query_position for o, p in zip(offsets, prompts)]) if has_history else None, targets,
                  as_long([list(p.candidates) for p in prompts]) if same_c else None,
-                 tuple(p.history for p in prompts), as_long(user_rows), as_long(user_cols))
+                 tuple(p.history for p in prompts), as_long(user_rows), as_long(user_cols),
+                 torch.tensor(blank, dtype=torch.bool, device=device) if any(blank) else None,
+                 torch.tensor(user_blank, dtype=torch.bool, device=device) if any(user_blank) else None)

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from .model import LLaRA
-from .next_item import NextItemHead, title_features
+from .item_features import LANGUAGE_FEATURES, build_item_features, resolve_item_features
+from .next_item import NextItemHead
 from .prompts import PromptBuilder
 
 
@@ -37,7 +38,7 @@ def model_options(config: dict) -> dict:
     """``build_llara`` keyword arguments from a training config (a saved one may predate some options)."""
     return {"head_weight": float(config.get("head_weight", 0.0)), "next_item": float(config.get("next_weight", 0.0)) > 0,
             "user_token": bool(config.get("user_token", False)), "residual": bool(config.get("residual", False)),
-            "text_items": bool(config.get("text_items", False)),
+            "item_features": resolve_item_features(str(config.get("item_features", "auto")), bool(config.get("text_items", False))),
             "weights": {"title": float(config.get("title_weight", 1.0)), "next": float(config.get("next_weight", 0.0)),
                         "dense": float(bool(config.get("dense", True))), "distill": float(config.get("distill_weight", 0.0))}}
 
@@ -56,7 +57,7 @@ def build_llara(
     user_token: bool = False,
     residual: bool = False,
     weights: dict[str, float] | None = None,
-    text_items: bool = False,
+    item_features: str = "recommender",
     device: str | torch.device | None = None,
 ) -> LLaRA:
     """A fresh LLaRA for ``dataset``: base LLM (+ LoRA when ``lora`` is given), frozen recommender table, projector.
@@ -82,14 +83,14 @@ def build_llara(
     if user_token:
         user_projector = build_projector(projector_spec, recommender.dim, llm.config.hidden_size, target_norm=target_norm)
     if next_item:
-        if text_items and (user_token or residual):
-            raise ValueError("title-feature items are for text-only models: no user token or residual scoring")
-        # A model trained on text-only prompts never sees the recommender: its items are their titles.
-        features = recommender.item_embeddings()
-        if text_items:
-            answers = [builder.answer_ids(i)[:-1] for i in range(len(dataset.catalog))]  # titles without terminator
-            features = title_features(llm.get_input_embeddings().weight, answers)
-        next_head = NextItemHead(features, llm.config.hidden_size, d_key=recommender.dim, residual=residual)
+        if item_features in LANGUAGE_FEATURES and (user_token or residual):
+            raise ValueError(f"{item_features} item features are for text-only models: no user token or residual scoring")
+        # A model trained on text-only prompts with language features never sees the recommender.
+        titles = [builder.answer_ids(i)[:-1] for i in range(len(dataset.catalog))] if item_features == "titles" else []
+        features, identity = build_item_features(item_features, recommender, llm.get_input_embeddings().weight, titles,
+                                                 dataset.catalog)
+        d_key = recommender.dim + (64 if identity and features.shape[1] > identity else 0)
+        next_head = NextItemHead(features, llm.config.hidden_size, d_key=d_key, residual=residual, identity_dims=identity)
     head = None
     if head_weight > 0:
         head = nn.Linear(llm.config.hidden_size, 1)

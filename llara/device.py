@@ -160,3 +160,28 @@ def autocast_method(method: F) -> F:
             return method(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def cpu_info() -> dict:
+    """Which CPU a figure came from: its model name, torch's CPU capability, whether it runs bf16 natively
+    (AVX512-BF16 or AMX) and any ISA limit set in the environment (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``),
+    since a bf16 matmul is several times slower where it is emulated."""
+    import os
+    import platform
+
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name in ("", platform.machine(), platform.processor()):
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:  # not Linux: the name platform gives is all there is
+        pass
+    return {"cpu": name, "cores": os.cpu_count(), "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}) if flags else None,
+            "isa_limit": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ},
+            "threads": torch.get_num_threads()}

@@ -67,3 +67,24 @@ def bootstrap_ci(per_user: np.ndarray, n_boot: int = 2000, seed: int = 0, alpha:
     rng = np.random.default_rng(seed)
     means = per_user[rng.integers(0, len(per_user), size=(n_boot, len(per_user)))].mean(axis=1)
     return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+def cluster_paired(a, b, clusters, n_boot: int = 2000, seed: int = 0) -> dict:
+    """``mean(a - b)`` over paired samples with a 95% interval from a cluster bootstrap: whole clusters (users) are
+    resampled, since one user's samples are not independent; the mean is over samples (sum / count per draw).
+    Also the samples where one side is better."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(np.asarray(clusters)) != len(a):
+        raise ValueError(f"paired rows must cover the same samples: {a.shape}, {b.shape}, {len(np.asarray(clusters))} clusters")
+    if len(a) == 0:
+        raise ValueError("no samples to compare")
+    diff = a - b
+    ids, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+    sums = np.bincount(inverse, weights=diff, minlength=len(ids))  # (U,)
+    counts = np.bincount(inverse, minlength=len(ids)).astype(np.float64)  # (U,)
+    rng = np.random.default_rng(seed)
+    draw = rng.integers(0, len(ids), size=(n_boot, len(ids)))
+    means = sums[draw].sum(1) / counts[draw].sum(1)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return {"diff": float(diff.mean()), "ci95": (float(lo), float(hi)), "a_better": int((diff > 0).sum()),
+            "b_better": int((diff < 0).sum())}

@@ -100,6 +100,15 @@ class LLaRA(nn.Module):
         finally:
             self._slot_override = None
 
+    @torch.no_grad()
+    def neutral_slot(self) -> torch.Tensor:
+        """The vector that stands for "no item" in a slot ``(D,)`` float32: the mean projected vector over the
+        catalog (an average item), rescaled to the mean norm of the projected vectors, since averaging shrinks it
+        and a short vector is itself unusual input. What a removed item slot or user slot carries."""
+        vectors = self.projector(self.item_table).float()  # (N, d_rec) -> (N, D)
+        mean = vectors.mean(0)
+        return mean * (vectors.norm(dim=-1).mean() / mean.norm().clamp_min(1e-12))
+
     @property
     def device(self) -> torch.device:
         """Where the LLM reads its inputs (its input embeddings): every tensor the model creates goes there."""
@@ -138,6 +147,8 @@ class LLaRA(nn.Module):
         vectors = self.projector(self.item_table[batch.slot_items]).to(embeds.dtype)  # (S, d_rec) -> (S, D)
         if self._slot_override is not None:
             vectors = self._slot_override.to(embeds.dtype).expand_as(vectors)
+        elif batch.slot_blank is not None:  # removed parts (modality dropout, part ablation): the neutral vector
+            vectors = torch.where(batch.slot_blank[:, None], self.neutral_slot().to(embeds.dtype), vectors)
         # index_put is out of place: gradients flow to the projector, the embedding rows of the slots get none.
         embeds = embeds.index_put((batch.slot_rows, batch.slot_cols), vectors)
         if self.user_projector is not None and batch.user_rows is not None and batch.user_rows.numel():
@@ -145,6 +156,8 @@ class LLaRA(nn.Module):
             users = self.user_projector(states).to(embeds.dtype)  # (U, D)
             if self._slot_override is not None:
                 users = self._slot_override.to(embeds.dtype).expand_as(users)
+            elif batch.user_blank is not None:
+                users = torch.where(batch.user_blank[:, None], self.neutral_slot().to(embeds.dtype), users)
             embeds = embeds.index_put((batch.user_rows, batch.user_cols), users)
         return embeds
 

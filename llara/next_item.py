@@ -27,7 +27,11 @@ from .constants import IGNORE_INDEX
 class NextItemHead(nn.Module):
     """Scores hidden states ``(..., D)`` against all ``N`` items: ``(..., N)``."""
 
-    def __init__(self, features: torch.Tensor, d_model: int, d_key: int = 64, residual: bool = False) -> None:
+    def __init__(self, features: torch.Tensor, d_model: int, d_key: int = 64, residual: bool = False,
+                 identity_dims: int | None = None) -> None:
+        """``identity_dims``: the leading feature dimensions whose keys start as the features themselves (the
+        recommender's part; default: all of them when ``F == d_key``); the keys of the remaining features start
+        random and apart from them (zero cross blocks), so a language part is learned beside the recommender's."""
         super().__init__()
         if features.dim() != 2:
             raise ValueError(f"item features must be (n_items, F), got {tuple(features.shape)}")
@@ -36,9 +40,14 @@ class NextItemHead(nn.Module):
         self.query = nn.Linear(d_model, d_key, bias=False)
         nn.init.zeros_(self.query.weight)  # starts neutral: every item scores 0 until training moves it
         self.key = nn.Linear(d_feat, d_key, bias=False)
-        if d_feat == d_key:
+        k = (d_feat if d_feat == d_key else 0) if identity_dims is None else identity_dims
+        if not 0 <= k <= min(d_feat, d_key):
+            raise ValueError(f"identity_dims={k} does not fit features of {d_feat} dims and keys of {d_key}")
+        if k:
             with torch.no_grad():
-                self.key.weight.copy_(torch.eye(d_key))  # keys start as the features themselves
+                self.key.weight[:k].zero_()
+                self.key.weight[:, :k].zero_()
+                self.key.weight[:k, :k].copy_(torch.eye(k))  # keys start as the (recommender) features themselves
         # gate of the LLM correction in residual scoring; 0 at init, so the sum is the recommender's score
         self.gate = nn.Parameter(torch.zeros(())) if residual else None
 

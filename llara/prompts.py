@@ -10,6 +10,7 @@ an embedding onto the wrong position.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -89,6 +90,19 @@ class Prompt:
     history_positions: tuple[int, ...] = ()  # the slot (hybrid) or <PH> (text) token after each history title
     user_position: int | None = None  # the user slot (<UserEmb> hybrid, <PH> text), when the prompt has one
     titles: bool = True  # False: the hybrid "IDs only" ablation, items listed by their slots alone
+    # part removal (modality dropout in training, part ablation in evaluation): the slots keep their place in the
+    # layout but carry the model's neutral vector (``LLaRA.neutral_slot``) instead of their item / user vector
+    blank_items: bool = False
+    blank_user: bool = False
+
+    def without(self, parts) -> "Prompt":
+        """This prompt with item slots (``"items"``) and / or the user slot (``"user"``) blanked; titles are removed by
+        rebuilding the prompt (``PromptBuilder.build(..., titles=False)``)."""
+        unknown = set(parts) - {"items", "user"}
+        if unknown:
+            raise ValueError(f"only item slots and the user slot are blanked in place, not {sorted(unknown)}")
+        return dataclasses.replace(self, blank_items=self.blank_items or "items" in parts,
+                                   blank_user=self.blank_user or "user" in parts)
 
     @property
     def query_position(self) -> int:
@@ -108,9 +122,10 @@ class Prompt:
         candidates stay as data (distillation compares scores over them) but are no longer in the tokens."""
         end = self.query_position + 1
         keep = [k for k, p in enumerate(self.slot_positions) if p < end]
-        return Prompt(self.text, self.input_ids[:end], tuple(self.slot_positions[k] for k in keep),
-                      tuple(self.slot_items[k] for k in keep), self.hybrid, self.history, self.candidates, self.template,
-                      self.target, (), (), self.history_positions, self.user_position)
+        return dataclasses.replace(self, input_ids=self.input_ids[:end],
+                                   slot_positions=tuple(self.slot_positions[k] for k in keep),
+                                   slot_items=tuple(self.slot_items[k] for k in keep), target_ids=(),
+                                   candidate_positions=())
 
     def training_ids(self) -> tuple[list[int], list[int]]:
         """``input_ids + target_ids`` and labels with the prompt masked: loss only on the target tokens."""

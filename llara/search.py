@@ -59,6 +59,38 @@ def item_text(catalog: Catalog, item: int) -> str:
     return f"{head}. {genres}" if genres else head
 
 
+def catalog_vectors(catalog: Catalog, cache_dir: str | Path | None = None, batch_size: int = 128, encoder=None,
+                    folder: Path | None = None) -> tuple[np.ndarray, Path]:
+    """The encoder's unit vectors of every item text ``(N, 384)`` float32 and the cache file that holds them.
+
+    Cached under ``search/<encoder>-<hash of the texts>.npy`` (default: the conversion cache), so the description
+    search and the language item features (``llara.item_features``) share one computation; the encoder is loaded
+    only when the cache is missing (``encoder``: an already loaded one)."""
+    folder = folder or encoder_folder()
+    texts = [item_text(catalog, i) for i in range(len(catalog))]
+    key = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+    # the Hub's copy gets its own cache file: the two encoders are the same model but not promised bit-identical
+    name = ENCODER_PACKAGE if ENCODER_PACKAGE in str(folder) else "all-minilm-l6-v2-hub"
+    path = (Path(cache_dir) if cache_dir is not None else cache_root()) / "search" / f"{name}-{key}.npy"
+    if path.is_file():
+        matrix = np.load(path, allow_pickle=False)
+    else:
+        if encoder is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            encoder = SentenceTransformer(str(folder), device="cpu")
+        matrix = encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                convert_to_numpy=True).astype(np.float32)  # (N, 384)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+        np.save(tmp, matrix)
+        os.replace(tmp, path)  # atomic: a killed start never leaves a half-written cache
+    if matrix.shape[0] != len(catalog):
+        raise ValueError(f"cached item vectors have {matrix.shape[0]} rows for {len(catalog)} items: delete {path}")
+    return matrix, path
+
+
 class CatalogSearch:
     """Cosine search over the catalog's item texts. Thread-safe for queries once built."""
 
@@ -72,23 +104,7 @@ class CatalogSearch:
 
         self.catalog = catalog
         self.encoder = SentenceTransformer(str(folder), device=device)
-        texts = [item_text(catalog, i) for i in range(len(catalog))]
-        key = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
-        # the Hub's copy gets its own cache file: the two encoders are the same model but not promised bit-identical
-        name = ENCODER_PACKAGE if ENCODER_PACKAGE in str(folder) else "all-minilm-l6-v2-hub"
-        path = (Path(cache_dir) if cache_dir is not None else cache_root()) / "search" / f"{name}-{key}.npy"
-        self.cache_path = path
-        if path.is_file():
-            self.matrix = np.load(path, allow_pickle=False)
-        else:
-            self.matrix = self.encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                              convert_to_numpy=True).astype(np.float32)  # (N, 384)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-            np.save(tmp, self.matrix)
-            os.replace(tmp, path)  # atomic: a killed start never leaves a half-written cache
-        if self.matrix.shape[0] != len(catalog):
-            raise ValueError(f"cached search matrix has {self.matrix.shape[0]} rows for {len(catalog)} items: delete {path}")
+        self.matrix, self.cache_path = catalog_vectors(catalog, cache_dir, batch_size, encoder=self.encoder, folder=folder)
 
     def search(self, query: str, k: int = 10, exclude: set[int] | frozenset[int] = frozenset()) -> list[tuple[int, float]]:
         """The ``k`` items closest to ``query`` as ``(item, cosine)``, best first, skipping ``exclude``."""

@@ -78,6 +78,12 @@ class TrainConfig:
     residual: bool = option(False, "also learn residual scoring: recommender score + gate * next-item score, gate from 0")
     text_items: bool = option(False, "next-item head over title features (mean title-token embedding) instead of the "
                               "recommender's item table: for text-only models, which then never use the recommender")
+    item_features: str = option("auto", "fixed item vectors the next-item head scores against: recommender (its item "
+                                "table), titles (mean title-token embedding), minilm (all-MiniLM-L6-v2 of title, year "
+                                "and genres), recommender+minilm (both); auto = titles with --text-items, else recommender",
+                                choices=["auto", "recommender", "titles", "minilm", "recommender+minilm"])
+    modality_dropout: float = option(0.0, "hybrid training prompts: each part (titles, item slots, user token) is dropped "
+                                     "with this probability, at least one kept, so no part can stand in for the rest")
     lr: float = option(8e-4, "peak learning rate of the LoRA weights")
     projector_lr: float = option(0.0, "peak learning rate of the projector (0 = same as --lr)")
     warmup_ratio: float = option(0.05, "fraction of steps with linear warm-up")
@@ -120,6 +126,10 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         ("--text-items", cfg.text_items, not cfg.text_items or (cfg.next_weight > 0 and cfg.mode == "text" and not cfg.user_token
                                                                 and not cfg.residual),
          "used with --next-weight > 0 and --mode text, without --user-token or --residual"),
+        ("--item-features", cfg.item_features, cfg.item_features in ("auto", "recommender") or
+         (cfg.next_weight > 0 and not (cfg.item_features in ("titles", "minilm") and (cfg.user_token or cfg.residual))),
+         "used with --next-weight > 0; titles / minilm (no recommender) without --user-token or --residual"),
+        ("--modality-dropout", cfg.modality_dropout, 0 <= cfg.modality_dropout < 1, "in [0, 1)"),
         ("the losses", "all 0", cfg.title_weight + cfg.head_weight + cfg.next_weight > 0,
          "not all 0 (--title-weight, --head-weight, --next-weight)"),
         ("--warmup-ratio", cfg.warmup_ratio, 0 <= cfg.warmup_ratio < 1, "in [0, 1)"),
@@ -185,8 +195,25 @@ class PromptStream:
         rng = np.random.default_rng([self.cfg.seed, 1, g])
         candidates = draw_candidates(s.history, s.target, self.model.builder.catalog, rng)
         hybrid = use_hybrid(self.cfg.mode, step, self.total, sample_key=g, seed=self.cfg.seed, switch_fraction=self.cfg.switch_fraction)
-        prompt = self.model.builder.build(s.history, candidates, hybrid=hybrid, target=s.target, rng=random.Random(int(rng.integers(2**31))))
+        dropped = dropped_parts(self.cfg.modality_dropout, hybrid, self.model.builder.user_token,
+                                np.random.default_rng([self.cfg.seed, 3, g])) if self.cfg.modality_dropout else set()
+        prompt = self.model.builder.build(s.history, candidates, hybrid=hybrid, target=s.target,
+                                          rng=random.Random(int(rng.integers(2**31))), titles="titles" not in dropped)
+        prompt = prompt.without(dropped - {"titles"})
         return prompt.truncated() if short_prompts(self.cfg) else prompt
+
+
+def dropped_parts(p: float, hybrid: bool, user_token: bool, rng: np.random.Generator) -> set[str]:
+    """Modality dropout: the parts of one hybrid training prompt to remove, each with probability ``p``, never all
+    of them (one part, drawn at random, is kept), so every part has to carry the answer on its own some of the time.
+    Text-only prompts have one part (the titles) and keep it."""
+    parts = ["titles", "items"] + (["user"] if user_token else [])
+    if not hybrid or p <= 0:
+        return set()
+    drop = [part for part, u in zip(parts, rng.random(len(parts))) if u < p]
+    if len(drop) == len(parts):
+        drop.remove(parts[int(rng.integers(len(parts)))])
+    return set(drop)
 
 
 def short_prompts(cfg: TrainConfig) -> bool:

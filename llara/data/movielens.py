@@ -169,4 +169,5 @@ def load(split: str = "paper", seed: int = 0) -> SequenceDataset:
         test=samples["test"],
         n_interactions=int(len(ratings["user"])),
         users=users,
+        sequences=sequences,
     )

@@ -49,6 +49,7 @@ class SequenceDataset:
     n_interactions: int = 0
     users: dict[str, list[int]] = field(default_factory=dict)  # split -> user ids (empty where unknown)
     candidate_stream: str = DEFAULT_STREAM  # what ``candidates`` draws from unless told otherwise
+    sequences: dict[int, list[int]] = field(default_factory=dict)  # user id -> whole chronological sequence, where known
 
     @property
     def n_items(self) -> int:

@@ -1,0 +1,153 @@
+"""Part ablation, all-position samples, modality dropout and language item features on a tiny in-memory LLaRA."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from llara.data import Sample
+from llara.metrics import cluster_paired
+from llara.model import collate
+from llara.next_item import NextItemHead
+from llara.parts import (all_position_samples, build_variant, hits_and_top1, main, model_parts, summarize_rows,
+                         variant_scores, variants)
+from llara.train import dropped_parts
+
+from .test_next_item import CANDS, HIST, tiny_llara
+
+
+def test_variants_cover_each_part_removed_and_alone():
+    three = variants(("titles", "items", "user"))
+    assert list(three) == ["full", "no titles", "no items", "no user", "titles only", "items only", "user only", "nothing"]
+    assert three["titles only"] == {"items", "user"} and three["nothing"] == {"titles", "items", "user"}
+    two = variants(("titles", "items"))  # "no titles" is "items only": one row, not two
+    assert two == {"full": frozenset(), "no titles (items only)": {"titles"}, "no items (titles only)": {"items"},
+                   "nothing": {"titles", "items"}}
+
+
+def test_model_parts_follow_the_checkpoint():
+    assert model_parts(tiny_llara(user_token=True)) == ("titles", "items", "user")
+    assert model_parts(tiny_llara(user_token=False)) == ("titles", "items")
+
+
+def test_removed_slots_carry_the_neutral_vector():
+    model = tiny_llara()
+    prompt = model.builder.build(HIST, CANDS, hybrid=True)
+    for parts, blank_items, blank_user in (({"items"}, True, False), ({"user"}, False, True), ({"items", "user"}, True, True)):
+        batch = collate([prompt.without(parts)], model.pad_id)
+        embeds, full = model.embed(batch)[0], model.embed(collate([prompt], model.pad_id))[0]
+        neutral = model.neutral_slot()
+        for pos in prompt.history_positions + prompt.candidate_positions:
+            assert torch.allclose(embeds[pos], neutral) == blank_items
+            assert torch.allclose(embeds[pos], full[pos]) != blank_items
+        assert torch.allclose(embeds[prompt.user_position], neutral) == blank_user
+    with pytest.raises(ValueError, match="titles"):
+        prompt.without({"titles"})  # titles are removed by rebuilding, not in place
+
+
+def test_build_variant_rebuilds_without_titles_and_cuts_at_the_query():
+    model = tiny_llara(user_token=False)
+    full = build_variant(model, HIST, CANDS, True, frozenset())
+    no_titles = build_variant(model, HIST, CANDS, True, frozenset({"titles"}))
+    assert not no_titles.titles and len(no_titles.input_ids) < len(full.input_ids)
+    assert full.input_ids[-1] == model.builder.history_id  # cut right after the last history slot
+    assert not full.candidate_positions and not no_titles.candidate_positions
+    with pytest.raises(ValueError, match="one part"):
+        build_variant(model, HIST, CANDS, False, frozenset({"items"}))
+
+
+def test_variant_scores_move_with_the_removed_part_and_share_passes(monkeypatch):
+    model = tiny_llara()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        model.next_head.query.weight.normal_()
+    samples = [Sample(HIST, 5, 1), Sample(HIST, 6, 1), Sample((9, 10, 11), 5, 2)]
+    cands = [CANDS, (0, 1, 6, 5, 7, 8), (0, 1, 5, 6, 7, 8)]
+    calls = []
+    real = model.all_item_scores
+    monkeypatch.setattr(model, "all_item_scores", lambda prompts: calls.append(len(prompts)) or real(prompts))
+    full = variant_scores(model, samples, cands, True, frozenset())
+    assert calls == [2]  # two distinct histories, one batched pass
+    for removed in ({"titles"}, {"items"}, {"user"}):
+        assert not np.allclose(full, variant_scores(model, samples, cands, True, frozenset(removed)))
+    # same history, reordered candidates: the same scores, reordered
+    assert np.allclose(full[1], full[0][[list(CANDS).index(c) for c in cands[1]]])
+
+
+def test_hits_count_ties_against_the_target():
+    samples = [Sample((1, 2, 3), 7), Sample((1, 2, 3), 8)]
+    hits, top1 = hits_and_top1(np.array([[1.0, 1.0], [0.0, 2.0]]), samples, [(7, 9), (9, 8)])
+    assert hits.tolist() == [0.0, 1.0] and top1.tolist() == [7, 8]
+
+
+def test_all_position_samples():
+    seqs = {1: list(range(20)), 2: [5, 6, 7], 3: [1, 2, 3, 4]}
+    every = all_position_samples(seqs)
+    assert [s.target for s in every if s.user == 1] == list(range(3, 20)) and not [s for s in every if s.user == 2]
+    assert all(3 <= len(s.history) <= 10 and s.history == tuple(seqs[s.user][max(0, seqs[s.user].index(s.target) - 10):
+                                                                           seqs[s.user].index(s.target)]) for s in every)
+    some = all_position_samples(seqs, per_user=4, seed=1)
+    assert Counter(s.user for s in some) == {1: 4, 3: 1}
+    assert some[3].target == 19  # the last interaction (the paper's sample) is always kept
+    assert all_position_samples(seqs, per_user=4, seed=1) == some
+
+
+def test_cluster_paired_interval_respects_users():
+    a, b = np.ones(10), np.ones(10)
+    assert cluster_paired(a, b, np.arange(10)) == {"diff": 0.0, "ci95": (0.0, 0.0), "a_better": 0, "b_better": 0}
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(20), 20)
+    per_user = rng.random(20) < 0.5  # users entirely better or entirely equal: strongly clustered
+    diff = np.repeat(per_user, 20).astype(float)
+    clustered = cluster_paired(diff, np.zeros_like(diff), users)["ci95"]
+    iid = cluster_paired(diff, np.zeros_like(diff), np.arange(len(diff)))["ci95"]
+    assert clustered[1] - clustered[0] > 2 * (iid[1] - iid[0])
+    with pytest.raises(ValueError, match="same samples"):
+        cluster_paired(a, b[:5], np.arange(10))
+
+
+def test_summary_rows_pair_against_full_and_recommender():
+    users = np.array([1, 1, 2, 2])
+    hits = {"full": np.array([1, 1, 0, 1.0]), "no titles": np.array([1, 0, 0, 0.0]), "recommender": np.array([1, 0, 0, 1.0])}
+    top1 = {"full": np.array([1, 2, 3, 4]), "no titles": np.array([1, 2, 0, 0]), "recommender": np.array([1, 0, 3, 4])}
+    rows = summarize_rows(hits, top1, users, "full", "recommender")
+    assert rows["no titles"]["full_minus_row"]["diff"] == 0.5 and rows["full"]["same_top1_as_recommender"] == 0.75
+    assert rows["full"]["minus_recommender"]["diff"] == 0.25 and "full_minus_row" not in rows["full"]
+
+
+def test_modality_dropout_never_drops_every_part():
+    rng = np.random.default_rng(0)
+    draws = [frozenset(dropped_parts(0.5, True, True, rng)) for _ in range(2000)]
+    assert frozenset({"titles", "items", "user"}) not in draws
+    freq = Counter(p for d in draws for p in d)
+    assert all(0.35 < freq[p] / len(draws) < 0.5 for p in ("titles", "items", "user")), freq
+    assert dropped_parts(0.5, False, True, rng) == set() and dropped_parts(0.0, True, True, rng) == set()
+    assert all("user" not in dropped_parts(0.9, True, False, rng) for _ in range(50))
+
+
+def test_language_keys_start_beside_the_recommender_keys():
+    feats = torch.randn(7, 8 + 12)
+    head = NextItemHead(feats, d_model=16, d_key=8 + 4, identity_dims=8)
+    keys = head.keys()
+    assert torch.allclose(keys[:, :8], feats[:, :8])  # the recommender part passes unchanged
+    assert not torch.allclose(keys[:, 8:], torch.zeros(7, 4))  # the language part is learned from its start
+    with pytest.raises(ValueError, match="identity_dims"):
+        NextItemHead(feats, d_model=16, d_key=4, identity_dims=8)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--checkpoint", "x", "--positions", "-1"], "--positions"),
+    (["--checkpoint", "x", "--paper-seeds", "a"], "seeds"),
+])
+def test_cli_rejects_bad_flags(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_missing_checkpoint_is_one_line(tmp_path, capsys):
+    assert main(["--checkpoint", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and len(err.strip().splitlines()) == 1

@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--genre-probe", action="store_true", help="also run the genre probe (70 genre-pure histories)")
     parser.add_argument("--baselines", action="store_true", help="also probe the recommenders and the global/recent "
                         "popularity priors, and compare every row with them (paired over users)")
+    parser.add_argument("--parts", action="store_true", help="also the part ablation (llara/parts.py): the LLM alone "
+                        "(next) with the full prompt, each part removed and each part alone, paired against the full "
+                        "prompt and the checkpoint's recommender; every position of the users: python -m llara.parts")
     parser.add_argument("--eval-split", default="test", choices=["val", "test"], help="which users to evaluate (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N samples (0 = all)")
     parser.add_argument("--precision", default=None, choices=["bf16", "fp32", "nf4"], help="override the checkpoint's precision")
@@ -291,6 +294,8 @@ def run(args: argparse.Namespace) -> int:
                                   args.swap_seed if args.swap_seed >= 0 else None, args.genre_probe, args.eval_split)
                 results["probes"][key] = probe
                 accelerator.print(format_probe(f"{name} {key}", probe))
+    if args.parts and accelerator.is_main_process:
+        _part_ablation(model, ds, samples, args, results, hybrid=args.prompt != "text")
     if args.baselines and accelerator.is_main_process:
         own, rec_dir = args.recommender, Path(args.recommender_dir)
         if args.checkpoint:  # the recommender the checkpoint was trained with, from where it was trained
@@ -313,6 +318,19 @@ def run(args: argparse.Namespace) -> int:
     if accelerator.is_main_process and args.json:
         write_json(args.json, results)
     return 0
+
+
+def _part_ablation(model: LLaRA, ds, samples, args: argparse.Namespace, results: dict, hybrid: bool) -> None:
+    """``--parts``: the part-ablation rows on the evaluated samples and candidate seeds (``results["parts"]``)."""
+    from .parts import PARTS, absent_rows, evaluate_parts, format_table, model_parts, report
+
+    if model.next_head is None:
+        raise ValueError("--parts reads the next-item head: this checkpoint has none (train with --next-weight > 0)")
+    cands = [c for seed in args.seed_list for c in ds.candidates(args.eval_split, seed=seed)[: len(samples)]]
+    sets = {"paper": (list(samples) * len(args.seed_list), cands)}
+    raw = evaluate_parts(model, ds, hybrid, sets, model.recommender, args.batch_size)
+    results["parts"] = report(raw, ds, 10, sets)
+    print(format_table(results["parts"], absent_rows(model_parts(model)) if hybrid else [f"no {p}" for p in PARTS]))
 
 
 def _gather(accelerator, records: list[dict]) -> list[dict]:

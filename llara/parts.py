@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +232,34 @@ def format_table(summary: dict[str, dict], absent: list[str]) -> str:
             lines.append(f"| {name} | {m['hr@1']:.3f} ({m['hr@1_ci95'][0]:.3f}-{m['hr@1_ci95'][1]:.3f}) | "
                          f"{ci(m.get('full_minus_row'))} | {ci(m.get('minus_recommender'))} | {agree} |")
         lines += [f"| {a} | absent (the checkpoint has no such part) | – | – | – |" for a in absent]
+    return "\n".join(lines)
+
+
+def overview_table(stored: list[dict], set_name: str = "positions") -> str:
+    """One line per checkpoint (``python -m llara.parts --json`` outputs): what removing each part costs, the best
+    part alone, agreement with the recommender and the cold slice. The standard columns of the results table."""
+    head = ("| model | prompt | samples | HR@1 full | recommender | full − recommender | same top-1 | − titles | − item slots "
+            "| − user token | best part alone | cold: full − recommender |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    fmt = lambda d: f"{d['diff']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})" if d else "–"  # noqa: E731
+    for r in stored:
+        rows = r["summary"].get(set_name)
+        if not rows:
+            continue
+        full = rows["full"]
+        drop = {}
+        for part in PARTS:
+            name = next((k for k in rows if k == f"no {part}" or k.startswith(f"no {part} (")), None)
+            drop[part] = "absent" if f"no {part}" in r["absent"] else fmt(rows[name].get("full_minus_row")) if name else "–"
+        alone = {k: v["hr@1"] for k, v in rows.items() if k.endswith(" only") or k.endswith("only)")}
+        best = max(alone, key=alone.get) if alone else None
+        best_cell = f"{alone[best]:.3f} ({best.split('(')[-1].rstrip(')').replace(' only', '')})" if best else "–"
+        cold = r["summary"].get("cold", {}).get("full", {}).get("minus_recommender") if set_name == "positions" else None
+        rec = rows.get("recommender", {}).get("hr@1")
+        lines.append(f"| {r['checkpoint']} | {r['prompt']} | {full['samples']} | {full['hr@1']:.3f} | "
+                     f"{'–' if rec is None else f'{rec:.3f}'} | {fmt(full.get('minus_recommender'))} | "
+                     f"{full.get('same_top1_as_recommender', float('nan')):.0%} | {drop['titles']} | {drop['items']} | "
+                     f"{drop['user']} | {best_cell} | {fmt(cold)} |")
     return "\n".join(lines)
 
 

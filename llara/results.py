@@ -364,6 +364,13 @@ def run(args: argparse.Namespace, grp: Group, out: Path, rows: list[str]) -> int
         ours = [_stored(q, Group(grp.stream)) for q in (ours_folder / f"{r['row']}.json" for r in results) if q.is_file()]
         print()
         print(beside_ours_table([r for r in results if r not in fused], ours))
+    stored_parts = [read_json(q) for q in sorted((out / "parts").glob("*.json"))] if (out / "parts").is_dir() else []
+    if stored_parts:  # written by python -m llara.parts --json <out>/parts/<row>.json
+        from .parts import overview_table
+
+        for set_name in ("positions", "paper"):
+            print(f"\nPrompt parts, the LLM alone ({set_name}; python -m llara.parts):\n")
+            print(overview_table(stored_parts, set_name))
     if args.plot:
         print(f"training curves: {plot_curves(args.plot)}")
     print(f"\n[results] {len(results)} rows in {time.perf_counter() - started:.0f} s")

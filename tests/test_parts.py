@@ -151,3 +151,61 @@ def test_cli_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def dropout_run(toy_setup, tmp_path_factory):
+    """A tiny next-item run with a user token and modality dropout, end to end through the CLI."""
+    import llara.train as train_mod
+
+    from .conftest import toy_train_args
+
+    out = tmp_path_factory.mktemp("parts-run") / "ckpt"
+    args = toy_train_args(toy_setup, out, "--title-weight", "0", "--next-weight", "1", "--user-token",
+                          "--modality-dropout", "0.5", "--max-steps", "2")
+    assert train_mod.main(args) == 0
+    return out
+
+
+def test_parts_cli_reports_every_variant_and_no_positions_without_sequences(dropout_run, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "parts.json"
+    assert main(["--checkpoint", str(dropout_run), "--paper-seeds", "0,1", "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    rows = saved["summary"]["paper"]
+    assert list(rows)[:8] == list(variants(("titles", "items", "user")))
+    assert {"recommender", "recent popularity"} <= set(rows) and saved["absent"] == []
+    assert "positions" not in saved["summary"]  # the release folder format keeps no full sequences
+    n = rows["full"]["samples"]
+    assert all(len(h) == n for h in saved["hits"]["paper"].values()) and n % 2 == 0  # two candidate seeds
+    assert "| no user |" in capsys.readouterr().out
+    assert saved["machine"]["cpu"]
+
+
+def test_evaluate_parts_flag(dropout_run, tmp_path):
+    import json
+
+    import llara.evaluate as evaluate_mod
+
+    out = tmp_path / "eval.json"
+    assert evaluate_mod.main(["--checkpoint", str(dropout_run), "--decode", "next", "--seeds", "1", "--swap-seed", "-1",
+                              "--parts", "--json", str(out)]) == 0
+    parts = json.loads(out.read_text())["parts"]["paper"]
+    assert parts["full"]["hr@1"] == pytest.approx(json.loads(out.read_text())["metrics"]["hybrid/next"]["hr@1"], abs=1e-9)
+    assert "no titles" in parts and "user only" in parts
+
+
+def test_training_prompts_drop_parts():
+    from llara.train import PromptStream, TrainConfig
+
+    model = tiny_llara(user_token=True)
+    samples = [Sample(HIST, 5, 1), Sample((9, 10, 11, 12), 13, 2)]
+    cfg = TrainConfig(mode="hybrid", next_weight=1.0, title_weight=0.0, modality_dropout=0.5, user_token=True)
+    stream = PromptStream(model, samples, cfg, total_steps=10)
+    prompts = [stream.prompt(g, 0) for g in range(200)]
+    kinds = Counter((p.titles, p.blank_items, p.blank_user) for p in prompts)
+    assert (False, True, True) not in kinds and (True, False, False) in kinds and len(kinds) == 7
+    assert [stream.prompt(g, 0) for g in range(20)] == prompts[:20]  # a pure function of (seed, g): resumable
+    plain = PromptStream(model, samples, TrainConfig(mode="hybrid", next_weight=1.0, title_weight=0.0, user_token=True), 10)
+    assert all(p.titles and not p.blank_items and not p.blank_user for p in (plain.prompt(g, 0) for g in range(50)))

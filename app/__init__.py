@@ -8,6 +8,8 @@ import gradio as gr
 
 from llara.checkpoint import REPO_ROOT
 from llara.answers import ABLATIONS, ATTRIBUTION_METHODS, UNTRAINED_TITLES, writes_titles
+from llara.part_view import NEEDS_NEXT_HEAD
+from llara.parts import model_parts
 
 from . import handlers
 from .gpu import on_gpu  # ZeroGPU: the handlers that run the model get a GPU
@@ -29,6 +31,15 @@ ABLATION_LABELS = {
 METHOD_LABELS = {"grad_x_input": "token: gradient × input", "ig": "token: integrated gradients",
                  "ablation": "item: remove title / embedding (slow)",
                  "deletion": "item: delete the movie, rebuild the prompt"}
+# what each decode is (the radio's labels); next, the LLM alone, is the default wherever the model has the head
+DECODE_LABELS = {"next": "next: the LLM alone", "residual": "residual: the recommender plus the LLM's correction",
+                 "head": "head: candidate head", "rank": "rank: title likelihood",
+                 "constrained": "constrained decoding", "generate": "generate: greedy decoding"}
+PARTS_INTRO = (
+    "What each part of the hybrid prompt does to the answer, for the history and candidates above: the full prompt "
+    "(titles, item slots{user}), each part removed, each part alone and nothing, all answered by the LLM alone "
+    "(next-item head) in one batched pass, beside the text-only model."
+)
 # the most faithful method on the deletion benchmark, and the fastest (README, *Are they faithful?*)
 DEFAULT_METHOD = "deletion"
 EXAMPLES = [
@@ -121,10 +132,12 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                           ("hard: half from the recommender's 30 best for this history", "hard")],
                                          value="random", label="Candidate set", elem_id="candidate-kind")
                     untrained = "" if writes_titles(studio.predictor.model) else f" ({UNTRAINED_TITLES})"
-                    decode = gr.Radio(decodes, value=decodes[0], label="Decode",
-                                      info="residual: recommender + LLM correction · next: the LLM's next-item head "
-                                           "alone · head: candidate head · rank: title likelihood · constrained / "
-                                           f"generate: decoding{untrained}", elem_id="decode")
+                    decode = gr.Radio([(DECODE_LABELS.get(d, d), d) for d in decodes], value=decodes[0],
+                                      label="Decode",
+                                      info="next (the default): the LLM's next-item head alone · residual: the "
+                                           "recommender plus the LLM's correction (recommender score + the LLM's "
+                                           "learned, gated next-item score) · head: candidate head · rank: title "
+                                           f"likelihood · constrained / generate: decoding{untrained}", elem_id="decode")
                     ablation = gr.Radio([(ABLATION_LABELS[a], a) for a in ABLATIONS], value="none",
                                         label="Ablation", elem_id="ablation")
                     predict = gr.Button("Predict", variant="primary", elem_id="predict")
@@ -133,6 +146,15 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 text_head, text_bars = _panel("Text-only LLaRA", "text-panel")
                 hybrid_head, hybrid_bars = _panel("Hybrid LLaRA", "hybrid-panel")
                 rec_head, rec_bars = _panel("Recommender alone", "rec-panel")
+            with gr.Accordion("Compare prompt parts", open=True, elem_id="parts"):
+                user_part = ", user token" if "user" in model_parts(studio.predictor.model) else ""
+                needs = "" if "next" in decodes else f"\n\n**{NEEDS_NEXT_HEAD}**"
+                gr.Markdown(PARTS_INTRO.format(user=user_part) + needs, elem_id="parts-intro")
+                compare = gr.Button("Compare prompt parts", elem_id="compare-parts")
+                parts_status = gr.Markdown(elem_id="parts-status")
+                parts_table = gr.Dataframe(label="One row per prompt", elem_id="parts-table", wrap=True,
+                                           interactive=False, max_height=1200,
+                                           column_widths=["11%", "17%", "15%", "45%", "12%"])
             with gr.Accordion("Prompt inspector", open=False, elem_id="inspector"):
                 with gr.Row():
                     text_prompt = gr.HighlightedText(label="Text-only prompt", elem_id="text-prompt")
@@ -193,6 +215,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
         predict.click(on_gpu(call(handlers.predict, studio)), inputs=[history, candidates, decode, ablation, seed, request],
                       outputs=[text_head, text_bars, hybrid_head, hybrid_bars, rec_head, rec_bars, status, text_prompt,
                                hybrid_prompt, slots, request], api_name="predict")
+        compare.click(on_gpu(call(handlers.compare_parts, studio)), inputs=[history, candidates, request],
+                      outputs=[parts_status, parts_table], api_name="compare_parts")
         attr_outputs = [text_attr, hybrid_attr, text_bars_attr, hybrid_bars_attr, attr_status]
         # the previous explanation is cleared at once (an explanation takes seconds), then the new one is computed
         explain.click(handlers.explaining, inputs=method, outputs=attr_outputs, queue=False, api_name=False).then(

@@ -16,6 +16,7 @@ import pandas as pd
 from llara.constants import MAX_SEED, MAX_TITLE_CHARS
 from llara.answers import ABLATIONS, ATTRIBUTION_METHODS, PROMPT_KINDS, Prediction
 from llara.inference import CANDIDATE_KINDS
+from llara.part_view import NEEDS_NEXT_HEAD, PART_COLUMNS, part_summary, part_table_rows
 from llara.search import MAX_QUERY_CHARS
 
 from .state import Studio
@@ -258,6 +259,22 @@ def predict(studio: Studio, history, candidates, decode: str = "rank", ablation:
         prompt_segments(result.prompts.get("text")), prompt_segments(result.prompts["hybrid"]),
         slot_table(studio, result.prompts["hybrid"]), state,
     )
+
+
+# ---- part comparison ----------------------------------------------------------------------------------------
+
+def compare_parts(studio: Studio, history, candidates, state=None):
+    """The part comparison of the current request: (status line, table). A checkpoint without a next-item head gets
+    a line saying the view needs one (and an empty table); bad input is refused as Predict refuses it."""
+    if "next" not in studio.predictor.decodes:
+        return f"*{NEEDS_NEXT_HEAD}*", pd.DataFrame(columns=PART_COLUMNS)
+    items = watched(studio, history)
+    cands = to_items(studio, candidates, "candidates")
+    if not cands:
+        raise refuse("The candidate set is empty: draw candidates or pick some.")
+    result = _call(studio.predictor.compare_parts, items, cands)
+    rows = part_table_rows(result, studio.labels, true_item(state))
+    return part_summary(result), pd.DataFrame(rows, columns=PART_COLUMNS)
 
 
 def prompt_segments(prompt) -> list[tuple[str, str | None]]:

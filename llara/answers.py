@@ -68,6 +68,39 @@ class Explanation:
     prompts: dict[str, Prompt] = field(default_factory=dict)  # the prompts explained, by kind
 
 
+@dataclass
+class PartRow:
+    """One prompt of a part comparison (``llara.part_view``), answered by the LLM's next-item head alone."""
+
+    name: str  # a row of ``llara.parts.variants`` ("full", "no titles", ...) or "text-only model"
+    kept: tuple[str, ...]  # the parts its prompt keeps ("titles", "items", "user")
+    source: str  # "hybrid" or "text"
+    item: int | None  # None: this model cannot answer with the next-item head (``note`` says why)
+    ranked: list[tuple[int, float]] = field(default_factory=list)  # (item, log-softmax over the candidates), best first
+    changed: float | None = None  # share of candidate pairs ordered the other way round than in the full prompt
+    note: str = ""
+
+    def top(self, k: int = 5) -> list[tuple[int, float]]:
+        return self.ranked[:k]
+
+
+@dataclass
+class PartComparison:
+    """The full hybrid prompt beside every variant with parts removed, and the text-only model, on one request."""
+
+    history: tuple[int, ...]
+    candidates: tuple[int, ...]
+    parts: tuple[str, ...]  # the parts the served checkpoint's hybrid prompt has
+    rows: list[PartRow]  # "full" first, then the variants, then the text-only model
+    prompts: dict[str, Prompt]  # each row's prompt, cut after its query slot (what the head reads)
+    note: str = ""  # what cleaning the history changed
+    seconds: float = 0.0  # the whole call, ``waited`` included
+    waited: float = 0.0
+
+    def row(self, name: str) -> PartRow:
+        return next(r for r in self.rows if r.name == name)
+
+
 UNTRAINED_TITLES = ("this model was trained without the title loss, so its title decodes (rank, constrained, "
                     "generate) are the language model's untrained guesses")
 

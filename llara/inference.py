@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from .answers import (ABLATIONS, PROMPT_KINDS, TITLE_DECODES, UNTRAINED_TITLES, Answer, Explanation, Prediction,
-                      check_method, writes_titles)
+from .answers import (ABLATIONS, PROMPT_KINDS, TITLE_DECODES, UNTRAINED_TITLES, Answer, Explanation, PartComparison,
+                      Prediction, check_method, writes_titles)
 from .attribution import Attribution, attribute_deletion, attribute_items, attribute_tokens, neutral_slot_vector
 from .constants import DECODES, MAX_BATCH, MAX_SEED, MAX_TITLE_CHARS, PRECISIONS
 from .data import NUM_CANDIDATES, SequenceDataset, candidates_around
@@ -30,6 +30,7 @@ from .batching import Combiner
 from .inspector import SlotInfo, slot_infos
 from .loader import trim_heap
 from .model import LLaRA, available, rank_candidates
+from .part_view import compare_parts
 from .prompts import Prompt, clean_history
 
 BATCHED_DECODES = ("residual", "next")  # one pass over the prompt up to its query slot: requests batch together
@@ -271,6 +272,12 @@ class Predictor:
         return Prediction(tuple(history), tuple(candidates), prompts, answers, ablation, note,
                           time.perf_counter() - started, waited)
 
+    def compare_parts(self, history: list[int], candidates: list[int]) -> PartComparison:
+        """The full hybrid prompt beside every variant with parts removed (titles, item slots, user token) and the
+        text-only model, each answered by the next-item head alone in one batched pass (see ``llara.part_view``);
+        checked as ``predict`` checks its inputs. Needs a checkpoint with a next-item head."""
+        return compare_parts(self, history, candidates)
+
     def attribute(self, prompt: Prompt, method: str = "grad_x_input", target: int | None = None,
                   ablation: str = "none", decode: str = "rank") -> Attribution:
         """Attribution of the answer ``target`` to one prompt, under ``ablation`` as ``predict`` answers it; by
@@ -325,8 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", default="", help="candidate titles separated by '|' (default: 20 drawn with --seed)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the candidate draw and of the shuffle ablation (default: 0)")
     parser.add_argument("--decode", choices=DECODES, default=None,
-                        help="how each prompt is answered (default: the best the checkpoint offers, in the order "
-                             + ", ".join(DECODES) + ")")
+                        help="how each prompt is answered: next, the LLM alone (its next-item head); residual, the "
+                             "recommender plus the LLM's correction; head, rank, constrained, generate (default: the "
+                             "first the checkpoint offers, in the order " + ", ".join(DECODES) + ")")
     parser.add_argument("--text-checkpoint", default=None, help="a text-only checkpoint for the text-only answer "
                         "(default: the main checkpoint answers its text-only prompt too)")
     parser.add_argument("--ablation", choices=ABLATIONS, default="none", help="prompt ablation (default: none)")

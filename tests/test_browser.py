@@ -3,6 +3,9 @@
 Covered, each through what the page shows:
 
 * first visit: an example history with its 20 candidates is already there, and Predict answers at once;
+* the decode radio opens on ``next`` (the LLM alone) and labels ``residual`` as the recommender plus the LLM's
+  correction; "Compare prompt parts" fills a table with one row per prompt variant (full, each part removed, each
+  part alone, nothing) and the text-only model, each answering with a candidate;
 * picking a history by hand: the candidates are redrawn, Predict fills the three panels, Explain renders both
   prompts token by token;
 * an example history (``gr.Examples``): clicking one puts exactly its movies in the history and draws 20 new
@@ -40,6 +43,9 @@ HOW = {"rank": "title likelihood", "head": "candidate head", "constrained": "con
        "residual": "recommender + the LLM's learned correction"}
 ONE_BAR = "decoding names one movie and scores no other, so the chart has one bar"
 DECODED = ("constrained", "generate")  # decodes that name one movie and score no other
+# the rows of the part comparison for the demo's checkpoint (titles, item slots and a user token)
+PART_ROWS = ["full", "no titles", "no items", "no user", "titles only", "items only", "user only", "nothing",
+             "text-only model"]
 PREDICT_S, EXPLAIN_S = 180, 240  # generous: the CPU is shared, generate takes seconds, an explanation up to a minute
 
 
@@ -112,6 +118,26 @@ def test_first_visit_predicts_at_once(page):
     assert len(b.dropdown_values(page, "history")) >= 2 and len(b.dropdown_values(page, "candidates")) == 20
     predict(page)
     b.screenshot(page, SHOTS / "first-visit.png")
+
+
+def test_compare_prompt_parts(page):
+    """The decode radio opens on the LLM alone; the part comparison answers every variant of the hybrid prompt and
+    the text-only model with a candidate, and says how much each ranking changed versus the full prompt."""
+    assert b.radio_value(page, "decode") == "next"
+    labels = {value: label for label, value in b.radio_options(page, "decode")}
+    assert labels["residual"] == "residual: the recommender plus the LLM's correction", labels
+    candidates = b.dropdown_values(page, "candidates")
+    with b.updated(page, "parts-table", timeout=PREDICT_S):
+        b.click(page, "compare-parts")
+    status = b.wait_text(page, "parts-status", "Compared", timeout=30)
+    assert f"Compared {len(PART_ROWS)} prompts" in status and "the other way round" in status, status
+    b.wait_text(page, "parts-table", lambda _: len(b.table_rows(page, "parts-table")) == len(PART_ROWS), timeout=30)
+    rows = b.table_rows(page, "parts-table")
+    assert [row[0] for row in rows] == PART_ROWS, rows
+    for row in rows:
+        assert row[2].removeprefix("★ ") in candidates, row
+        assert row[4] == "reference" if row[0] == "full" else row[4].endswith("%"), row
+    b.screenshot(page, SHOTS / "compare-parts.png")
 
 
 def test_pick_predict_and_explain(page):

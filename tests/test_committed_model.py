@@ -26,7 +26,7 @@ def test_committed_checkpoint_answers_a_fixed_prompt(studio):
     history = [p.catalog.find(t) for t in HISTORY]
     cands = p.draw_candidates(history, seed=0)
     # the demo's models: hybrid with user token and residual scoring, and a text-only model for the text panel
-    assert p.decodes[:2] == ("residual", "next") and p.model.builder.user_token
+    assert p.decodes[:2] == ("next", "residual") and p.model.builder.user_token
     assert p.text_model is not None and p.text_meta["config"]["mode"] == "text"
     for decode in ("residual", "next", "constrained"):
         result = p.predict(history, cands, decode)

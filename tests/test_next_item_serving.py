@@ -63,7 +63,7 @@ def test_checkpoints_hold_the_next_item_parts(next_ckpt, text_ckpt):
 
 def test_predictor_serves_residual_with_a_text_model(predictor, request_):
     history, cands, pred = request_
-    assert predictor.decodes[:2] == ("residual", "next") and "head" not in predictor.decodes
+    assert predictor.decodes[:2] == ("next", "residual") and "head" not in predictor.decodes
     assert set(pred.answers) == {"text", "hybrid", "recommender"}
     hybrid, text, rec = pred.answers["hybrid"], pred.answers["text"], pred.answers["recommender"]
     assert hybrid.source == "hybrid" and hybrid.decode == "residual" and hybrid.valid and not hybrid.note

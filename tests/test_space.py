@@ -363,7 +363,7 @@ def test_model_handlers_carry_the_decorator_when_spaces_is_importable(studio, us
     demo = build_demo(studio)
     fns = {fn.api_name: fn.fn for fn in demo.fns.values() if fn.api_name}
     decorated = {name for name, fn in fns.items() if hasattr(fn, "zerogpu")}
-    assert decorated == {"predict", "attribute"}  # the model-calling handlers, and nothing else
+    assert decorated == {"predict", "attribute", "compare_parts"}  # the model-calling handlers, and nothing else
     assert fns["predict"].zerogpu == GPU_SECONDS and fns["predict"].__name__ == "predict"
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)

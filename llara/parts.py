@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     from .loader import load_llara
 
     try:
-        model, meta, ds = load_llara(str(args.checkpoint), precision=args.precision)
+        model, meta, ds = load_llara(str(args.checkpoint), precision=args.precision, merge=True)  # LoRA folded in: faster
         if model.next_head is None:
             raise ValueError(f"{args.checkpoint} has no next-item head: part ablation reads the LLM's next-item scores")
         hybrid = meta["config"].get("mode") != "text" if args.prompt == "auto" else args.prompt == "hybrid"

@@ -167,12 +167,19 @@ def summarize_rows(hits: dict[str, np.ndarray], top1: dict[str, np.ndarray], use
 # ---- the run ----------------------------------------------------------------------------------------------------
 
 def evaluate_parts(model: LLaRA, ds: SequenceDataset, hybrid: bool, sets: dict[str, tuple[list[Sample], list]],
-                   recommender=None, batch_size: int = 16, progress: bool = True) -> dict[str, dict]:
-    """Per sample set: ``{"hits": {row: (n,)}, "top1": {row: (n,)}}`` for every variant of the prompt (the LLM alone),
-    the model's recommender and recent popularity (a history-free prior) on the same samples and candidates."""
+                   recommender=None, batch_size: int = 16, progress: bool = True,
+                   only: list[str] | None = None) -> dict[str, dict]:
+    """Per sample set: ``{"hits": {row: (n,)}, "top1": {row: (n,)}}`` for every variant of the prompt (the LLM alone;
+    ``only``: these rows, "full" always among them), the model's recommender and recent popularity (a history-free
+    prior) on the same samples and candidates."""
     from .probes import popularity
 
     rows = variants(model_parts(model)) if hybrid else {"full": frozenset()}
+    if only:
+        unknown = sorted(set(only) - set(rows))
+        if unknown:
+            raise ValueError(f"unknown prompt rows {unknown}; this checkpoint has: {', '.join(rows)}")
+        rows = {k: v for k, v in rows.items() if k == "full" or k in only}
     prior = popularity(ds, recent=10)
     out = {}
     for set_name, (samples, cands) in sets.items():
@@ -277,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32", choices=["bf16", "fp32", "nf4"], help="weights and compute of the LLM (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per pass (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--rows", default="", help="comma-separated prompt rows to run, e.g. 'no user,user only' (the full "
+                        "prompt always runs; default: every row the checkpoint has)")
     parser.add_argument("--json", type=Path, default=None, help="write the summary, per-sample hits and the CPU here")
     args = parser.parse_args(argv)
     for flag, value, low in (("--positions", args.positions, 0), ("--candidate-seed", args.candidate_seed, 0),
@@ -301,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.checkpoint} has no next-item head: part ablation reads the LLM's next-item scores")
         hybrid = meta["config"].get("mode") != "text" if args.prompt == "auto" else args.prompt == "hybrid"
         sets = sample_sets(ds, seeds, args.positions, args.candidate_seed, args.split)
-        raw = evaluate_parts(model.eval(), ds, hybrid, sets, model.recommender, args.batch_size)
+        only = [r.strip() for r in args.rows.split(",") if r.strip()] or None
+        raw = evaluate_parts(model.eval(), ds, hybrid, sets, model.recommender, args.batch_size, only=only)
     except (ValueError, OSError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -209,3 +209,14 @@ def test_training_prompts_drop_parts():
     assert [stream.prompt(g, 0) for g in range(20)] == prompts[:20]  # a pure function of (seed, g): resumable
     plain = PromptStream(model, samples, TrainConfig(mode="hybrid", next_weight=1.0, title_weight=0.0, user_token=True), 10)
     assert all(p.titles and not p.blank_items and not p.blank_user for p in (plain.prompt(g, 0) for g in range(50)))
+
+
+def test_parts_cli_runs_only_the_rows_asked_for(dropout_run, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "some.json"
+    assert main(["--checkpoint", str(dropout_run), "--paper-seeds", "0", "--rows", "no user,user only", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["summary"]["paper"]
+    assert [r for r in rows if r not in ("recommender", "recent popularity")] == ["full", "no user", "user only"]
+    assert main(["--checkpoint", str(dropout_run), "--rows", "no wings"]) == 2
+    assert "unknown prompt rows ['no wings']" in capsys.readouterr().err

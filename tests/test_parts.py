@@ -220,3 +220,34 @@ def test_parts_cli_runs_only_the_rows_asked_for(dropout_run, tmp_path, capsys):
     assert [r for r in rows if r not in ("recommender", "recent popularity")] == ["full", "no user", "user only"]
     assert main(["--checkpoint", str(dropout_run), "--rows", "no wings"]) == 2
     assert "unknown prompt rows ['no wings']" in capsys.readouterr().err
+
+
+def test_fit_gate_recovers_the_best_mix():
+    from llara.gate import fit_gate
+
+    torch.manual_seed(0)
+    rec, llm = torch.randn(400, 30), torch.randn(400, 30)
+    targets = torch.distributions.Categorical(logits=rec + 0.7 * llm).sample()
+    assert fit_gate(llm, rec, targets) == pytest.approx(0.7, abs=0.2)
+    with pytest.raises(ValueError, match="do not pair"):
+        fit_gate(llm[:3], rec, targets)
+
+
+def test_gate_cli_adds_residual_scoring(toy_setup, tmp_path, capsys):
+    import llara.train as train_mod
+    from llara.checkpoint import read_json
+    from llara.gate import main as gate_main
+    from llara.loader import load_llara
+
+    from .conftest import toy_train_args
+
+    out = tmp_path / "ckpt"
+    assert train_mod.main(toy_train_args(toy_setup, out, "--title-weight", "0", "--next-weight", "1", "--max-steps", "2")) == 0
+    assert gate_main(["--checkpoint", str(out)]) == 0
+    meta = read_json(out / "meta.json")
+    assert meta["config"]["residual"] and meta["residual_gate"]["users"] == "val"
+    model, _, _ = load_llara(str(out))
+    assert float(model.next_head.gate) == pytest.approx(meta["residual_gate"]["value"])
+    prompt = model.builder.build((1, 2, 3), (4, 5, 6), hybrid=True)
+    assert len(model.rank_items(prompt, residual=True)) == 3
+    assert gate_main(["--checkpoint", str(out)]) == 2 and "already has a residual gate" in capsys.readouterr().err

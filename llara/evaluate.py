@@ -322,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _part_ablation(model: LLaRA, ds, samples, args: argparse.Namespace, results: dict, hybrid: bool) -> None:
     """``--parts``: the part-ablation rows on the evaluated samples and candidate seeds (``results["parts"]``)."""
-    from .parts import PARTS, absent_rows, evaluate_parts, format_table, model_parts, report
+    from .parts import absent_rows, evaluate_parts, format_table, model_parts, report
 
     if model.next_head is None:
         raise ValueError("--parts reads the next-item head: this checkpoint has none (train with --next-weight > 0)")
@@ -330,7 +330,7 @@ def _part_ablation(model: LLaRA, ds, samples, args: argparse.Namespace, results:
     sets = {"paper": (list(samples) * len(args.seed_list), cands)}
     raw = evaluate_parts(model, ds, hybrid, sets, model.recommender, args.batch_size)
     results["parts"] = report(raw, ds, 10, sets)
-    print(format_table(results["parts"], absent_rows(model_parts(model)) if hybrid else [f"no {p}" for p in PARTS]))
+    print(format_table(results["parts"], absent_rows(model_parts(model) if hybrid else ("titles",))))
 
 
 def _gather(accelerator, records: list[dict]) -> list[dict]:

@@ -270,10 +270,36 @@ def overview_table(stored: list[dict], set_name: str = "positions") -> str:
     return "\n".join(lines)
 
 
+def stored_hits(path: Path, row: str, set_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(hits, users, targets)`` of one row of a stored ``llara.parts`` or ``llara.small_model`` JSON file."""
+    from .checkpoint import read_json
+
+    d = read_json(path)
+    hits = d["hits"].get(set_name, {}).get(row) if "checkpoint" in d else d["hits"].get(row, {}).get(set_name)
+    if hits is None:
+        raise ValueError(f"{path} has no row {row!r} on the {set_name} samples")
+    users = d["users"][set_name] if "checkpoint" in d else d["samples"][set_name]["users"]
+    return np.asarray(hits, dtype=float).ravel(), np.asarray(users), np.asarray(users)
+
+
+def pair_stored(a: str, b: str, set_name: str = "positions") -> dict:
+    """``a - b`` for two stored rows given as ``file.json:row``, checked to cover the same samples (users in order)."""
+    (pa, ra), (pb, rb) = (x.rsplit(":", 1) for x in (a, b))
+    ha, ua, _ = stored_hits(Path(pa), ra, set_name)
+    hb, ub, _ = stored_hits(Path(pb), rb, set_name)
+    if len(ha) != len(hb) or not np.array_equal(ua, ub):
+        raise ValueError(f"{a} and {b} cover different samples ({len(ha)} vs {len(hb)}): rerun one with the other's "
+                         "--positions and --candidate-seed")
+    return {"a": a, "b": b, "a_hr@1": float(ha.mean()), "b_hr@1": float(hb.mean()), **cluster_paired(ha, hb, ua)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llara.parts", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a LLaRA checkpoint with a next-item head (python -m llara.train --next-weight > 0)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a LLaRA checkpoint with a next-item head (python -m llara.train --next-weight > 0)")
+    source.add_argument("--pair", nargs=2, metavar="FILE.json:ROW", help="instead: the paired difference of two stored "
+                        "rows (this command's or python -m llara.small_model's --json) on the same samples")
     parser.add_argument("--prompt", default="auto", choices=["auto", "hybrid", "text"],
                         help="prompt kind; auto = the kind the checkpoint was trained on (default: %(default)s)")
     parser.add_argument("--positions", type=int, default=0, help="all-position samples per test user (0 = every position; default: %(default)s)")
@@ -298,6 +324,15 @@ def main(argv: list[str] | None = None) -> int:
         seeds = parse_seeds(args.paper_seeds)
     except ValueError as err:
         parser.error(str(err))
+    if args.pair:
+        try:
+            d = pair_stored(*args.pair, set_name="positions" if args.split == "test" else args.split)
+        except (ValueError, OSError, KeyError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"{d['a']} ({d['a_hr@1']:.3f}) - {d['b']} ({d['b_hr@1']:.3f}): {d['diff']:+.3f} "
+              f"(95% CI {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}; {d['a_better']} samples better, {d['b_better']} worse)")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     from .checkpoint import CheckpointError, write_json
@@ -315,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    absent = absent_rows(model_parts(model)) if hybrid else [f"no {p}" for p in PARTS]
+    absent = absent_rows(model_parts(model) if hybrid else ("titles",))  # a text prompt's one part: its titles
     summary = report(raw, ds, args.cold, sets)
     print(f"{Path(args.checkpoint).name}: {'hybrid' if hybrid else 'text-only'} prompt, {args.precision}, the LLM alone (next)")
     print(format_table(summary, absent))

@@ -145,7 +145,7 @@ def evaluate_rows(ds: SequenceDataset, scorers: dict[str, Scorer], references: l
     """Per slice (paper / positions / cold): each row's HR@1 + 95% interval and its paired difference to each of
     ``references``; ``hits`` holds every row's per-sample hits (paper: one list per seed) in sample order."""
     paper_cands = {s: ds.candidates("test", seed=s) for s in seeds}
-    pos = all_position_samples(user_sequences_of(ds, "test"), per_user=positions)
+    pos = all_position_samples(user_sequences_of(ds, "test"), per_user=positions, seed=candidate_seed)  # the samples llara.parts draws
     pos_cands = position_candidates(pos, ds, candidate_seed)
     cold_mask = training_counts(ds)[[s.target for s in pos]] <= cold  # (P,)
     hits = {name: {"paper": {s: hits_of(f, ds.test, c) for s, c in paper_cands.items()},

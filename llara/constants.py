@@ -54,8 +54,9 @@ CACHE_ENV = "LLARA_CACHE"
 
 # Where the committed recommender checkpoints live: <RECOMMENDER_DIR>/<dataset>/<model>.{safetensors,json}.
 RECOMMENDER_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "recommenders"
-# Committed LLaRA runs, and the two the demo serves: the hybrid model (GRU4Rec items + user token, dense next-item
-# head, distillation, residual scoring; 5,000 prompts) and the text-only model of its text-only panel.
+# Committed LLaRA runs, and the two the demo serves (5,000 prompts each; docs/results.md): the hybrid model (titles +
+# GRU4Rec item slots, no user token, modality dropout, next-item keys over GRU4Rec + MiniLM item vectors,
+# distillation; residual gate fitted afterwards) and the text-only model of its text panel (MiniLM item keys).
 LLARA_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "llara"
-DEMO_CHECKPOINT = LLARA_DIR / "movielens-gru4rec-user-dense-5k"
-DEMO_TEXT_CHECKPOINT = LLARA_DIR / "movielens-text-dense-2k"
+DEMO_CHECKPOINT = LLARA_DIR / "movielens-gru4rec-lang-drop-5k"
+DEMO_TEXT_CHECKPOINT = LLARA_DIR / "movielens-text-minilm-5k"

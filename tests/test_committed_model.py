@@ -25,8 +25,10 @@ def test_committed_checkpoint_answers_a_fixed_prompt(studio):
     p = studio.predictor
     history = [p.catalog.find(t) for t in HISTORY]
     cands = p.draw_candidates(history, seed=0)
-    # the demo's models: hybrid with user token and residual scoring, and a text-only model for the text panel
-    assert p.decodes[:2] == ("next", "residual") and p.model.builder.user_token
+    # the demo's models: hybrid (titles + item slots, no user token; residual gate fitted after training) and a
+    # text-only model for the text panel, both scoring against language-aware item keys
+    assert p.decodes[:2] == ("next", "residual") and not p.model.builder.user_token
+    assert p.meta["config"]["item_features"] == "recommender+minilm" and p.text_meta["config"]["item_features"] == "minilm"
     assert p.text_model is not None and p.text_meta["config"]["mode"] == "text"
     for decode in ("residual", "next", "constrained"):
         result = p.predict(history, cands, decode)

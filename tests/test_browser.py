@@ -29,6 +29,9 @@ from pathlib import Path
 
 import pytest
 
+from app.state import DEFAULT_CHECKPOINT
+from llara.checkpoint import read_json
+from llara.parts import variants
 from tests import browser as b
 
 pytestmark = pytest.mark.integration
@@ -43,9 +46,10 @@ HOW = {"rank": "title likelihood", "head": "candidate head", "constrained": "con
        "residual": "recommender + the LLM's learned correction"}
 ONE_BAR = "decoding names one movie and scores no other, so the chart has one bar"
 DECODED = ("constrained", "generate")  # decodes that name one movie and score no other
-# the rows of the part comparison for the demo's checkpoint (titles, item slots and a user token)
-PART_ROWS = ["full", "no titles", "no items", "no user", "titles only", "items only", "user only", "nothing",
-             "text-only model"]
+# the rows of the part comparison for the demo's checkpoint: its parts (titles, item slots, a user token where it
+# was trained with one), each removed and alone, then the text-only model
+_USER = read_json(DEFAULT_CHECKPOINT / "meta.json")["config"].get("user_token", False)
+PART_ROWS = [*variants(("titles", "items", "user") if _USER else ("titles", "items")), "text-only model"]
 PREDICT_S, EXPLAIN_S = 180, 240  # generous: the CPU is shared, generate takes seconds, an explanation up to a minute
 
 

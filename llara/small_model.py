@@ -1,6 +1,6 @@
 """Small-model baseline over the same item features: a 64-d GRU reading the frozen item vectors.
 
-    python -m llara.small_model --json docs/results/small_model.json
+    python -m llara.small_model --json docs/results/small/all-positions.json
     python -m llara.small_model --features minilm,random --epochs 3 --positions 20 --candidate-seed 100
     python -m llara.small_model --features recommender --seeds 100-104 --cold 5 --select last
 

@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if args.pair:
         try:
-            d = pair_stored(*args.pair, set_name="positions" if args.split == "test" else args.split)
+            d = pair_stored(*args.pair, set_name="positions")  # every-position samples of whichever split they hold
         except (ValueError, OSError, KeyError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

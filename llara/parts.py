@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pair:
         try:
             d = pair_stored(*args.pair, set_name="positions")  # every-position samples of whichever split they hold
-        except (ValueError, OSError, KeyError) as err:
+        except (ValueError, OSError, KeyError, RuntimeError) as err:  # RuntimeError: CheckpointError, a missing file
             print(f"error: {err}", file=sys.stderr)
             return 2
         print(f"{d['a']} ({d['a_hr@1']:.3f}) - {d['b']} ({d['b_hr@1']:.3f}): {d['diff']:+.3f} "

@@ -251,3 +251,20 @@ def test_gate_cli_adds_residual_scoring(toy_setup, tmp_path, capsys):
     prompt = model.builder.build((1, 2, 3), (4, 5, 6), hybrid=True)
     assert len(model.rank_items(prompt, residual=True)) == 3
     assert gate_main(["--checkpoint", str(out)]) == 2 and "already has a residual gate" in capsys.readouterr().err
+
+
+def test_pair_stored_rows(tmp_path, capsys):
+    import json
+
+    def stored(name, hits, users):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"checkpoint": name, "hits": {"positions": {"full": hits}}, "users": {"positions": users}}))
+        return path
+
+    a, b = stored("a", [1, 1, 0, 1], [1, 1, 2, 2]), stored("b", [0, 1, 0, 0], [1, 1, 2, 2])
+    assert main(["--pair", f"{a}:full", f"{b}:full"]) == 0
+    assert "+0.500" in capsys.readouterr().out
+    c = stored("c", [1, 0], [1, 2])
+    assert main(["--pair", f"{a}:full", f"{c}:full"]) == 2 and "different samples" in capsys.readouterr().err
+    assert main(["--pair", f"{a}:full", f"{tmp_path / 'none.json'}:full"]) == 2
+    assert main(["--pair", f"{a}:nope", f"{b}:full"]) == 2 and "no row 'nope'" in capsys.readouterr().err

@@ -34,7 +34,7 @@ import torch
 from .checkpoint import REPO_ROOT, write_json
 from .concurrency import app_start, format_load, load_test, mixed_load, rss_mb
 from .constants import DEMO_CHECKPOINT, DEMO_TEXT_CHECKPOINT, PLACEHOLDER_TOKEN, RECOMMENDER_DIR
-from .device import add_device_arg, device_name, resolve_device, synchronize
+from .device import add_device_arg, cpu_info, device_name, resolve_device, synchronize
 
 _GPU = resolve_device("auto")  # timers wait for this device's queued kernels (a no-op on the CPU)
 
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown part or precision: {', '.join(bad)}")
     if parts & {"demo", "load"} and not (Path(args.checkpoint) / "meta.json").is_file():
         parser.error(f"no LLaRA checkpoint at {args.checkpoint}")
-    res: dict = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__,
+    res: dict = {"machine": {**cpu_info(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                              "device": device_name(torch.device(device))}}
     if "demo" in parts:
         res["demo"] = [run_demo_child(args.checkpoint, p, args.repeats, not args.no_merge, device) for p in precisions]

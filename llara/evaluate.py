@@ -38,7 +38,7 @@ from .checkpoint import CheckpointError, write_json
 from .device import accelerator_for, add_device_arg
 from .loader import load_llara
 from .data.args import (add_dataset_args, add_eval_sample_args, check_eval_sample_args, dataset_from_args,
-                             eval_samples_from_args)
+                             eval_samples_from_args, parse_seeds)
 from .metrics import bootstrap_ci, match_answer, mean_std, ranking_metrics
 from .build import build_llara
 from .model import REQUIRES, LLaRA, available
@@ -150,21 +150,6 @@ def baseline_rows(ds, samples, seeds: list[int], swap_seed: int | None, genre: b
     scorers["popularity"] = prior_scorer(popularity(ds))
     scorers["recent popularity"] = prior_scorer(popularity(ds, recent=10))
     return {name: probe_row(sc, ds, samples, seeds, swap_seed, genre, split) for name, sc in scorers.items()}
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,7"`` -> [0, 1, 7]; ranges too: ``"10-14"``."""
-    seeds: list[int] = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        lo, _, hi = part.partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()):
-            raise ValueError(f"candidate seeds must be whole numbers >= 0 or ranges like 10-14, got {part!r}")
-        if hi and int(hi) < int(lo):
-            raise ValueError(f"a seed range must go upwards, got {part!r}")
-        seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"candidate seeds must be a non-empty list without repeats, got {text!r}")
-    return seeds
 
 
 def format_probe(name: str, m: dict) -> str:

@@ -10,14 +10,11 @@ predictor's lock, beside the text-only model's answer. Each row gets its answer,
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from .answers import PartComparison, PartRow
 from .model import available, rank_candidates
 from .parts import build_variant, model_parts, variants
 
-if TYPE_CHECKING:
-    from .inference import Predictor
 
 TEXT_ROW = "text-only model"
 PART_LABELS = {"titles": "titles", "items": "item slots", "user": "user token"}
@@ -44,8 +41,10 @@ def kept_label(kept: tuple[str, ...]) -> str:
     return " + ".join(PART_LABELS[p] for p in kept) if kept else "none (the template's words and neutral slots)"
 
 
-def compare_parts(predictor: Predictor, history: list[int], candidates: list[int]) -> PartComparison:
-    """The full hybrid prompt, each variant with parts removed and the text-only model on one request, checked as
+def compare_parts(predictor, history: list[int], candidates: list[int]) -> PartComparison:
+    """``predictor``: a ``llara.inference.Predictor`` (not imported here: it imports this module).
+
+    The full hybrid prompt, each variant with parts removed and the text-only model on one request, checked as
     ``Predictor.predict`` checks it. One ``all_item_scores`` pass per model (the text-only prompt joins the hybrid
     variants' batch when the main model answers it)."""
     started = time.perf_counter()

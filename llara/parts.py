@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                              ("--cold", args.cold, 0), ("--batch-size", args.batch_size, 1), ("--threads", args.threads, 0)):
         if value < low:
             parser.error(f"{flag} must be >= {low}, got {value}")
-    from .evaluate import parse_seeds
+    from .data.args import parse_seeds
 
     try:
         seeds = parse_seeds(args.paper_seeds)

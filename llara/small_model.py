@@ -37,7 +37,7 @@ from .checkpoint import CheckpointError
 from .constants import RECOMMENDER_DIR
 from .data import Sample, SequenceDataset, load_dataset, pad_histories
 from .data.protocol import MAX_HISTORY
-from .evaluate import parse_seeds
+from .data.args import parse_seeds
 from .item_features import build_item_features
 from .metrics import cluster_paired
 from .parts import all_position_samples, hits_and_top1, position_candidates, training_counts, user_sequences_of

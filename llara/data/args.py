@@ -58,3 +58,18 @@ def eval_samples_from_args(ds, args: argparse.Namespace):
     if getattr(args, "eval_samples", "ours") == "release":
         return with_release_samples(ds, args.release_dir, allow_pickle=getattr(args, "allow_pickle", False))
     return ds
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,7"`` -> [0, 1, 7]; ranges too: ``"10-14"``."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"candidate seeds must be whole numbers >= 0 or ranges like 10-14, got {part!r}")
+        if hi and int(hi) < int(lo):
+            raise ValueError(f"a seed range must go upwards, got {part!r}")
+        seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"candidate seeds must be a non-empty list without repeats, got {text!r}")
+    return seeds

@@ -10,6 +10,12 @@ the default precision of the demo is nf4, which bitsandbytes does not offer on M
 
 Autocast: on CUDA with bf16 support the model runs its forward passes under ``torch.autocast(dtype=bfloat16)``; on
 every other device nothing is autocast, so CPU results stay exactly what they were.
+
+Compute dtype (``--compute-dtype auto|bf16|fp32``, added beside ``--device``; also ``$LLARA_COMPUTE_DTYPE``): the
+dtype the base LLM's matmuls run in. A CPU without native bf16 (no AVX512-BF16 or AMX, or an ISA limit set with
+``ATEN_CPU_CAPABILITY`` / ``ONEDNN_MAX_CPU_ISA``) emulates a bf16 matmul 5-8x slower than float32, so ``auto`` gives
+such a CPU float32: nf4 weights stay 4-bit and are dequantized to float32, bf16 weights are upcast once at load
+(exact). Everywhere else ``auto`` keeps bf16 for bf16 and nf4 weights, as before.
 """
 from __future__ import annotations
 
@@ -28,6 +34,11 @@ if TYPE_CHECKING:
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 DEVICE_HELP = ("where the model runs: auto (CUDA when a CUDA device is visible, else the CPU), cpu, cuda (or cuda:N "
                "for the N-th GPU) or mps (Apple GPU; not with nf4)")
+
+COMPUTE_DTYPES: tuple[str, ...] = ("auto", "bf16", "fp32")
+COMPUTE_ENV = "LLARA_COMPUTE_DTYPE"  # the flag writes it, so child processes (a bench's fresh runs) inherit it
+# oneDNN ISA limits that leave out its bf16 kernels (oneDNN's names; AVX512_CORE_BF16 and the AMX ones keep them)
+_NO_BF16_ISAS = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
 
 F = TypeVar("F", bound=Callable)
 
@@ -108,6 +119,80 @@ def add_device_arg(parser: argparse.ArgumentParser, default: str = "auto") -> No
 
     parser.add_argument("--device", type=device_type, default=default, metavar="{auto,cpu,cuda,mps}",
                         help=f"{DEVICE_HELP} (default: %(default)s)")
+    add_compute_dtype_arg(parser)
+
+
+def _compute_type(text: str) -> str:
+    value = text.strip().lower()
+    if value not in COMPUTE_DTYPES:
+        raise argparse.ArgumentTypeError(f"unknown compute dtype {text!r}; choose one of {', '.join(COMPUTE_DTYPES)}")
+    return value
+
+
+class _SetComputeDtype(argparse.Action):
+    """``--compute-dtype``: stored on the namespace and in ``$LLARA_COMPUTE_DTYPE`` for everything this process (and
+    any process it starts) loads."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        os.environ[COMPUTE_ENV] = str(values)
+
+
+def add_compute_dtype_arg(parser: argparse.ArgumentParser) -> None:
+    """Add ``--compute-dtype`` (see the module docstring); :func:`add_device_arg` adds it beside ``--device``."""
+    parser.add_argument("--compute-dtype", type=_compute_type, action=_SetComputeDtype,
+                        default=os.environ.get(COMPUTE_ENV, "auto"), metavar="{auto,bf16,fp32}",
+                        help="dtype of the LLM's matmuls: auto (float32 on a CPU without native bf16, where bf16 is "
+                             "emulated 5-8x slower; bf16 elsewhere), bf16 or fp32; nf4 weights stay 4-bit either way "
+                             "(default: %(default)s, or $LLARA_COMPUTE_DTYPE)")
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    return frozenset(value.split())
+    except OSError:  # not Linux
+        pass
+    return frozenset()
+
+
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether ``device`` runs a bf16 matmul in hardware: CUDA GPUs with bf16 (Ampere and later); on the CPU,
+    AVX512-BF16 or AMX that no ISA limit in the environment switches off. Apple silicon (no /proc/cpuinfo) counts as
+    native for MPS and not for its CPU, whose bf16 matmul torch emulates."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return autocast_supported(device)
+    if device.type == "mps":
+        return True
+    if not _cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+        return False
+    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    return aten not in {"default", "avx2"} and onednn not in _NO_BF16_ISAS
+
+
+def compute_dtype(precision: str, device: torch.device | str = "cpu", spec: str | None = None) -> torch.dtype:
+    """The dtype a ``precision`` model (bf16 / fp32 / nf4 weights) computes in on ``device``: ``spec`` (default
+    ``$LLARA_COMPUTE_DTYPE`` or ``auto``) where given; with ``auto``, fp32 weights compute in fp32 and bf16 / nf4
+    weights in bf16 where :func:`native_bf16`, else in fp32."""
+    spec = _check_compute(spec if spec is not None else os.environ.get(COMPUTE_ENV, "auto"))
+    if precision == "fp32" or spec == "fp32":
+        return torch.float32
+    if spec == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if native_bf16(device) else torch.float32
+
+
+def _check_compute(spec: str) -> str:
+    try:
+        return _compute_type(spec)
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"{err} (from --compute-dtype or ${COMPUTE_ENV})") from None
 
 
 def device_name(device: torch.device) -> str:
@@ -166,22 +251,17 @@ def cpu_info() -> dict:
     """Which CPU a figure came from: its model name, torch's CPU capability, whether it runs bf16 natively
     (AVX512-BF16 or AMX) and any ISA limit set in the environment (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``),
     since a bf16 matmul is several times slower where it is emulated."""
-    import os
     import platform
 
-    name, flags = platform.processor() or platform.machine(), set()
+    name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and name in ("", platform.machine(), platform.processor()):
-                    name = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
+            name = next((line.partition(":")[2].strip() for line in f if line.startswith("model name")), name)
     except OSError:  # not Linux: the name platform gives is all there is
         pass
     return {"cpu": name, "cores": os.cpu_count(), "torch_capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}) if flags else None,
+            "native_bf16": native_bf16("cpu") if _cpu_flags() else None,
+            "cpu_has_bf16": bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"}) if _cpu_flags() else None,
             "isa_limit": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ},
+            "compute_dtype": str(compute_dtype("bf16", "cpu")).removeprefix("torch."),
             "threads": torch.get_num_threads()}

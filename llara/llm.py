@@ -36,7 +36,7 @@ from .base_models import CONVERSION_MARKER, HUB_FILES, PACKAGED, is_converted, r
 from .sources import SourceUnavailable, cache_root, hub_snapshot
 from .sources import say as _say
 
-from .device import check_precision, resolve_device
+from .device import check_precision, compute_dtype, native_bf16, resolve_device
 
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name", passed through to from_pretrained
 _CHUNK = 16384  # embedding rows per chunk when computing statistics (Gemma: 262k x 640 would be 670 MB in fp32)
@@ -235,8 +235,9 @@ def load_base_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, ready for LLaRA prompts.
 
-    precision: ``bf16`` / ``fp32`` dense, or ``nf4`` (bitsandbytes 4-bit NormalFloat, bf16 compute; its CPU backend
-    on the CPU, its standard CUDA kernels on a GPU; not available on MPS).
+    precision: ``bf16`` / ``fp32`` dense, or ``nf4`` (bitsandbytes 4-bit NormalFloat; its CPU backend on the CPU,
+    its standard CUDA kernels on a GPU; not available on MPS). The compute dtype follows the hardware
+    (:func:`llara.device.compute_dtype`): a CPU without native bf16 computes bf16 and nf4 weights in float32.
     add_special_tokens: add ``<HistoryEmb>``, ``<CansEmb>``, ``<PH>`` (see :func:`add_placeholder_tokens`).
     device: where the model goes (default CPU; see :func:`llara.device.resolve_device`). The tokenizer always gets a
     pad token and left padding, which batched generation needs (right padding would put pad tokens between the
@@ -245,30 +246,36 @@ def load_base_model(
     _check_precision(precision)  # before resolving: a typo must not cost a conversion
     target = resolve_device(device or "cpu")
     check_precision(precision, target)
+    compute = compute_dtype(precision, target)
+    _say_compute(precision, compute, target)
     path = resolve_base_model(spec, cache_dir)
     if precision == "nf4":
         import_bitsandbytes()  # transformers imports it for the 4-bit load (see there)
-        quant = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
-        )
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
         # transformers 5: `dtype=` (not torch_dtype) sets the modules left unquantized (embeddings, norms, lm_head);
         # the device map puts the weights on the device as they are quantized (on a GPU: never a full copy in RAM)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, quantization_config=quant, dtype=torch.bfloat16, device_map=str(target)
-        )
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=compute, device_map=str(target))
         if target.type == "cpu":  # see llara.cpu4bit: the file's pages released, prompts through a bf16 matmul
             detach_from_file(model)
             prefer_dequantized_matmul(model)
     else:
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         # the CPU path is unchanged; other devices get the weights straight from disk (a 7B model never sits in RAM)
         placement = {} if target.type == "cpu" else {"device_map": str(target)}
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **placement)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=compute, **placement)
     tokenizer = AutoTokenizer.from_pretrained(path)
     ensure_pad_token(model, tokenizer, seed=seed)
     if add_special_tokens:
         add_placeholder_tokens(model, tokenizer, seed=seed)
     return model, tokenizer
+
+
+@functools.cache
+def _say_compute(precision: str, compute: torch.dtype, device: torch.device) -> None:
+    """One line per process and kind of model: which dtype the matmuls run in, and why (see llara.device)."""
+    name = str(compute).removeprefix("torch.")
+    if precision != "fp32":
+        why = "native bf16" if native_bf16(device) else "no native bf16 here"
+        _say(f"{precision} weights compute in {name} on {device.type} ({why}; --compute-dtype to override)")
 
 
 def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> int:

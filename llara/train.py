@@ -38,7 +38,7 @@ from .config import add_dataclass_args, from_args, option
 from .curriculum import CURRICULUM_MODES, hybrid_probability, use_hybrid
 from .data import Sample, SequenceDataset, draw_candidates, load_dataset
 from .data.args import add_dataset_args, dataset_from_args
-from .device import accelerator_for, add_device_arg
+from .device import accelerator_for, add_device_arg, compute_dtype, cpu_info
 from .llm import unpack_4bit_for_training
 from .build import LORA_TARGETS, build_llara, model_options
 from .model import LLaRA, collate
@@ -337,6 +337,12 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
         "dataset": {"name": ds.name, "data_dir": portable_path(args.data_dir) if args.data_dir else None, "split": args.split, "split_seed": args.split_seed,
                     "n_items": ds.n_items, "fingerprint": ds.fingerprint()},
     }
+    # which CPU and compute dtype trained which steps (a resumed run may continue on another machine)
+    cpu = cpu_info()
+    runs = [*(read_json(out / "meta.json").get("runs", []) if resuming else []),
+            {"from_step": start_step, "compute_dtype": str(compute_dtype(cfg.precision, accelerator.device)).removeprefix("torch."),
+             "device": str(accelerator.device), "cpu": cpu["cpu"], "native_bf16": cpu["native_bf16"]}]
+    meta_base["runs"] = runs
     started, seen = time.perf_counter(), 0
 
     def checkpoint(step: int, extra: dict | None = None) -> None:

@@ -9,8 +9,14 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import os
+
 import pytest
 import torch
+
+# The compute dtype follows the CPU (llara.device.compute_dtype): tests pin bf16 so the numbers they check are the
+# same on every machine; tests of the automatic choice set it themselves.
+os.environ.setdefault("LLARA_COMPUTE_DTYPE", "bf16")
 
 # ---------------------------------------------------------------------------------------------------------------
 # tiny LLM (llara.llm, llara.projector, and later the LLaRA model wrapper)

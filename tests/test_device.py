@@ -15,6 +15,7 @@ import contextlib
 import functools
 import importlib
 import io
+import os
 import random
 import sys
 from pathlib import Path
@@ -489,3 +490,82 @@ def test_sharded_checkpoints_refuse_to_resume(toy_setup, tmp_path, capsys):
     (out / "trainer_state.pt").write_bytes(buffer.getvalue())
     assert train.main(toy_train_args(toy_setup, out, "--resume", "--max-steps", "1", "--val-samples", "0")) == 2
     assert "written by a sharded (FSDP) run, which keeps no optimizer state" in capsys.readouterr().err
+
+
+# ---- compute dtype: the dtype the LLM's matmuls run in follows the CPU ------------------------------------------
+
+@pytest.mark.parametrize("flags,env,native", [
+    ({"avx2"}, {}, False),
+    ({"avx2", "avx512f", "avx512_bf16"}, {}, True),
+    ({"avx2", "amx_bf16"}, {}, True),
+    ({"avx512_bf16"}, {"ATEN_CPU_CAPABILITY": "avx2"}, False),  # the slow path reproduced on a bf16 CPU
+    ({"avx512_bf16"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, False),
+    ({"avx512_bf16"}, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, True),
+])
+def test_native_bf16_reads_the_cpu_flags_and_the_isa_limits(monkeypatch, flags, env, native):
+    monkeypatch.setattr(dev, "_cpu_flags", lambda: frozenset(flags))
+    for key in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert dev.native_bf16("cpu") is native
+    assert dev.cpu_info()["native_bf16"] is native
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_compute_dtype_is_float32_only_where_bf16_is_emulated(monkeypatch, native):
+    monkeypatch.setattr(dev, "native_bf16", lambda device="cpu": native)
+    want = torch.bfloat16 if native else torch.float32
+    for precision in ("bf16", "nf4"):
+        assert dev.compute_dtype(precision, "cpu", "auto") == want
+        assert dev.compute_dtype(precision, "cpu", "bf16") == torch.bfloat16
+        assert dev.compute_dtype(precision, "cpu", "fp32") == torch.float32
+    assert dev.compute_dtype("fp32", "cpu", "bf16") == torch.float32  # fp32 weights are never rounded down
+    monkeypatch.setenv(dev.COMPUTE_ENV, "auto")
+    assert dev.compute_dtype("nf4", "cpu") == want
+    monkeypatch.setenv(dev.COMPUTE_ENV, "fp16")
+    with pytest.raises(ValueError, match="unknown compute dtype 'fp16'.*LLARA_COMPUTE_DTYPE"):
+        dev.compute_dtype("nf4", "cpu")
+
+
+def test_the_compute_dtype_flag_sets_it_for_the_process_and_refuses_typos(monkeypatch, capsys):
+    import argparse
+
+    monkeypatch.setenv(dev.COMPUTE_ENV, "bf16")
+    parser = argparse.ArgumentParser()
+    dev.add_device_arg(parser)
+    assert parser.parse_args([]).compute_dtype == "bf16"  # the environment is the default
+    assert parser.parse_args(["--compute-dtype", "FP32"]).compute_dtype == "fp32"
+    assert os.environ[dev.COMPUTE_ENV] == "fp32"  # what loads next (and any child process) computes in float32
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--compute-dtype", "int8"])
+    assert "unknown compute dtype 'int8'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec,dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_bf16_weights_load_in_the_compute_dtype(monkeypatch, tiny_llama_dir, spec, dtype):
+    from llara.llm import load_base_model
+
+    monkeypatch.setenv(dev.COMPUTE_ENV, spec)
+    model, _ = load_base_model(str(tiny_llama_dir), precision="bf16")
+    assert {p.dtype for p in model.parameters()} == {dtype}
+
+
+def test_nf4_weights_stay_4bit_and_compute_in_float32_where_asked(monkeypatch, tmp_path):
+    import bitsandbytes as bnb
+
+    from llara.llm import load_base_model
+    from .conftest import make_tiny_llama, make_tiny_tokenizer
+
+    tokenizer = make_tiny_tokenizer()
+    make_tiny_llama(len(tokenizer), hidden_size=64).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    monkeypatch.setenv(dev.COMPUTE_ENV, "fp32")
+    model, tokenizer = load_base_model(str(tmp_path), precision="nf4")
+    q = model.model.layers[0].self_attn.q_proj
+    assert isinstance(q, bnb.nn.Linear4bit) and q.weight.dtype == torch.uint8 and q.compute_dtype == torch.float32
+    assert model.get_input_embeddings().weight.dtype == torch.float32
+    batch = tokenizer(["toy story <HistoryEmb>", "heat"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()

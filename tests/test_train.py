@@ -144,6 +144,9 @@ def test_resume_after_kill_matches_uninterrupted_run(toy_setup, tmp_path, monkey
     meta_full, meta_res = read_llara_meta(tmp_path / "full"), read_llara_meta(tmp_path / "killed")
     assert meta_res["step"] == meta_full["step"] == 4
     assert [r["step"] for r in meta_res["log"]] == [1, 2, 3, 4]
+    # which steps ran where: one entry per run of the command, with its compute dtype
+    assert [r["from_step"] for r in meta_res["runs"]] == [0, 2] and [r["from_step"] for r in meta_full["runs"]] == [0]
+    assert all(r["compute_dtype"] in ("bfloat16", "float32") and "cpu" in r for r in meta_res["runs"])
     assert [r["loss"] for r in meta_res["log"]] == pytest.approx([r["loss"] for r in meta_full["log"]], abs=1e-5)
     want, got = trained_tensors(tmp_path / "full"), trained_tensors(tmp_path / "killed")
     assert want.keys() == got.keys()

@@ -4,6 +4,7 @@
     python -m llara.bench --parts demo --precisions nf4     # just the demo path at 4-bit
     python -m llara.bench --json docs/bench.json            # also keep the raw figures
     python -m llara.bench --device cuda --parts demo,train,recipes --json docs/bench_cuda.json   # on a GPU
+    python -m llara.bench --parts demo --precisions nf4 --cpu-paths native,avx2 --compute-dtypes auto,bf16
 
 Parts: ``demo`` loads the committed checkpoint the way the app does (fresh process per precision, so cold start
 and resident memory are clean) and times every request kind; ``train`` times LoRA training steps of a fresh model
@@ -13,6 +14,13 @@ samples/s, and resident memory after each phase; ``llamacpp`` runs the same Smol
 it is installed (``pip install llama-cpp-python``, a C++ build: benchmark-only, never a runtime dependency) and
 says so when it is not. Every latency is the median (p50) and p95 of ``--repeats`` timed runs after one warm-up;
 comparisons are ratios taken in the same run, because timings on shared machines drift.
+
+CPU paths: every demo figure is measured in a fresh process per CPU path (``--cpu-paths``: ``native``, and ``avx2``,
+which holds torch and oneDNN to AVX2 as on a CPU without native bf16; see ``llara.cpu_paths``) and compute dtype
+(``--compute-dtypes``: ``auto`` picks float32 where bf16 is emulated), and records the CPU it ran on
+(``llara.device.cpu_info``) with a bf16-vs-float32 matmul probe that shows whether the path's limit took effect. The
+in-process parts (``train``, ``load``) run on the path the command was started on: prefix the command with
+``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` to measure them on the AVX2 path.
 """
 from __future__ import annotations
 
@@ -34,7 +42,8 @@ import torch
 from .checkpoint import REPO_ROOT, write_json
 from .concurrency import app_start, format_load, load_test, mixed_load, rss_mb
 from .constants import DEMO_CHECKPOINT, DEMO_TEXT_CHECKPOINT, PLACEHOLDER_TOKEN, RECOMMENDER_DIR
-from .device import add_device_arg, cpu_info, device_name, resolve_device, synchronize
+from .cpu_paths import CPU_PATHS, cpu_label, matmul_probe, path_env, redundant_path
+from .device import COMPUTE_ENV, add_device_arg, cpu_info, device_name, resolve_device, synchronize
 
 _GPU = resolve_device("auto")  # timers wait for this device's queued kernels (a no-op on the CPU)
 
@@ -96,31 +105,38 @@ def bench_demo(checkpoint: str, precision: str, repeats: int, merge: bool = True
                                                      max(1, repeats // 2))
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["gpu_peak_mb"] = _gpu_mb(dev, peak=True)
+    out["machine"], out["matmul"] = cpu_info(), matmul_probe(repeats=10)  # the CPU path this process ran on
     return out
 
 
-def run_demo_child(checkpoint: str, precision: str, repeats: int, merge: bool, device: str = "cpu") -> dict:
-    """``bench_demo`` in a fresh interpreter: cold start and memory are not flattered by an earlier load."""
+def run_demo_child(checkpoint: str, precision: str, repeats: int, merge: bool, device: str = "cpu",
+                   path: str = "native", compute: str = "auto") -> dict:
+    """``bench_demo`` in a fresh interpreter on CPU ``path`` with ``compute`` dtype: cold start and memory are not
+    flattered by an earlier load, and the ISA limits of a path only take effect in a new process."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "demo.json"
         cmd = [sys.executable, "-m", "llara.bench", "--child-demo", precision, "--checkpoint", str(checkpoint),
                "--repeats", str(repeats), "--json", str(out), "--device", str(device), *([] if merge else ["--no-merge"])]
-        subprocess.run(cmd, check=True)
-        return json.loads(out.read_text())
+        subprocess.run(cmd, check=True, env=path_env(path, compute))
+        return {**json.loads(out.read_text()), "cpu_path": path, "compute": compute}
 
 
 # ---- training ------------------------------------------------------------------------------------------------
 
 def bench_train(precision: str, repeats: int, checkpointing: bool, base_model: str = "smollm2-135m",
-                device: str = "cpu") -> dict:
+                device: str = "cpu", compute: str = "auto") -> dict:
     from .data import load_dataset
     from .build import build_llara
 
     ds = load_dataset("movielens")
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # each configuration's own peak, though they share a process
-    model = build_llara(ds, str(RECOMMENDER_DIR / "movielens" / "sasrec"), base_model=base_model, precision=precision,
-                        lora={"r": 8, "alpha": 32, "dropout": 0.1}, head_weight=1.0, device=device)
+    saved, os.environ[COMPUTE_ENV] = os.environ.get(COMPUTE_ENV), compute  # read by the load below
+    try:
+        model = build_llara(ds, str(RECOMMENDER_DIR / "movielens" / "sasrec"), base_model=base_model, precision=precision,
+                            lora={"r": 8, "alpha": 32, "dropout": 0.1}, head_weight=1.0, device=device)
+    finally:
+        os.environ.pop(COMPUTE_ENV) if saved is None else os.environ.__setitem__(COMPUTE_ENV, saved)
     if checkpointing:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.llm.enable_input_require_grads() if hasattr(model.llm, "enable_input_require_grads") else None
@@ -137,6 +153,7 @@ def bench_train(precision: str, repeats: int, checkpointing: bool, base_model: s
 
     t = _timed(step, repeats)
     return {"precision": precision, "gradient_checkpointing": checkpointing, "batch": len(prompts),
+            "compute_dtype": str(model.llm.get_input_embeddings().weight.dtype).removeprefix("torch."),
             "samples_per_s": len(prompts) / t["p50"], "step": t, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "gpu_peak_mb": _gpu_mb(model.device, peak=True)}
 
@@ -266,18 +283,29 @@ def _ms(t: dict) -> str:
     return f"{t['p50'] * 1000:,.0f} / {t['p95'] * 1000:,.0f}"
 
 
+def demo_column(d: dict) -> str:
+    """A demo column's name: precision, the dtype it computed in, the CPU path where limited, merging."""
+    machine = d.get("machine") or {}
+    compute = machine.get("compute_dtype") if d["precision"] != "fp32" else None
+    return (d["precision"] + (f", {compute} compute" if compute else "") + (", AVX2 limit" if machine.get("isa_limit") else "")
+            + ("" if d.get("merged", True) else ", LoRA unmerged"))
+
+
 def format_table(res: dict) -> str:
     machine = res.get("machine", {})
-    lines = [f"torch {torch.__version__}, {machine.get('device', 'cpu')}, {torch.get_num_threads()} threads; latency cells "
-             "are p50 / p95 in ms", ""]
+    lines = [f"CPU: {cpu_label(machine)}" if machine.get("cpu") else "CPU: not recorded",
+             f"torch {machine.get('torch', torch.__version__)}, {machine.get('device', 'cpu')}, {machine.get('threads', '?')} "
+             "threads; latency cells are p50 / p95 in ms", ""]
     demo = res.get("demo", [])
     if demo:
-        names = [d["precision"] + ("" if d.get("merged", True) else ", LoRA unmerged") for d in demo]
+        names = [demo_column(d) for d in demo]
         lines += ["| demo path | " + " | ".join(names) + " | target |", "|---" * (len(demo) + 2) + "|"]
         add = lambda name, vals, target="": lines.append(f"| {name} | " + " | ".join(vals) + f" | {target} |")  # noqa: E731
         add("cold start (s, checkpoint load incl. merged-weights cache)", [f"{d['cold_start_s']:.1f}" for d in demo], "≤ 30 s")
         add("resident memory after load (MB)", [f"{d['rss_after_load_mb']:,.0f}" for d in demo], "nf4 ≤ 1,000")
         add("peak memory over the run (MB)", [f"{d['peak_rss_mb']:,.0f}" for d in demo])
+        if all("matmul" in d for d in demo):  # shows that a path's ISA limit took effect
+            add("bf16 / fp32 time of one matmul in that process", [f"{d['matmul']['bf16_over_fp32']:.1f}x" for d in demo])
         if any(d.get("gpu_peak_mb") is not None for d in demo):
             add("GPU memory in tensors after load / peak (MB)",
                 [f"{d['gpu_mb_after_load']:,.0f} / {d['gpu_peak_mb']:,.0f}" for d in demo])
@@ -289,13 +317,13 @@ def format_table(res: dict) -> str:
         for d in demo:
             lat = d["latency"]
             speed = lat["hybrid rank, 20 independent passes"]["p50"] / lat["hybrid rank"]["p50"]
-            lines.append(f"\n{d['precision']}{'' if d.get('merged', True) else ' (unmerged)'}: rank with shared-prompt KV cache is {speed:.1f}x faster than 20 independent "
+            lines.append(f"\n{demo_column(d)}: rank with shared-prompt KV cache is {speed:.1f}x faster than 20 independent "
                          f"passes (target ≥ {TARGETS['rank_cache_speedup']:.0f}x)")
     train = res.get("train", [])
     if train:
         lines += ["", "| training (batch 4, fwd+bwd+step) | samples/s | step p50 / p95 (ms) | peak RSS (MB) |", "|---|---|---|---|"]
         for t in train:
-            lines.append(f"| {t['precision']}, gradient checkpointing {'on' if t['gradient_checkpointing'] else 'off'} | "
+            lines.append(f"| {t['precision']}, {t.get('compute_dtype', '?')} compute, gradient checkpointing {'on' if t['gradient_checkpointing'] else 'off'} | "
                          f"{t['samples_per_s']:.2f} | {_ms(t['step'])} | {t['peak_rss_mb']:,.0f}"
                          + (f" (GPU {t['gpu_peak_mb']:,.0f})" if t.get("gpu_peak_mb") is not None else "") + " |")
     recipes = res.get("recipes", [])
@@ -335,6 +363,13 @@ def main(argv: list[str] | None = None) -> int:
                              "(`python app.py` launched on an empty cache, then on the user's cache, timed until it "
                              "serves) (default: %(default)s)")
     parser.add_argument("--precisions", default="bf16,nf4", help="demo precisions (default: %(default)s; fp32 also valid)")
+    parser.add_argument("--cpu-paths", default="native",
+                        help=f"comma-separated CPU paths of the demo part, each in fresh processes: {', '.join(CPU_PATHS)} "
+                             "(avx2: torch and oneDNN held to AVX2, as on a CPU without native bf16; skipped where the "
+                             "native path already is that) (default: %(default)s)")
+    parser.add_argument("--compute-dtypes", default="auto",
+                        help="comma-separated compute dtypes of the demo and train parts: auto, bf16, fp32 "
+                             "(default: %(default)s)")
     parser.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT), help="LLaRA checkpoint of the demo (default: the committed one)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per figure after one warm-up (default: %(default)s)")
     parser.add_argument("--no-merge", action="store_true", help="keep LoRA unmerged in the demo path")
@@ -367,17 +402,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    bad = [p for p in precisions if p not in ("bf16", "fp32", "nf4")] + [p for p in parts if p not in PARTS]
+    paths = [p.strip() for p in args.cpu_paths.split(",") if p.strip()]
+    computes = [c.strip().lower() for c in args.compute_dtypes.split(",") if c.strip()]
+    bad = ([p for p in precisions if p not in ("bf16", "fp32", "nf4")] + [p for p in parts if p not in PARTS]
+           + [p for p in paths if p not in CPU_PATHS] + [c for c in computes if c not in ("auto", "bf16", "fp32")])
     if bad:
-        parser.error(f"unknown part or precision: {', '.join(bad)}")
+        parser.error(f"unknown part, precision, CPU path or compute dtype: {', '.join(bad)}")
     if parts & {"demo", "load"} and not (Path(args.checkpoint) / "meta.json").is_file():
         parser.error(f"no LLaRA checkpoint at {args.checkpoint}")
     res: dict = {"machine": {**cpu_info(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                              "device": device_name(torch.device(device))}}
     if "demo" in parts:
-        res["demo"] = [run_demo_child(args.checkpoint, p, args.repeats, not args.no_merge, device) for p in precisions]
+        runs = [(path, c, p) for path in paths if not redundant_path(path) for c in computes for p in precisions
+                if p != "fp32" or c == computes[0]]  # fp32 weights compute in fp32 whatever is asked
+        if any(redundant_path(path) for path in paths):
+            print("the avx2 path is skipped: this CPU's native path already is AVX2 without native bf16", file=sys.stderr)
+        res["demo"] = [run_demo_child(args.checkpoint, p, args.repeats, not args.no_merge, device, path, c) for path, c, p in runs]
         if args.merge_ablation and not args.no_merge:
-            res["demo"].append(run_demo_child(args.checkpoint, precisions[0], args.repeats, merge=False, device=device))
+            res["demo"].append(run_demo_child(args.checkpoint, precisions[0], args.repeats, merge=False, device=device,
+                                              compute=computes[0]))
     if "app" in parts:  # the first start ever, then a start from the cache it leaves (in the user's cache: warm)
         res["app"] = [app_start(precisions[0], empty_cache=True), app_start(precisions[0], empty_cache=False)]
     if "load" in parts:
@@ -389,8 +432,8 @@ def main(argv: list[str] | None = None) -> int:
                        {**load_test(p), "precision": precisions[0]}]
         res["mixed"] = mixed_load(p)
     if "train" in parts:
-        res["train"] = [bench_train(p, max(2, args.repeats // 2), ckpt, device=device) for p in ("bf16", "nf4")
-                        for ckpt in (False, True)]
+        res["train"] = [bench_train(p, max(2, args.repeats // 2), ckpt, device=device, compute=c) for c in computes
+                        for p in ("bf16", "nf4") for ckpt in (False, True)]
     if "recipes" in parts:
         res["recipes"] = [run_recipe_child(r, args.repeats, device) for r in RECIPES]
     if "llamacpp" in parts:

@@ -143,7 +143,8 @@ def merged_base(folder, meta: dict, dataset, precision: str):
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
-        model.llm.merge_and_unload().save_pretrained(work)
+        # the folder holds the dtype its name says, whatever the merge computed in (float32 on a CPU without bf16)
+        model.llm.merge_and_unload().to(torch.float32 if dtype == "fp32" else torch.bfloat16).save_pretrained(work)
         model.tokenizer.save_pretrained(work)
         write_json(work / "llara_merged.json", {"checkpoint": str(folder), "dtype": dtype,
                                                  "files": {f.name: sha256_file(f) for f in sorted(work.iterdir())}})

@@ -8,6 +8,7 @@ import gradio as gr
 
 from llara.checkpoint import REPO_ROOT
 from llara.answers import ABLATIONS, ATTRIBUTION_METHODS, UNTRAINED_TITLES, writes_titles
+from llara.decoders import DECODERS
 from llara.part_view import NEEDS_NEXT_HEAD
 from llara.parts import model_parts
 
@@ -31,10 +32,6 @@ ABLATION_LABELS = {
 METHOD_LABELS = {"grad_x_input": "token: gradient × input", "ig": "token: integrated gradients",
                  "ablation": "item: remove title / embedding (slow)",
                  "deletion": "item: delete the movie, rebuild the prompt"}
-# what each decode is (the radio's labels); next, the LLM alone, is the default wherever the model has the head
-DECODE_LABELS = {"next": "next: the LLM alone", "residual": "residual: the recommender plus the LLM's correction",
-                 "head": "head: candidate head", "rank": "rank: title likelihood",
-                 "constrained": "constrained decoding", "generate": "generate: greedy decoding"}
 PARTS_INTRO = (
     "What each part of the hybrid prompt does to the answer, for the history and candidates above: the full prompt "
     "(titles, item slots{user}), each part removed, each part alone and nothing, all answered by the LLM alone "
@@ -132,7 +129,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                           ("hard: half from the recommender's 30 best for this history", "hard")],
                                          value="random", label="Candidate set", elem_id="candidate-kind")
                     untrained = "" if writes_titles(studio.predictor.model) else f" ({UNTRAINED_TITLES})"
-                    decode = gr.Radio([(DECODE_LABELS.get(d, d), d) for d in decodes], value=decodes[0],
+                    decode = gr.Radio([(DECODERS[d].label, d) for d in decodes], value=decodes[0],
                                       label="Decode",
                                       info="next (the default): the LLM's next-item head alone · residual: the "
                                            "recommender plus the LLM's correction (recommender score + the LLM's "

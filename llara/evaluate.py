@@ -33,51 +33,45 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .constants import DECODES, RECOMMENDER_DIR, SCORED_DECODES
+from .constants import RECOMMENDER_DIR
 from .checkpoint import CheckpointError, write_json
 from .device import accelerator_for, add_device_arg
 from .loader import load_llara
 from .data.args import (add_dataset_args, add_eval_sample_args, check_eval_sample_args, dataset_from_args,
                              eval_samples_from_args, parse_seeds)
-from .metrics import bootstrap_ci, match_answer, mean_std, ranking_metrics
+from .metrics import bootstrap_ci, mean_std, ranking_metrics
 from .build import build_llara
-from .model import REQUIRES, LLaRA, available
+from .decoders import DECODERS, DECODES, offered
+from .model import LLaRA
 from .recommenders import RECOMMENDERS
 from .probes import genre_probe, hits_and_swap, paired, popularity, prior_scorer, recommender_scorer
 
-SCORED = SCORED_DECODES  # decodes that score every candidate
 DEFAULT_REC_DIR = RECOMMENDER_DIR
 
 
 def evaluate_samples(model: LLaRA, samples, candidate_sets, hybrid: bool, decode: str, batch_size: int = 8,
                      progress: bool = False, desc: str = "") -> list[dict]:
     """One record per sample: the answer (text or item), whether it is valid, the target's rank where known."""
-    builder, titles = model.builder, model.builder.titles
-    prompts = [builder.build(s.history, c, hybrid=hybrid) for s, c in zip(samples, candidate_sets)]
+    decoder = DECODERS[decode]
+    prompts = [model.builder.build(s.history, c, hybrid=hybrid) for s, c in zip(samples, candidate_sets)]
     records: list[dict] = []
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
-    if decode == "generate":
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start : start + batch_size]
-            for p, answer in zip(chunk, model.generate(chunk)):
-                names = [titles[c] for c in p.candidates]
-                chosen = match_answer(answer, names)
-                records.append({"answer": answer, "choice": None if chosen is None else p.candidates[chosen]})
-            bar.update(len(chunk))
-    elif decode in ("next", "residual"):
-        scores = cached_item_scores(model, prompts, decode == "residual", batch_size)
+    if decoder.batches:  # raw next-item scores, each history's pass shared across candidate seeds
+        scores = cached_item_scores(model, prompts, decoder.residual, batch_size)
         for p, row in zip(prompts, scores):
             ranked = sorted(((c, float(row[c])) for c in p.candidates), key=lambda x: -x[1])
             records.append({"choice": ranked[0][0], "scores": {int(c): round(v, 4) for c, v in ranked}})
         bar.update(len(prompts))
     else:
-        for p in prompts:
-            if decode == "constrained":
-                records.append({"choice": model.constrained(p)})
-            else:
-                ranked = model.rank(p) if decode == "rank" else model.rank_head(p)
-                records.append({"choice": ranked[0][0], "scores": {int(c): round(s, 4) for c, s in ranked}})
-            bar.update(1)
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            for reply in decoder.answer(model, chunk):
+                record: dict = {} if reply.generated is None else {"answer": reply.generated}
+                record["choice"] = reply.item
+                if reply.ranked:
+                    record["scores"] = {int(c): round(v, 4) for c, v in reply.ranked}
+                records.append(record)
+            bar.update(len(chunk))
     bar.close()
     for r, s, c in zip(records, samples, candidate_sets):
         r.update({"user": s.user, "target": s.target, "valid": r["choice"] is not None, "hit": r["choice"] == s.target})
@@ -168,7 +162,7 @@ def summarize(per_seed: list[list[dict]], decode: str) -> dict:
     rows = []
     for records in per_seed:
         row = {"valid_ratio": float(np.mean([r["valid"] for r in records])), "hr@1": float(np.mean([r["hit"] for r in records]))}
-        if decode in ("rank", "head"):
+        if DECODERS[decode].ranking_metrics:
             scores = np.array([[r["scores"][c] for c in sorted(r["scores"])] for r in records])
             target_pos = np.array([sorted(r["scores"]).index(r["target"]) for r in records])
             row.update({k: v for k, v in ranking_metrics(scores, target_pos).items() if k != "hr@1"})
@@ -252,9 +246,9 @@ def run(args: argparse.Namespace) -> int:
     if args.limit > 0:
         samples = samples[: args.limit]
     kinds = ["text", "hybrid"] if args.prompt == "both" else [args.prompt]
-    decodes = [d for d in DECODES if available(model, d)] if args.decode == "all" else [args.decode]
-    if not available(model, decodes[0]):
-        raise ValueError(f"--decode {decodes[0]} needs a checkpoint trained for it ({REQUIRES[decodes[0]]})")
+    decodes = list(offered(model)) if args.decode == "all" else [args.decode]
+    if decodes[0] not in offered(model):
+        raise ValueError(f"--decode {decodes[0]} needs a checkpoint trained for it ({DECODERS[decodes[0]].needs})")
     results: dict = {"model": name, "split": args.eval_split, "samples": len(samples), "candidate_seeds": args.seed_list,
                      "candidate_stream": ds.candidate_stream, "eval_samples": args.eval_samples,
                      "metrics": {}, "records": {}, "probes": {}, "baselines": {}, "paired": {}}

@@ -19,21 +19,20 @@ import time
 
 import torch
 
-from .answers import (ABLATIONS, PROMPT_KINDS, TITLE_DECODES, UNTRAINED_TITLES, Answer, Explanation, PartComparison,
-                      Prediction, check_method, writes_titles)
+from .answers import (ABLATIONS, PROMPT_KINDS, UNTRAINED_TITLES, Answer, Explanation, PartComparison, Prediction,
+                      check_method, writes_titles)
 from .attribution import Attribution, attribute_deletion, attribute_items, attribute_tokens, neutral_slot_vector
-from .constants import DECODES, MAX_BATCH, MAX_SEED, MAX_TITLE_CHARS, PRECISIONS
+from .constants import MAX_BATCH, MAX_SEED, MAX_TITLE_CHARS, PRECISIONS
 from .data import NUM_CANDIDATES, SequenceDataset, candidates_around
 from .device import add_device_arg, resolve_device
-from .metrics import match_answer
 from .batching import Combiner
 from .inspector import SlotInfo, slot_infos
 from .loader import trim_heap
-from .model import LLaRA, available, rank_candidates
+from .decoders import DECODERS, DECODES, available, offered
+from .model import LLaRA, rank_candidates
 from .part_view import compare_parts
 from .prompts import Prompt, clean_history
 
-BATCHED_DECODES = ("residual", "next")  # one pass over the prompt up to its query slot: requests batch together
 CANDIDATE_KINDS = ("random", "hard")  # see Predictor.draw_candidates
 HARD_POOL = 30  # the recommender's best-scored unseen items a "hard" set draws half its candidates from
 
@@ -87,7 +86,7 @@ class Predictor:
     @property
     def decodes(self) -> tuple[str, ...]:
         """The main (hybrid) model's decodes, best first."""
-        return tuple(d for d in DECODES if available(self.model, d))
+        return offered(self.model)
 
     def model_for(self, prompt: Prompt) -> LLaRA:
         return self.text_model if self.text_model is not None and not prompt.hybrid else self.model
@@ -125,7 +124,7 @@ class Predictor:
         text-only model has no recommender, so no residual scoring)."""
         if available(model, decode):
             return decode, ""
-        best = next(d for d in DECODES if available(model, d))
+        best = offered(model)[0]
         return best, f"the text-only model has no {decode} decode: answered with {best}"
 
     @staticmethod
@@ -198,25 +197,14 @@ class Predictor:
         source = "hybrid" if prompt.hybrid else "text"
         model = self.model_for(prompt)
         decode, note = self.fallback(model, decode)
-        if decode in ("rank", "head", "next", "residual"):
-            if decode in ("next", "residual"):
-                ranked = model.rank_items(prompt, residual=decode == "residual")
-            else:
-                ranked = model.rank(prompt) if decode == "rank" else model.rank_head(prompt)
-            item, text = ranked[0][0], self.titles[ranked[0][0]]
-        elif decode == "constrained":
-            ranked, item = [], model.constrained(prompt)
-            text = self.titles[item]
-        else:
-            ranked, text = [], model.generate([prompt])[0]
-            index = match_answer(text, [self.titles[c] for c in prompt.candidates])
-            item = None if index is None else prompt.candidates[index]
+        reply = DECODERS[decode].answer(model, [prompt])[0]
         notes = [note] if note else []
-        if decode in TITLE_DECODES and not writes_titles(model):
+        if DECODERS[decode].reads_titles and not writes_titles(model):
             notes.append(UNTRAINED_TITLES)
-        if item is None:
+        if reply.item is None:
             notes.append("the generated answer names none of the candidates (invalid)")
-        return Answer(source, decode, item, text, ranked, time.perf_counter() - started, "; ".join(notes))
+        return Answer(source, decode, reply.item, reply.text(self.titles), reply.ranked, time.perf_counter() - started,
+                      "; ".join(notes))
 
     def _answer_batch(self, jobs: list[tuple[dict[str, Prompt], str]]) -> list[dict[str, Answer]]:
         """``(prompts by kind, decode)`` jobs with a next-item decode, answered with one pass per model over all their
@@ -232,7 +220,7 @@ class Predictor:
             pure, residual = model.all_item_scores([p for _, _, p in entries])  # (B, N) each
             for row, (i, kind, prompt) in enumerate(entries):
                 decode, note = self.fallback(model, jobs[i][1])
-                ranked = rank_candidates((residual if decode == "residual" else pure)[row], prompt.candidates)
+                ranked = rank_candidates((residual if DECODERS[decode].residual else pure)[row], prompt.candidates)
                 out[i][kind] = Answer(kind, decode, ranked[0][0], self.titles[ranked[0][0]], ranked, 0.0, note)
         elapsed = time.perf_counter() - started
         for answers in out:
@@ -257,7 +245,7 @@ class Predictor:
         candidates = self.check_candidates(history, candidates)
         prompts = self.prompts(history, candidates, ablation, seed)
         self.check_decode(decode)
-        if decode in BATCHED_DECODES and ablation != "no-embeddings":  # no model state to change: batch it
+        if DECODERS[decode].batches and ablation != "no-embeddings":  # no model state to change: batch it
             answers, waited = self.combiner.submit((prompts, decode))
         else:
             answers = {}

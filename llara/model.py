@@ -386,21 +386,8 @@ class LLaRA(nn.Module):
         return sorted(zip(prompt.candidates, scores), key=lambda x: -x[1])
 
 
-REQUIRES = {"head": "--head-weight > 0", "next": "--next-weight > 0", "residual": "--next-weight > 0 --residual"}
-
-
 def rank_candidates(scores: torch.Tensor, candidates) -> list[tuple[int, float]]:
     """``(item, log-softmax over the candidates)`` best first, from one prompt's next-item scores ``(N,)``."""
     logp = scores[list(candidates)].log_softmax(-1).tolist()
     return sorted(zip(candidates, logp), key=lambda x: -x[1])
 
-
-def available(model: LLaRA, decode: str) -> bool:
-    """Whether ``model`` can answer with ``decode``."""
-    if decode == "head":
-        return model.head is not None
-    if decode == "next":
-        return model.next_head is not None
-    if decode == "residual":
-        return model.next_head is not None and model.next_head.gate is not None
-    return True

@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 
 from .answers import PartComparison, PartRow
-from .model import available, rank_candidates
+from .decoders import available
+from .model import rank_candidates
 from .parts import build_variant, model_parts, variants
 
 

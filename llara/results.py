@@ -40,6 +40,7 @@ from .constants import LLARA_DIR, RECOMMENDER_DIR
 from .data import DEFAULT_STREAM, SequenceDataset, load_dataset
 from .data.args import add_eval_sample_args, add_stream_arg, check_eval_sample_args
 from .data.paper_samples import with_release_samples
+from .decoders import DECODERS, DECODES, available
 from .device import add_device_arg, resolve_device
 from .metrics import bootstrap_ci, mean_std, ranking_metrics, target_ranks
 from .recommenders import RECOMMENDERS as RECOMMENDER_CLASSES
@@ -122,8 +123,7 @@ def _probe_summary(probe: dict) -> dict:
 def run_llm(row: str, seeds: int, gen_seeds: int, decodes: list[str], precision: str, limit: int = 0,
             grp: Group = Group(), device: str = "cpu") -> dict:
     """Evaluate one LLM row with ``llara.evaluate``'s functions; per-user hits kept for paired comparisons."""
-    from .evaluate import SCORED, evaluate_samples, llm_scorer, probe_row, summarize
-    from .model import available
+    from .evaluate import evaluate_samples, llm_scorer, probe_row, summarize
     from .loader import load_llara
     from .build import build_llara
 
@@ -143,7 +143,7 @@ def run_llm(row: str, seeds: int, gen_seeds: int, decodes: list[str], precision:
     for decode in decodes:
         if not available(model, decode):
             continue
-        n = seeds if decode in ("head", "next", "residual") else gen_seeds  # one pass per sample: all seeds; the slow decodes: fewer
+        n = seeds if DECODERS[decode].one_pass else gen_seeds  # one pass per sample: all seeds; the slow decodes: fewer
         started, per_seed = time.perf_counter(), []
         for seed in range(n):
             cands = ds.candidates("test", seed=seed)[: len(samples)]
@@ -158,7 +158,7 @@ def run_llm(row: str, seeds: int, gen_seeds: int, decodes: list[str], precision:
             val = ds.split("val")[: limit or None]
             m["val_scores"] = [r["scores"] for r in evaluate_samples(model, val, ds.candidates("val", seed=0)[: len(val)],
                                                                       kind == "hybrid", "head", progress=True, desc=f"{row} head val")]
-        if decode in SCORED:  # personalization: swap test and genre probe, on the same users and candidate seeds
+        if DECODERS[decode].scores:  # personalization: swap test and genre probe, on the same users and candidate seeds
             scorer = llm_scorer(model, kind == "hybrid", decode)
             for seed, records in enumerate(per_seed):  # the answers above are not computed again
                 scorer.remember([s.history for s in samples], ds.candidates("test", seed=seed)[: len(samples)], records)
@@ -327,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, grp: Group, out: Path, rows: list[str]) -> int:
     """Run (or read) every row of one group, save each, and print the group's tables."""
     decodes = [d.strip() for d in args.decodes.split(",") if d.strip()]
+    unknown = [d for d in decodes if d not in DECODERS]
+    if unknown:
+        raise ValueError(f"unknown --decodes {', '.join(unknown)}; choose from {', '.join(DECODES)}")
     started, results = time.perf_counter(), []
     for row in rows:
         path = out / f"{checkpoint_path(row).name if '/' in row else row}.json"

@@ -70,9 +70,3 @@ def use_hybrid(
         return True
     return _uniform(seed, step, sample_key) < p
 
-
-def hybrid_mask(
-    mode: str, step: int, total_steps: int, sample_keys: list[int], seed: int = 0, switch_fraction: float = 0.4
-) -> list[bool]:
-    """:func:`use_hybrid` for every sample of a batch, in order."""
-    return [use_hybrid(mode, step, total_steps, k, seed, switch_fraction) for k in sample_keys]

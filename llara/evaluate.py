@@ -39,7 +39,7 @@ from .device import accelerator_for, add_device_arg
 from .loader import load_llara
 from .data.args import (add_dataset_args, add_eval_sample_args, check_eval_sample_args, dataset_from_args,
                              eval_samples_from_args, parse_seeds)
-from .metrics import bootstrap_ci, mean_std, ranking_metrics
+from .metrics import bootstrap_ci, mean_std, ranking_metrics, valid_and_hit
 from .build import build_llara
 from .decoders import DECODERS, DECODES, offered
 from .model import LLaRA
@@ -161,7 +161,7 @@ def summarize(per_seed: list[list[dict]], decode: str) -> dict:
     """Mean +- std over seeds, and a bootstrap 95% interval over users of the seed-averaged hit."""
     rows = []
     for records in per_seed:
-        row = {"valid_ratio": float(np.mean([r["valid"] for r in records])), "hr@1": float(np.mean([r["hit"] for r in records]))}
+        row = valid_and_hit([r["choice"] for r in records], [r["target"] for r in records])
         if DECODERS[decode].ranking_metrics:
             scores = np.array([[r["scores"][c] for c in sorted(r["scores"])] for r in records])
             target_pos = np.array([sorted(r["scores"]).index(r["target"]) for r in records])

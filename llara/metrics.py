@@ -48,14 +48,14 @@ def match_answer(answer: str, titles: list[str]) -> int | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def valid_and_hit(answers: list[str], candidate_titles: list[list[str]], target_index: list[int]) -> dict[str, float]:
-    """ValidRatio = valid / all and HitRatio@1 = correct / all, exactly as the paper defines them."""
-    valid = correct = 0
-    for answer, titles, target in zip(answers, candidate_titles, target_index):
-        chosen = match_answer(answer, titles)
-        valid += chosen is not None
-        correct += chosen == target
-    n = max(1, len(answers))
+def valid_and_hit(choices: list[int | None], targets: list[int]) -> dict[str, float]:
+    """ValidRatio = valid / all and HitRatio@1 = correct / all, exactly as the paper defines them: ``choices`` holds
+    each sample's chosen item, ``None`` for an answer that names no candidate (invalid, so also a miss)."""
+    if len(choices) != len(targets):
+        raise ValueError(f"{len(choices)} choices for {len(targets)} targets")
+    n = max(1, len(choices))
+    valid = sum(c is not None for c in choices)
+    correct = sum(c is not None and c == t for c, t in zip(choices, targets))
     return {"valid_ratio": valid / n, "hr@1": correct / n}
 
 

@@ -96,8 +96,12 @@ def test_text_and_hybrid_share_candidates(results):
 
 
 def test_summarize_by_hand():
-    gen = [[{"valid": True, "hit": True}, {"valid": False, "hit": False}, {"valid": True, "hit": False}, {"valid": True, "hit": True}],
-           [{"valid": True, "hit": False}, {"valid": False, "hit": False}, {"valid": True, "hit": True}, {"valid": True, "hit": True}]]
+    def answered(choice, target):  # a record as evaluate_samples writes it (None: an answer naming no candidate)
+        return {"choice": choice, "target": target, "valid": choice is not None, "hit": choice == target}
+
+    # per seed: hit, invalid, valid but wrong, hit / valid but wrong, invalid, hit, hit
+    gen = [[answered(1, 1), answered(None, 0), answered(2, 0), answered(3, 3)],
+           [answered(2, 1), answered(None, 0), answered(2, 2), answered(3, 3)]]
     m = summarize(gen, "generate")
     assert m["valid_ratio"] == 0.75 and m["valid_ratio_std"] == 0.0
     assert m["hr@1"] == pytest.approx(0.5) and m["hr@1_std"] == 0.0  # correct / all, invalid counted as misses

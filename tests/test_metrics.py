@@ -44,9 +44,11 @@ def test_match_answer(answer, expected):
 def test_valid_and_hit_counts_invalid_as_miss():
     answers = ["Batman Returns", "Heat or Fargo", "", "fargo", "Batman"]
     targets = [1, 2, 0, 3, 1]  # hit, invalid, invalid, hit, valid but wrong
-    out = valid_and_hit(answers, [TITLES] * len(answers), targets)
+    out = valid_and_hit([match_answer(a, TITLES) for a in answers], targets)
     assert out == {"valid_ratio": pytest.approx(3 / 5), "hr@1": pytest.approx(2 / 5)}  # HR = correct / all
-    assert valid_and_hit([], [], []) == {"valid_ratio": 0.0, "hr@1": 0.0}
+    assert valid_and_hit([], []) == {"valid_ratio": 0.0, "hr@1": 0.0}
+    with pytest.raises(ValueError, match="3 choices for 2 targets"):
+        valid_and_hit([0, 1, None], [0, 1])
 
 
 def test_ranking_ties_count_against_the_target():

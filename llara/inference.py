@@ -232,7 +232,7 @@ class Predictor:
     def recommend(self, history: list[int], candidates: list[int]) -> Answer:
         """The recommender alone, scoring the same candidates from the same history."""
         started = time.perf_counter()
-        scores = self.recommender.score_histories([history], [candidates])[0]  # on the recommender's device
+        scores = self.recommender.score_histories([history], [candidates])[0]  # (C,) float32 on the CPU: score_histories brings them back
         ranked = sorted(zip(candidates, scores.float().tolist()), key=lambda x: -x[1])
         name = self.meta["recommender"].get("model", "recommender")
         return Answer("recommender", name, ranked[0][0], self.titles[ranked[0][0]], ranked, time.perf_counter() - started)

@@ -16,7 +16,7 @@ Covered, each through what the page shows:
 * Explain under every ablation: the status names the explained answers (those the panels showed), the hybrid
   per-movie chart is drawn for them, and under "drop titles" the text-only prompt is reported as not run;
 * the per-movie chart lists the watched movies in watch order, numbered (its SVG axis labels, left to right);
-* loading a real test user, the error toast of an empty history, and the Results tab's plot.
+* loading a real test user, the error toast of an empty history, and the Results tab's plot (the committed one, whole).
 
 Needs Debian's chromium + chromium-driver (``make browser``). Skipped when they are missing, except with
 ``CHROMIUM_REQUIRED=1`` (set by ``make test``, hence in CI), where that is a failure. Screenshots go to
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from app import RESULTS_PLOT
 from app.state import DEFAULT_CHECKPOINT
 from llara.checkpoint import read_json
 from llara.parts import variants
@@ -281,11 +282,17 @@ def test_empty_history_shows_error_toast(page):
 
 
 def test_results_tab_shows_its_plot(page):
+    from PIL import Image
     from selenium.webdriver.common.by import By
 
     tab = next(t for t in page.find_elements(By.CSS_SELECTOR, "button[role=tab]") if t.text.strip() == "Results")
     tab.click()
     img = b.element(page, "results-plot", timeout=30).find_element(By.TAG_NAME, "img")
-    b._wait(page, 30).until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img),
-                            "the results plot does not load")
+    # the loaded image's size: a broken or placeholder image never matches the committed plot's
+    size = b._wait(page, 30).until(lambda d: d.execute_script(
+        "const i = arguments[0]; return i.complete && i.naturalWidth > 0 && [i.naturalWidth, i.naturalHeight]", img),
+        "the results plot does not load")
     b.screenshot(page, SHOTS / "results-tab.png")
+    assert tab.get_attribute("aria-selected") == "true"
+    with Image.open(RESULTS_PLOT) as plot:
+        assert tuple(size) == plot.size  # the training curves as committed, whole

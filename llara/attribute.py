@@ -33,9 +33,9 @@ import time
 from pathlib import Path
 
 from .attribution import SLOT_BASELINES, TOKEN_METHODS, Attribution, attribute_deletion, attribute_items, attribute_tokens
-from .layout import build_prompt, resolve_item
+from .layout import build_prompt, check_title_lengths, resolve_item
 from .checkpoint import CheckpointError, write_json
-from .constants import MAX_SEED, MAX_TITLE_CHARS, PRECISIONS, RECOMMENDER_DIR
+from .constants import MAX_SEED, PRECISIONS, RECOMMENDER_DIR
 from .device import add_device_arg, device_name, resolve_device
 from .prompts import clean_history
 
@@ -121,10 +121,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("no history: give --history \"A|B|C\" or one --item per title")
     for what, names in (("--history/--item", history), ("--candidates", _split(args.candidates, args.sep)),
                         ("--candidate", [args.candidate or ""])):
-        long = [t for t in names if len(t) > MAX_TITLE_CHARS]
-        if long:  # no catalog title is that long: say so without echoing the whole string
-            raise ValueError(f"a {what} title of {len(long[0]):,} characters is not in the catalog "
-                             f"(titles are at most {MAX_TITLE_CHARS} characters)")
+        check_title_lengths(names, what)  # before the model loads: a refusal costs nothing
     model, _, _ = load_llara(args.checkpoint, precision=args.precision, device=resolve_device(args.device))
     catalog = model.builder.catalog
     kept, note = clean_history([resolve_item(catalog, t, f"history item {i + 1}") for i, t in enumerate(history)],

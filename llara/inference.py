@@ -22,11 +22,12 @@ import torch
 from .answers import (ABLATIONS, PROMPT_KINDS, UNTRAINED_TITLES, Answer, Explanation, PartComparison, Prediction,
                       check_method, writes_titles)
 from .attribution import Attribution, attribute_deletion, attribute_items, attribute_tokens, neutral_slot_vector
-from .constants import MAX_BATCH, MAX_SEED, MAX_TITLE_CHARS, PRECISIONS
+from .constants import MAX_BATCH, MAX_SEED, PRECISIONS
 from .data import NUM_CANDIDATES, SequenceDataset, candidates_around
 from .device import add_device_arg, resolve_device
 from .batching import Combiner
 from .inspector import SlotInfo, slot_infos
+from .layout import check_title_lengths, resolve_item
 from .loader import trim_heap
 from .decoders import DECODERS, DECODES, available, offered
 from .model import LLaRA, rank_candidates
@@ -331,12 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def split_titles(text: str, what: str) -> list[str]:
-        names = [t.strip() for t in text.split("|") if t.strip()]
-        long = [t for t in names if len(t) > MAX_TITLE_CHARS]
-        if long:  # no catalog title is that long: say so without echoing the whole string
-            raise ValueError(f"a {what} title of {len(long[0]):,} characters is not in the catalog "
-                             f"(titles are at most {MAX_TITLE_CHARS} characters)")
-        return names
+        return check_title_lengths([t.strip() for t in text.split("|") if t.strip()], what)
 
     from .checkpoint import CheckpointError
 
@@ -344,10 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         history_titles, candidate_titles = split_titles(args.history, "--history"), split_titles(args.candidates, "--candidates")
         predictor = Predictor.load(args.checkpoint, precision=args.precision, text_checkpoint=args.text_checkpoint,
                                    device=resolve_device(args.device))
-        find = predictor.catalog.find
-        history = [find(t) for t in history_titles]
+        catalog = predictor.catalog
+        history = [resolve_item(catalog, t, f"history item {i + 1}") for i, t in enumerate(history_titles)]
         if candidate_titles:
-            cands = [find(t) for t in candidate_titles]
+            cands = [resolve_item(catalog, t, f"candidate {i + 1}") for i, t in enumerate(candidate_titles)]
         else:
             cands = predictor.draw_candidates(history, args.seed)
         result = predictor.predict(history, cands, args.decode or predictor.decodes[0], args.ablation, args.seed)

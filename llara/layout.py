@@ -1,14 +1,14 @@
 """Prompts built from titles, and where each item sits in a prompt: the map from a person's titles to token
 positions that attributions and the command lines share.
 
-``build_prompt`` resolves titles (case-insensitive, with suggestions for a wrong one) and draws candidates where
-none are given; ``prompt_layout`` finds every history item's title tokens and embedding slot in an encoded prompt.
+``resolve_item`` is how every command line turns a title into an item (case-insensitive, with suggestions for a
+wrong one), after ``check_title_lengths``; ``build_prompt`` resolves titles and draws candidates where none are given; ``prompt_layout`` finds every history item's title tokens and embedding slot in an encoded prompt.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .constants import CANDIDATE_TOKEN, HISTORY_TOKEN, PLACEHOLDER_TOKEN
+from .constants import CANDIDATE_TOKEN, HISTORY_TOKEN, MAX_TITLE_CHARS, PLACEHOLDER_TOKEN
 from .data import NUM_CANDIDATES, candidates_around
 from .data.catalog import UnknownTitle
 from .model import LLaRA
@@ -16,6 +16,16 @@ from .prompts import SEPARATOR, Prompt
 
 
 # ---- prompts from titles ---------------------------------------------------------------------------------------
+
+def check_title_lengths(titles: list[str], what: str) -> list[str]:
+    """``titles`` unchanged, once none is longer than any catalog title; a longer one is refused by its length alone,
+    without echoing a string that may be megabytes long. ``what`` names the option it came from."""
+    long = [t for t in titles if len(t) > MAX_TITLE_CHARS]
+    if long:
+        raise ValueError(f"a {what} title of {len(long[0]):,} characters is not in the catalog "
+                         f"(titles are at most {MAX_TITLE_CHARS} characters)")
+    return titles
+
 
 def resolve_item(catalog, value: str | int, what: str) -> int:
     """The item a title (or an item id) names; ``UnknownTitle`` prefixed with ``what`` for a title the catalog lacks."""

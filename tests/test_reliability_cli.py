@@ -29,16 +29,16 @@ REPO = Path(__file__).resolve().parents[1]
 TWELVE = "|".join(TOY_TITLES[:12])
 INFERENCE_BAD = [
     (["--history", ""], r"error: Pick at least one watched artist"),  # the toy catalog holds artists
-    (["--history", "No Such Artist"], r"error: no artist titled 'No Such Artist' in the catalog"),
+    (["--history", "No Such Artist"], r"error: history item 1: no artist titled 'No Such Artist' in the catalog"),
     (["--history", "x" * 10_000], r"error: a --history title of 10,000 characters is not in the catalog"),
-    (["--history", "\udcff\udcfe\x00 odd"], r"error: no artist titled '\\udcff\\udcfe\\x00 odd'"),
+    (["--history", "\udcff\udcfe\x00 odd"], r"error: history item 1: no artist titled '\\udcff\\udcfe\\x00 odd'"),
     (["--history", "Alpha", "--seed", "-1"], r"error: The seed must be a whole number from 0 to 4,294,967,295 \(got -1\)"),
     (["--history", "Alpha", "--seed", str(2**40)], r"from 0 to 4,294,967,295 \(got 1099511627776\)"),
     (["--history", "Alpha", "--seed", "abc"], r"argument --seed: invalid int value: 'abc'"),
     (["--history", "Alpha", "--candidates", "Bravo"], r"Give at least 2 candidates to choose from \(got 1\)"),
     (["--history", "Alpha", "--candidates", "Alpha|Bravo"], r"'Alpha' is both watched and a candidate"),
     (["--history", "Alpha", "--candidates", "Bravo|bravo|Charlie"], r"The candidates contain the same movie twice"),
-    (["--history", "Alpha", "--candidates", "Bravo|Nope"], r"no artist titled 'Nope'"),
+    (["--history", "Alpha", "--candidates", "Bravo|Nope"], r"error: candidate 2: no artist titled 'Nope'"),
     (["--history", "Alpha", "--decode", "beam"], r"argument --decode: invalid choice: 'beam'"),
 ]
 

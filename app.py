@@ -107,9 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     from app.state import DEFAULT_CHECKPOINT, DEFAULT_TEXT_CHECKPOINT, Studio
     from llara.checkpoint import CheckpointError
     from llara.device import resolve_device
-    from llara.sources import SourceUnavailable
-
-    from llara.llm import cache_root
+    from llara.sources import SourceUnavailable, cache_root
 
     # gradio copies served files (the results plot) into a temp folder: keep it inside our cache folder
     os.environ.setdefault("GRADIO_TEMP_DIR", str(cache_root() / "gradio"))

@@ -40,7 +40,8 @@ import torch
 
 from .constants import PLACEHOLDER_TOKEN
 from .llm import unpack_4bit_for_training
-from .model import LLaRA, collate
+from .batch import collate
+from .model import LLaRA
 from .layout import Layout, prompt_layout
 from .prompts import Prompt
 

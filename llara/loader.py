@@ -19,7 +19,7 @@ from .checkpoint import (OPTIONAL_PARTS, CheckpointError, load_tensors, read_jso
                          sha256_file, write_json)
 from .data import load_dataset
 from .base_models import base_model_origin
-from .llm import _say, cache_root
+from .sources import cache_root, say
 from .build import build_llara, model_options
 
 def trim_heap() -> None:
@@ -129,13 +129,13 @@ def merged_base(folder, meta: dict, dataset, precision: str):
                 return target
         except (CheckpointError, KeyError, OSError):
             pass
-        _say(f"the merged-weights cache {target} is damaged (a file differs from its hash): rebuilding it")
+        say(f"the merged-weights cache {target} is damaged (a file differs from its hash): rebuilding it")
         stale = target.with_name(f"{target.name}.stale-{os.getpid()}")
         target.rename(stale)
         shutil.rmtree(stale, ignore_errors=True)
     elif target.exists():  # no manifest: an interrupted or foreign folder; never trusted
         shutil.rmtree(target, ignore_errors=True)
-    _say(f"merging the LoRA adapter of {folder} into the base model once ({target})")
+    say(f"merging the LoRA adapter of {folder} into the base model once ({target})")
     model, _, _ = load_llara(str(folder), dataset=dataset, precision=dtype)
     # the base weights are views of the mapped safetensors file: merging in place would copy-on-write it page by
     # page (1.4 s per model here); one copy first makes the merge 0.4 s

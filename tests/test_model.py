@@ -8,7 +8,8 @@ import torch
 from llara.constants import IGNORE_INDEX
 from llara.data import Catalog
 from llara.llm import add_placeholder_tokens, ensure_pad_token
-from llara.model import LLaRA, AnswerTrie, collate
+from llara.batch import collate
+from llara.model import LLaRA, AnswerTrie
 from llara.projector import build_projector
 from llara.prompts import TEMPLATES, PromptBuilder, safe_title
 

@@ -9,7 +9,7 @@ import torch
 
 from llara.data import Sample
 from llara.metrics import cluster_paired
-from llara.model import collate
+from llara.batch import collate
 from llara.next_item import NextItemHead
 from llara.parts import (all_position_samples, build_variant, hits_and_top1, main, model_parts, summarize_rows,
                          variant_scores, variants)

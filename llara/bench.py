@@ -41,7 +41,7 @@ import torch
 
 from .checkpoint import REPO_ROOT, write_json
 from .concurrency import app_start, format_load, load_test, mixed_load, rss_mb
-from .constants import DEMO_CHECKPOINT, DEMO_TEXT_CHECKPOINT, PLACEHOLDER_TOKEN, RECOMMENDER_DIR
+from .constants import DEMO_CHECKPOINT, DEMO_TEXT_CHECKPOINT, PLACEHOLDER_TOKEN, PRECISIONS, RECOMMENDER_DIR
 from .cpu_paths import CPU_PATHS, cpu_label, matmul_probe, path_env, redundant_path
 from .device import COMPUTE_ENV, add_device_arg, cpu_info, device_name, resolve_device, synchronize
 
@@ -286,7 +286,7 @@ def _ms(t: dict) -> str:
 def demo_column(d: dict) -> str:
     """A demo column's name: precision, the dtype it computed in, the CPU path where limited, merging."""
     machine = d.get("machine") or {}
-    compute = machine.get("compute_dtype") if d["precision"] != "fp32" else None
+    compute = machine.get("compute_dtype") if d["precision"] not in ("fp32", "int8") else None
     return (d["precision"] + (f", {compute} compute" if compute else "") + (", AVX2 limit" if machine.get("isa_limit") else "")
             + ("" if d.get("merged", True) else ", LoRA unmerged"))
 
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                              "x 5 predicts on the first precision, then 100 mixed predicts and explanations) and app "
                              "(`python app.py` launched on an empty cache, then on the user's cache, timed until it "
                              "serves) (default: %(default)s)")
-    parser.add_argument("--precisions", default="bf16,nf4", help="demo precisions (default: %(default)s; fp32 also valid)")
+    parser.add_argument("--precisions", default="bf16,nf4", help="demo precisions (default: %(default)s; fp32 and int8 also valid)")
     parser.add_argument("--cpu-paths", default="native",
                         help=f"comma-separated CPU paths of the demo part, each in fresh processes: {', '.join(CPU_PATHS)} "
                              "(avx2: torch and oneDNN held to AVX2, as on a CPU without native bf16; skipped where the "
@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     paths = [p.strip() for p in args.cpu_paths.split(",") if p.strip()]
     computes = [c.strip().lower() for c in args.compute_dtypes.split(",") if c.strip()]
-    bad = ([p for p in precisions if p not in ("bf16", "fp32", "nf4")] + [p for p in parts if p not in PARTS]
+    bad = ([p for p in precisions if p not in PRECISIONS] + [p for p in parts if p not in PARTS]
            + [p for p in paths if p not in CPU_PATHS] + [c for c in computes if c not in ("auto", "bf16", "fp32")])
     if bad:
         parser.error(f"unknown part, precision, CPU path or compute dtype: {', '.join(bad)}")
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
                              "device": device_name(torch.device(device))}}
     if "demo" in parts:
         runs = [(path, c, p) for path in paths if not redundant_path(path) for c in computes for p in precisions
-                if p != "fp32" or c == computes[0]]  # fp32 weights compute in fp32 whatever is asked
+                if p not in ("fp32", "int8") or c == computes[0]]  # these compute in fp32 whatever is asked
         if any(redundant_path(path) for path in paths):
             print("the avx2 path is skipped: this CPU's native path already is AVX2 without native bf16", file=sys.stderr)
         res["demo"] = [run_demo_child(args.checkpoint, p, args.repeats, not args.no_merge, device, path, c) for path, c, p in runs]

@@ -8,11 +8,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .model import LLaRA
 from .item_features import LANGUAGE_FEATURES, build_item_features, resolve_item_features
+from .model import LLaRA
 from .next_item import NextItemHead
 from .prompts import PromptBuilder
-
 
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # the paper's: every projection
 
@@ -70,6 +69,8 @@ def build_llara(
     from .projector import build_projector
     from .recommenders import load_recommender
 
+    if lora is not None and precision == "int8":
+        raise ValueError("int8 is for inference only: train with --precision bf16, fp32 or nf4")
     recommender = load_recommender(recommender_stem, n_items=dataset.n_items)
     llm, tokenizer = load_base_model(base_model, precision=precision, seed=seed, device=device)
     target_norm = token_embedding_norm(llm) if norm_to_tokens else None

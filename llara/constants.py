@@ -31,7 +31,7 @@ BASE_MODELS: dict[str, str] = {
 # How a model answers (the decodes, in the order of preference): one registry, llara/decoders.py.
 
 # Precisions load_base_model accepts: bf16 / fp32 dense weights, or 4-bit NormalFloat via bitsandbytes.
-PRECISIONS: tuple[str, ...] = ("bf16", "fp32", "nf4")
+PRECISIONS: tuple[str, ...] = ("bf16", "fp32", "nf4", "int8")  # int8: inference only (llara.cpu8bit)
 
 # Bounds on what a person may send (the demo, the HTTP API and every command): seeds are numpy/Python RNG seeds
 # of 32 bits; no catalog title or label is longer than MAX_TITLE_CHARS, so a longer string is rejected unread.

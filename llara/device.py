@@ -181,7 +181,7 @@ def compute_dtype(precision: str, device: torch.device | str = "cpu", spec: str 
     ``$LLARA_COMPUTE_DTYPE`` or ``auto``) where given; with ``auto``, fp32 weights compute in fp32 and bf16 / nf4
     weights in bf16 where :func:`native_bf16`, else in fp32."""
     spec = _check_compute(spec if spec is not None else os.environ.get(COMPUTE_ENV, "auto"))
-    if precision == "fp32" or spec == "fp32":
+    if precision in ("fp32", "int8") or spec == "fp32":  # int8: the kernel takes and gives float32
         return torch.float32
     if spec == "bf16":
         return torch.bfloat16

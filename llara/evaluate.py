@@ -33,18 +33,24 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .constants import RECOMMENDER_DIR
+from .build import build_llara
 from .checkpoint import CheckpointError, write_json
+from .constants import PRECISIONS, RECOMMENDER_DIR
+from .data.args import (
+    add_dataset_args,
+    add_eval_sample_args,
+    check_eval_sample_args,
+    dataset_from_args,
+    eval_samples_from_args,
+    parse_seeds,
+)
+from .decoders import DECODERS, DECODES, offered
 from .device import accelerator_for, add_device_arg
 from .loader import load_llara
-from .data.args import (add_dataset_args, add_eval_sample_args, check_eval_sample_args, dataset_from_args,
-                             eval_samples_from_args, parse_seeds)
 from .metrics import bootstrap_ci, mean_std, ranking_metrics, valid_and_hit
-from .build import build_llara
-from .decoders import DECODERS, DECODES, offered
 from .model import LLaRA
-from .recommenders import RECOMMENDERS
 from .probes import genre_probe, hits_and_swap, paired, popularity, prior_scorer, recommender_scorer
+from .recommenders import RECOMMENDERS
 
 DEFAULT_REC_DIR = RECOMMENDER_DIR
 
@@ -73,7 +79,7 @@ def evaluate_samples(model: LLaRA, samples, candidate_sets, hybrid: bool, decode
                 records.append(record)
             bar.update(len(chunk))
     bar.close()
-    for r, s, c in zip(records, samples, candidate_sets):
+    for r, s in zip(records, samples):
         r.update({"user": s.user, "target": s.target, "valid": r["choice"] is not None, "hit": r["choice"] == s.target})
         if "scores" in r:
             # ties count against the target, as in metrics.target_ranks
@@ -198,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "prompt and the checkpoint's recommender; every position of the users: python -m llara.parts")
     parser.add_argument("--eval-split", default="test", choices=["val", "test"], help="which users to evaluate (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N samples (0 = all)")
-    parser.add_argument("--precision", default=None, choices=["bf16", "fp32", "nf4"], help="override the checkpoint's precision")
+    parser.add_argument("--precision", default=None, choices=PRECISIONS, help="override the checkpoint's precision")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate batch (default: %(default)s)")
     parser.add_argument("--json", type=Path, default=None, help="write the metrics and per-sample records here")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")

@@ -31,6 +31,7 @@ from tokenizers import AddedToken
 
 from .checkpoint import write_json
 from .cpu4bit import detach_from_file, import_bitsandbytes, prefer_dequantized_matmul
+from .cpu8bit import quantize_int8
 from .constants import BASE_MODELS, DEFAULT_BASE_MODEL, PLACEHOLDER_TOKENS, PRECISIONS
 from .base_models import CONVERSION_MARKER, HUB_FILES, PACKAGED, is_converted, registry_choice
 from .sources import SourceUnavailable, cache_root, hub_snapshot
@@ -236,7 +237,8 @@ def load_base_model(
     """Load a causal LM and its tokenizer, ready for LLaRA prompts.
 
     precision: ``bf16`` / ``fp32`` dense, or ``nf4`` (bitsandbytes 4-bit NormalFloat; its CPU backend on the CPU,
-    its standard CUDA kernels on a GPU; not available on MPS). The compute dtype follows the hardware
+    its standard CUDA kernels on a GPU; not available on MPS), or ``int8`` (inference on the CPU: fbgemm's int8
+    matmul, see :mod:`llara.cpu8bit`; float32 activations). The compute dtype follows the hardware
     (:func:`llara.device.compute_dtype`): a CPU without native bf16 computes bf16 and nf4 weights in float32.
     add_special_tokens: add ``<HistoryEmb>``, ``<CansEmb>``, ``<PH>`` (see :func:`add_placeholder_tokens`).
     device: where the model goes (default CPU; see :func:`llara.device.resolve_device`). The tokenizer always gets a
@@ -258,6 +260,15 @@ def load_base_model(
         if target.type == "cpu":  # see llara.cpu4bit: the file's pages released, prompts through a bf16 matmul
             detach_from_file(model)
             prefer_dequantized_matmul(model)
+    elif precision == "int8":
+        if target.type != "cpu":
+            raise ValueError(f"int8 (fbgemm) runs on the CPU only; on {target.type} use --precision nf4, bf16 or fp32")
+        # read at the folder's bf16 (views of the file, no float32 copy of the whole model), quantize each linear from
+        # it, then the rest (embeddings, norms) to float32, the dtype the int8 kernel takes and gives
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+        quantize_int8(model)
+        model.float()
+        detach_from_file(model)
     else:
         # the CPU path is unchanged; other devices get the weights straight from disk (a 7B model never sits in RAM)
         placement = {} if target.type == "cpu" else {"device_map": str(target)}
@@ -273,7 +284,7 @@ def load_base_model(
 def _say_compute(precision: str, compute: torch.dtype, device: torch.device) -> None:
     """One line per process and kind of model: which dtype the matmuls run in, and why (see llara.device)."""
     name = str(compute).removeprefix("torch.")
-    if precision != "fp32":
+    if precision not in ("fp32", "int8"):
         why = "native bf16" if native_bf16(device) else "no native bf16 here"
         _say(f"{precision} weights compute in {name} on {device.type} ({why}; --compute-dtype to override)")
 

@@ -14,13 +14,22 @@ from pathlib import Path
 
 import torch
 
-from .cpu4bit import detach_from_file, import_bitsandbytes
-from .checkpoint import (OPTIONAL_PARTS, CheckpointError, load_tensors, read_json, read_llara_meta, resolve_path,
-                         sha256_file, write_json)
-from .data import load_dataset
 from .base_models import base_model_origin
-from .sources import cache_root, say
 from .build import build_llara, model_options
+from .checkpoint import (
+    OPTIONAL_PARTS,
+    CheckpointError,
+    load_tensors,
+    read_json,
+    read_llara_meta,
+    resolve_path,
+    sha256_file,
+    write_json,
+)
+from .cpu4bit import detach_from_file, import_bitsandbytes
+from .data import load_dataset
+from .sources import cache_root, say
+
 
 def trim_heap() -> None:
     """Hand the memory freed while loading back to the operating system: loading converts and copies weights, and
@@ -65,6 +74,9 @@ def load_llara(folder: str, dataset=None, precision: str | None = None, trainabl
     proj = meta["projector"]
     precision = precision or meta["precision"]
     merged = merge and not trainable and (folder / "adapter").is_dir()
+    if precision == "int8" and (trainable or ((folder / "adapter").is_dir() and not merged)):
+        raise ValueError("int8 is for inference with the LoRA update merged into the weights (LoRA layers cannot wrap "
+                         "an int8 layer): load with merge (the default of the app and llara.inference), or use nf4")
     base = str(merged_base(folder, meta, dataset, precision)) if merged else meta["base_model"]
     model = build_llara(dataset, str(rec_stem), base_model=base, precision=precision, projector_spec=proj["spec"],
                         norm_to_tokens=False, device=device, **model_options(meta.get("config", {})))

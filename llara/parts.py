@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .constants import PRECISIONS
 from .data import Sample, SequenceDataset
 from .data.protocol import MAX_HISTORY, MIN_HISTORY, NUM_CANDIDATES, SPLIT_CODES, draw_candidates
 from .metrics import cluster_paired
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paper-seeds", default="100-102", help="candidate seeds of the paper's protocol (default: %(default)s)")
     parser.add_argument("--cold", type=int, default=10, help="cold slice: targets with at most this many training interactions (default: %(default)s)")
     parser.add_argument("--split", default="test", choices=["val", "test"], help="users to evaluate; choose recipes on val (default: %(default)s)")
-    parser.add_argument("--precision", default="fp32", choices=["bf16", "fp32", "nf4"], help="weights and compute of the LLM (default: %(default)s)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="weights and compute of the LLM (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per pass (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--rows", default="", help="comma-separated prompt rows to run, e.g. 'no user,user only' (the full "

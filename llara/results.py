@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import REPO_ROOT, read_json, write_json
-from .constants import LLARA_DIR, RECOMMENDER_DIR
+from .constants import LLARA_DIR, PRECISIONS, RECOMMENDER_DIR
 from .data import DEFAULT_STREAM, SequenceDataset, load_dataset
 from .data.args import add_eval_sample_args, add_stream_arg, check_eval_sample_args
 from .data.paper_samples import with_release_samples
@@ -45,7 +45,13 @@ from .device import add_device_arg, resolve_device
 from .metrics import bootstrap_ci, mean_std, ranking_metrics, target_ranks
 from .recommenders import RECOMMENDERS as RECOMMENDER_CLASSES
 from .results_tables import (
-    beside_ours_table, describe_group, group, paired_table, personalization_table, table, training_table,
+    beside_ours_table,
+    describe_group,
+    group,
+    paired_table,
+    personalization_table,
+    table,
+    training_table,
 )
 
 OUT_DIR = REPO_ROOT / "docs" / "results"
@@ -90,8 +96,8 @@ def _per_user(records: list[list[dict]]) -> list[float]:
 
 def run_baseline(name: str, ds, seeds: int) -> dict:
     """A recommender or a history-free prior: ranked like the LLM rows, and probed the same way."""
-    from .probes import popularity, prior_scorer, recommender_scorer
     from .evaluate import probe_row
+    from .probes import popularity, prior_scorer, recommender_scorer
     from .recommenders import load_recommender
 
     if name in PRIORS:
@@ -123,9 +129,9 @@ def _probe_summary(probe: dict) -> dict:
 def run_llm(row: str, seeds: int, gen_seeds: int, decodes: list[str], precision: str, limit: int = 0,
             grp: Group = Group(), device: str = "cpu") -> dict:
     """Evaluate one LLM row with ``llara.evaluate``'s functions; per-user hits kept for paired comparisons."""
+    from .build import build_llara
     from .evaluate import evaluate_samples, llm_scorer, probe_row, summarize
     from .loader import load_llara
-    from .build import build_llara
 
     if row == ZERO_SHOT:
         ds = movielens(grp)
@@ -285,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="candidate seeds for generate / constrained / rank, 2-6x slower per sample (default: 1)")
     parser.add_argument("--decodes", default="generate,constrained,rank,head,next,residual",
                         help="LLM columns to run, each where the checkpoint has it (default: all)")
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32", "nf4"], help="LLM weights (default: bf16)")
+    parser.add_argument("--precision", default="bf16", choices=PRECISIONS, help="LLM weights (default: bf16)")
     parser.add_argument("--limit", type=int, default=0, help="first N test users only (0 = all 95; a smoke test)")
     parser.add_argument("--reuse", action="store_true", help="read rows from <out>/<row>.json where present")
     parser.add_argument("--update", action="store_true", help="run the --decodes columns and merge them into a row's "

@@ -269,3 +269,23 @@ def test_two_loaded_models_share_their_identical_frozen_weights(toy_run):
     after = dict(second.rank(prompt))
     assert max(abs(before[k] - after[k]) for k in before) < 1e-5
     assert share_identical_weights(second, first) == 0  # nothing left to share
+
+
+def test_int8_loads_merged_only_and_ranks_like_float32(toy_run, tmp_path, monkeypatch):
+    """int8 (fbgemm) serves a checkpoint with its LoRA update merged in: scores within int8 rounding of float32, a
+    merged cache in bf16 (what its name says), and a clear error where LoRA would have to wrap an int8 layer."""
+    from llara.cpu8bit import Int8Linear
+
+    monkeypatch.setenv("LLARA_CACHE", str(tmp_path))
+    ref, _, ds = load_llara(toy_run["output"], precision="fp32", merge=True)
+    int8, _, _ = load_llara(toy_run["output"], precision="int8", merge=True)
+    assert any(isinstance(m, Int8Linear) for m in int8.llm.modules())
+    assert len(list(tmp_path.glob("merged/*-bf16"))) == 1  # int8 quantizes the bf16 merge
+    for sample, cands in zip(ds.test[:3], ds.candidates("test", seed=0)):
+        prompt = ref.builder.build(sample.history, cands, hybrid=True)
+        a, b = dict(ref.rank(prompt)), dict(int8.rank(prompt))
+        assert max(abs(a[k] - b[k]) for k in a) < 0.05 * max(abs(v) for v in a.values()) + 0.05
+    with pytest.raises(ValueError, match="int8 is for inference with the LoRA update merged"):
+        load_llara(toy_run["output"], precision="int8", merge=False)
+    with pytest.raises(ValueError, match="int8 is for inference"):
+        load_llara(toy_run["output"], precision="int8", trainable=True)

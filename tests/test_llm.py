@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import make_tiny_llama, make_tiny_tokenizer
 from llara import llm
 from llara.constants import BASE_MODELS, CACHE_ENV, PLACEHOLDER_TOKENS
 from llara.llm import (
@@ -21,6 +20,8 @@ from llara.llm import (
     resolve_base_model,
     token_embedding_norm,
 )
+
+from .conftest import make_tiny_llama, make_tiny_tokenizer
 
 
 def _row_norms(weight: torch.Tensor) -> torch.Tensor:
@@ -268,8 +269,8 @@ def test_real_smollm2_loads_with_placeholders(real_llm_cache, precision):
 
 def test_nf4_lora_gradients_survive_a_no_grad_evaluation(tmp_path):
     """A no-grad eval pass may repack 4-bit weights into a form without autograd; unpacking restores gradients."""
-    from llara.llm import unpack_4bit_for_training
     from llara.build import attach_lora
+    from llara.llm import unpack_4bit_for_training
 
     tokenizer = make_tiny_tokenizer()
     make_tiny_llama(len(tokenizer), hidden_size=64).save_pretrained(tmp_path)
@@ -300,3 +301,35 @@ def test_the_optional_hub_kernel_warning_is_not_printed():
                           cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "kernels-community" not in proc.stderr
+
+
+def test_int8_keeps_the_lm_head_tied_and_answers_close_to_float32(tiny_llama_dir):
+    from llara.cpu8bit import Int8Linear
+
+    ref, tokenizer = load_base_model(str(tiny_llama_dir), precision="fp32")
+    model, _ = load_base_model(str(tiny_llama_dir), precision="int8")
+    linears = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert len(linears) == 7 * len(model.model.layers)  # every projection of every layer; not the LM head
+    assert not isinstance(model.lm_head, Int8Linear)
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()  # still tied
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    batch = tokenizer(["toy story <HistoryEmb> , heat", "babe <PH>"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want, got = ref(**batch).logits, model(**batch).logits
+    assert got.dtype == torch.float32 and torch.allclose(got, want, atol=0.05 * want.abs().max().item())
+
+
+def test_int8_gives_input_gradients_through_the_dequantized_weight():
+    from llara.cpu8bit import Int8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    layer = Int8Linear(linear)
+    x = torch.randn(3, 5, 64, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (3, 5, 32) and torch.allclose(y, linear(x), atol=0.05)
+    y.sum().backward()
+    want = layer.dequantized_weight().sum(0).expand(3, 5, 64)  # d(sum y)/dx = column sums of W
+    assert torch.allclose(x.grad, want, atol=1e-5)
+    assert (layer.dequantized_weight() - linear.weight).abs().max() <= linear.weight.abs().max() / 127  # half a step x2
+

@@ -66,10 +66,10 @@ def source_env(args: argparse.Namespace, checkpoints: list[str]) -> dict[str, st
 
     ``--base-model-dir`` stands in for the registry base model that ``checkpoints`` were trained on; a checkpoint
     trained on anything else (a folder, a Hub id) names its weights itself, so the flag is refused there."""
+    from llara.base_models import local_model_env
     from llara.checkpoint import read_llara_meta
     from llara.constants import BASE_MODELS
     from llara.data.grouplens import DIR_ENV
-    from llara.base_models import local_model_env
     from llara.sources import DOWNLOAD_ENV, PACKAGED_ENV
 
     env = {PACKAGED_ENV: "0"} if args.no_packaged else {}

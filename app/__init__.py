@@ -6,8 +6,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from llara.checkpoint import REPO_ROOT
 from llara.answers import ABLATIONS, ATTRIBUTION_METHODS, UNTRAINED_TITLES, writes_titles
+from llara.checkpoint import REPO_ROOT
 from llara.decoders import DECODERS
 from llara.part_view import NEEDS_NEXT_HEAD
 from llara.parts import model_parts

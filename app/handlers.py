@@ -13,8 +13,8 @@ import sys
 import gradio as gr
 import pandas as pd
 
-from llara.constants import MAX_SEED, MAX_TITLE_CHARS
 from llara.answers import ABLATIONS, ATTRIBUTION_METHODS, PROMPT_KINDS, Prediction
+from llara.constants import MAX_SEED, MAX_TITLE_CHARS
 from llara.decoders import DECODERS
 from llara.inference import CANDIDATE_KINDS
 from llara.part_view import NEEDS_NEXT_HEAD, PART_COLUMNS, part_summary, part_table_rows
@@ -157,7 +157,7 @@ def true_item(state) -> int | None:
     return truth if isinstance(truth, int) else None
 
 
-def search(studio: Studio, query: str, history) -> "gr.Dropdown":
+def search(studio: Studio, query: str, history) -> gr.Dropdown:
     """Catalog labels matching a free-text description (watched ones left out), best first: the matches become
     the choices of the matches dropdown (so picking them passes gradio's choice check) and are all picked."""
     if not isinstance(query, str) or not query.strip():
@@ -373,7 +373,7 @@ PART_COLOURS = {"title": ("orange", "#f97316"), "embedding": ("blue", "#3b82f6")
 CHART_LABEL = {"text": "Per watched movie: text-only prompt", "hybrid": "Per watched movie: hybrid prompt"}
 
 
-def item_chart(studio: Studio, att, title: str, history: list[int], label: str) -> "gr.BarPlot":
+def item_chart(studio: Studio, att, title: str, history: list[int], label: str) -> gr.BarPlot:
     """One bar per watched movie in watch order (numbered by its place in ``history``, also when the prompt listed
     them shuffled), split into its title's and its embedding's effect where the method measures both (the label
     then names their colours), with the axis named after what the method measures."""
@@ -398,5 +398,5 @@ def item_chart(studio: Studio, att, title: str, history: list[int], label: str) 
                       y_title=AXIS[att.method], x_label_angle=-35, label=label, **colours)
 
 
-def target_choices(candidates) -> "gr.Dropdown":
+def target_choices(candidates) -> gr.Dropdown:
     return gr.Dropdown(choices=[TOP_CHOICE, *_labels(candidates, "candidates")], value=TOP_CHOICE)

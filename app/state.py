@@ -49,13 +49,13 @@ class Studio:
         return self.predictor.dataset
 
     @classmethod
-    def from_predictor(cls, predictor: Predictor, checkpoint: str = "", precision: str = "", seconds: float = 0.0) -> "Studio":
+    def from_predictor(cls, predictor: Predictor, checkpoint: str = "", precision: str = "", seconds: float = 0.0) -> Studio:
         labels = item_labels(predictor.dataset)
         return cls(predictor, str(checkpoint), precision, labels, {label: i for i, label in enumerate(labels)}, seconds)
 
     @classmethod
     def load(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT, precision: str = "nf4", threads: int = 0,
-             text_checkpoint: str | Path | None = None, device=None) -> "Studio":
+             text_checkpoint: str | Path | None = None, device=None) -> Studio:
         """Load the checkpoint (converting the embedded base model on the very first run), saying what it does.
         ``device``: where the models run (a ``torch.device`` or its name; default CPU)."""
         started = time.perf_counter()

@@ -33,10 +33,10 @@ import time
 from pathlib import Path
 
 from .attribution import SLOT_BASELINES, TOKEN_METHODS, Attribution, attribute_deletion, attribute_items, attribute_tokens
-from .layout import build_prompt, check_title_lengths, resolve_item
 from .checkpoint import CheckpointError, write_json
 from .constants import MAX_SEED, PRECISIONS, RECOMMENDER_DIR
 from .device import add_device_arg, device_name, resolve_device
+from .layout import build_prompt, check_title_lengths, resolve_item
 from .prompts import clean_history
 
 
@@ -156,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
 def bench(precision: str = "bf16", repeats: int = 3, n_steps: int = 8, device: str = "cpu") -> list[dict]:
     """Median seconds per attribution for the embedded SmolLM2 (+ LoRA, untrained: speed does not depend on the
     weights) on the first MovieLens test user with a 10-item history, 20 candidates, target named (no ranking)."""
-    from .data import load_dataset
     from .build import build_llara
+    from .data import load_dataset
 
     ds = load_dataset("movielens")
     model = build_llara(ds, str(RECOMMENDER_DIR / ds.name / "sasrec"), precision=precision,
@@ -196,8 +196,8 @@ def faithfulness(args: argparse.Namespace) -> int:
     """``--faithfulness``: the deletion-curve table of every method, for the demo's models unless told otherwise."""
     import torch
 
-    from .constants import DEMO_CHECKPOINT, DEMO_TEXT_CHECKPOINT
     from .checkpoint import portable_path
+    from .constants import DEMO_CHECKPOINT, DEMO_TEXT_CHECKPOINT
     from .faithfulness import DeletionCurves, deletion_curves, format_curves
     from .inference import Predictor
 

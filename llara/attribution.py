@@ -38,11 +38,11 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from .constants import PLACEHOLDER_TOKEN
-from .llm import unpack_4bit_for_training
 from .batch import collate
-from .model import LLaRA
+from .constants import PLACEHOLDER_TOKEN
 from .layout import Layout, prompt_layout
+from .llm import unpack_4bit_for_training
+from .model import LLaRA
 from .prompts import Prompt
 
 SLOT_BASELINES = ("mean", "placeholder")

@@ -20,11 +20,13 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .attribution import explained_score
 from .answers import ATTRIBUTION_METHODS, PROMPT_KINDS
+from .attribution import explained_score
 from .inference import Predictor
+from .model import LLaRA
 
 DELETION_KS = (1, 2, 3)
 MIN_RANDOM_DROP = 0.01  # nats: below it, top-1 / random-1 divides by noise and is not reported
@@ -66,7 +68,7 @@ class DeletionCurves:
         return rows
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DeletionCurves":
+    def from_dict(cls, data: dict) -> DeletionCurves:
         """The curves as ``to_dict`` wrote them (e.g. to reprint a saved run's table)."""
         return cls(int(data["users"]), tuple(data["ks"]), data["top"], data["random"], data["seconds"])
 
@@ -105,14 +107,8 @@ def deletion_curves(predictor: Predictor, users: int = 20, methods: tuple[str, .
         prompts = predictor.prompts(history, candidates)
         for kind in PROMPT_KINDS:
             prompt, model = prompts[kind], predictor.model_for(prompts[kind])
-
-            def drop(removed: list[int], target: int) -> float:
-                kept = [item for i, item in enumerate(history) if i not in set(removed)]
-                reduced = predictor.prompts(kept, candidates)[kind]
-                with predictor.lock:
-                    return full[target] - explained_score(model, reduced, target)
-
             full: dict[int, float] = {}
+            drop = _drop_scorer(predictor, model, history, candidates, kind, full)
             for method in methods:
                 started = time.perf_counter()
                 att = predictor.attribute(prompt, method, decode=predictor.decodes[0])  # the UI's answer
@@ -128,6 +124,20 @@ def deletion_curves(predictor: Predictor, users: int = 20, methods: tuple[str, .
             for j, k in enumerate(ks):
                 curves.random[kind][j].append(statistics.fmean(drop(d, target) for d in draws[k]))
     return curves
+
+
+def _drop_scorer(predictor: Predictor, model: LLaRA, history: list[int], candidates: list[int], kind: str,
+                 full: dict[int, float]) -> Callable[[list[int], int], float]:
+    """``drop(removed, target)``: how far deleting the watched items at positions ``removed`` (the prompt rebuilt
+    without them) lowers ``target``'s score below ``full[target]``, the full prompt's (filled in by the caller)."""
+    def drop(removed: list[int], target: int) -> float:
+        gone = set(removed)
+        kept = [item for i, item in enumerate(history) if i not in gone]
+        reduced = predictor.prompts(kept, candidates)[kind]
+        with predictor.lock:
+            return full[target] - explained_score(model, reduced, target)
+
+    return drop
 
 
 def format_curves(curves: DeletionCurves) -> str:

@@ -19,17 +19,26 @@ import time
 
 import torch
 
-from .answers import (ABLATIONS, PROMPT_KINDS, UNTRAINED_TITLES, Answer, Explanation, PartComparison, Prediction,
-                      check_method, writes_titles)
+from .answers import (
+    ABLATIONS,
+    PROMPT_KINDS,
+    UNTRAINED_TITLES,
+    Answer,
+    Explanation,
+    PartComparison,
+    Prediction,
+    check_method,
+    writes_titles,
+)
 from .attribution import Attribution, attribute_deletion, attribute_items, attribute_tokens, neutral_slot_vector
+from .batching import Combiner
 from .constants import MAX_BATCH, MAX_SEED, PRECISIONS
 from .data import NUM_CANDIDATES, SequenceDataset, candidates_around
+from .decoders import DECODERS, DECODES, available, offered
 from .device import add_device_arg, resolve_device
-from .batching import Combiner
 from .inspector import SlotInfo, slot_infos
 from .layout import check_title_lengths, resolve_item
 from .loader import trim_heap
-from .decoders import DECODERS, DECODES, available, offered
 from .model import LLaRA, rank_candidates
 from .part_view import compare_parts
 from .prompts import Prompt, clean_history
@@ -58,7 +67,7 @@ class Predictor:
 
     @classmethod
     def load(cls, checkpoint: str, precision: str = "nf4", threads: int = 0, merge: bool = True,
-             text_checkpoint: str | None = None, device: str | torch.device | None = None) -> "Predictor":
+             text_checkpoint: str | None = None, device: str | torch.device | None = None) -> Predictor:
         """``merge``: fold the LoRA update into the base weights once (cached), which roughly halves the cost of
         every forward pass on a CPU; ``False`` keeps the adapter separate (bit-for-bit what training saw).
         ``text_checkpoint``: a text-only model for the text-only panel (same dataset). ``device``: where the models

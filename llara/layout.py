@@ -14,7 +14,6 @@ from .data.catalog import UnknownTitle
 from .model import LLaRA
 from .prompts import SEPARATOR, Prompt
 
-
 # ---- prompts from titles ---------------------------------------------------------------------------------------
 
 def check_title_lengths(titles: list[str], what: str) -> list[str]:

@@ -84,7 +84,7 @@ class LLaRA(nn.Module):
         self.item_table = self.item_table.to(self.device)
         self.use_autocast = True
 
-    def train(self, mode: bool = True) -> "LLaRA":
+    def train(self, mode: bool = True) -> LLaRA:
         super().train(mode)
         if self.recommender is not None:
             self.recommender.eval()  # a frozen teacher: no dropout, whatever the LLM does

@@ -16,7 +16,6 @@ from .decoders import available
 from .model import rank_candidates
 from .parts import build_variant, model_parts, variants
 
-
 TEXT_ROW = "text-only model"
 PART_LABELS = {"titles": "titles", "items": "item slots", "user": "user token"}
 NEEDS_NEXT_HEAD = ("The part comparison needs a checkpoint with a next-item head (trained with --next-weight > 0): "

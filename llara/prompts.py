@@ -95,7 +95,7 @@ class Prompt:
     blank_items: bool = False
     blank_user: bool = False
 
-    def without(self, parts) -> "Prompt":
+    def without(self, parts) -> Prompt:
         """This prompt with item slots (``"items"``) and / or the user slot (``"user"``) blanked; titles are removed by
         rebuilding the prompt (``PromptBuilder.build(..., titles=False)``)."""
         unknown = set(parts) - {"items", "user"}
@@ -116,7 +116,7 @@ class Prompt:
         nxt = self.target if self.target is not None else IGNORE_INDEX
         return self.history[1:] + (nxt,)
 
-    def truncated(self) -> "Prompt":
+    def truncated(self) -> Prompt:
         """The prompt cut right after its query position: no candidates, no answer. Its hidden states up to the query
         equal the full prompt's (causal attention), at about a third of the tokens; what dense training reads. The
         candidates stay as data (distillation compares scores over them) but are no longer in the tokens."""

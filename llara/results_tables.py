@@ -10,6 +10,7 @@ from __future__ import annotations
 from .paper import MOVIELENS_TABLE2 as PAPER
 from .paper import PROMPT_ABLATION_HR1 as PAPER_ABLATION
 from .probes import paired
+
 STREAM_OF_UNLABELLED_ROWS = "shared"  # rows saved before the candidate stream was recorded used the earlier stream
 PAPER_SAMPLES = "the paper's exact test samples"
 

@@ -36,8 +36,8 @@ from torch.nn import functional as F
 from .checkpoint import CheckpointError
 from .constants import RECOMMENDER_DIR
 from .data import Sample, SequenceDataset, load_dataset, pad_histories
-from .data.protocol import MAX_HISTORY
 from .data.args import parse_seeds
+from .data.protocol import MAX_HISTORY
 from .item_features import build_item_features
 from .metrics import cluster_paired
 from .parts import all_position_samples, hits_and_top1, position_candidates, training_counts, user_sequences_of

@@ -18,14 +18,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .constants import RECOMMENDER_DIR
 from .checkpoint import CheckpointError, write_json
 from .config import add_dataclass_args, from_args
+from .constants import RECOMMENDER_DIR
 from .data import DEFAULT_STREAM
 from .data.args import add_dataset_args, dataset_from_args
-from .paper import RECOMMENDER_HR1
 from .device import add_device_arg, resolve_device
 from .metrics import mean_std
+from .paper import RECOMMENDER_HR1
 from .recommenders import RECOMMENDERS, load_recommender, read_recommender_meta, save_recommender
 from .recommenders.trainer import RecTrainConfig, evaluate, popularity_metrics, train_recommender
 

@@ -13,12 +13,18 @@ import pytest
 import torch
 
 from llara.attribute import main as cli_main
-from llara.attribution import (Ablation, ablation_log_likelihoods, attribute_deletion, attribute_items, attribute_tokens,
-                               neutral_slot_vector)
-from llara.layout import build_prompt, prompt_layout
-from llara.data import Catalog
-from llara.llm import add_placeholder_tokens, ensure_pad_token, load_base_model
+from llara.attribution import (
+    Ablation,
+    ablation_log_likelihoods,
+    attribute_deletion,
+    attribute_items,
+    attribute_tokens,
+    neutral_slot_vector,
+)
 from llara.build import attach_lora
+from llara.data import Catalog
+from llara.layout import build_prompt, prompt_layout
+from llara.llm import add_placeholder_tokens, ensure_pad_token, load_base_model
 from llara.model import LLaRA
 from llara.projector import build_projector
 from llara.prompts import Prompt, PromptBuilder

@@ -52,7 +52,7 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
                 start = match.start(1) if match[1] else match.start(2)
                 rest = line[start:].split("`")[0]
                 rest = re.split(r"\s+#|\s*[;|]\s|\s+&&\s|\s\(|[):,]\s*$|[):,]\s", rest)[0]
-                rest = re.sub(r"\$([A-Z_]+)", lambda m: variables.get(m[1], m[0]), rest)
+                rest = re.sub(r"\$([A-Z_]+)", lambda m, known=variables: known.get(m[1], m[0]), rest)
                 try:
                     words = shlex.split(rest)
                 except ValueError:  # an unbalanced quote in prose: not a command

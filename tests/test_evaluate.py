@@ -48,7 +48,7 @@ def test_records_per_seed(results, dataset):
     targets = [s.target for s in dataset.test[:LIMIT]]
     for key, per_seed in results["records"].items():
         assert len(per_seed) == SEEDS, key
-        for seed, records in enumerate(per_seed):
+        for records in per_seed:
             assert [r["target"] for r in records] == targets, key
             for r in records:
                 assert r["valid"] == (r["choice"] is not None) and (not r["hit"] or r["valid"])

@@ -1,15 +1,14 @@
 """Prompts and the LLaRA model on a tiny in-memory Llama: splice, answers, ranking with and without cache."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 
+from llara.batch import collate
 from llara.constants import IGNORE_INDEX
 from llara.data import Catalog
 from llara.llm import add_placeholder_tokens, ensure_pad_token
-from llara.batch import collate
-from llara.model import LLaRA, AnswerTrie
+from llara.model import AnswerTrie, LLaRA
 from llara.projector import build_projector
 from llara.prompts import TEMPLATES, PromptBuilder, safe_title
 

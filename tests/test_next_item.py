@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from llara.batch import collate
+from llara.build import model_options
 from llara.checkpoint import load_tensors, read_llara_meta, save_llara
 from llara.constants import IGNORE_INDEX
 from llara.data import Catalog
 from llara.llm import add_placeholder_tokens, ensure_pad_token
-from llara.build import model_options
-from llara.batch import collate
 from llara.model import LLaRA
 from llara.next_item import NextItemHead, distillation_loss, next_item_loss, title_features
 from llara.projector import build_projector

@@ -9,9 +9,9 @@ import pytest
 import llara.evaluate as evaluate_mod
 import llara.train as train_mod
 from llara.attribution import Attribution
-from llara.loader import load_llara
 from llara.constants import USER_TOKEN
 from llara.inference import Predictor
+from llara.loader import load_llara
 
 from .conftest import TINY_HIDDEN, toy_train_args
 

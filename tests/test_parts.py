@@ -7,12 +7,20 @@ import numpy as np
 import pytest
 import torch
 
+from llara.batch import collate
 from llara.data import Sample
 from llara.metrics import cluster_paired
-from llara.batch import collate
 from llara.next_item import NextItemHead
-from llara.parts import (all_position_samples, build_variant, hits_and_top1, main, model_parts, summarize_rows,
-                         variant_scores, variants)
+from llara.parts import (
+    all_position_samples,
+    build_variant,
+    hits_and_top1,
+    main,
+    model_parts,
+    summarize_rows,
+    variant_scores,
+    variants,
+)
 from llara.train import dropped_parts
 
 from .test_next_item import CANDS, HIST, tiny_llara

@@ -10,8 +10,18 @@ from llara.data import pad_histories
 from llara.data.catalog import Catalog
 from llara.data.protocol import Sample, SequenceDataset
 from llara.evaluate import parse_seeds, probe_row
-from llara.probes import (PROBE_GENRES, choices_and_hits, derangement, genre_probe, genre_probe_inputs,
-                          hits_and_swap, paired, popularity, prior_scorer, recommender_scorer)
+from llara.probes import (
+    PROBE_GENRES,
+    choices_and_hits,
+    derangement,
+    genre_probe,
+    genre_probe_inputs,
+    hits_and_swap,
+    paired,
+    popularity,
+    prior_scorer,
+    recommender_scorer,
+)
 
 NEG = float("-inf")
 

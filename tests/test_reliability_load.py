@@ -187,8 +187,8 @@ def test_the_load_benchmark_counts_every_request(studio):
 def test_the_mixed_benchmark_runs_every_kind_of_request(studio):
     """``llara.concurrency.mixed_load`` (the memory half of ``--parts load``): predicts with every decode and
     explanations with every method, all counted, none failing, and its table line."""
-    from llara.concurrency import format_load, mixed_load
     from llara.answers import ATTRIBUTION_METHODS
+    from llara.concurrency import format_load, mixed_load
 
     p = studio.predictor
     out = mixed_load(p, requests=len(p.decodes) * 2 + 4 * 2, clients=2, explain_every=2)

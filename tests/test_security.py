@@ -19,8 +19,7 @@ from app.state import Studio
 from llara.checkpoint import CheckpointError, load_trainer_state
 from llara.data import load_dataset
 
-from .conftest import TOY_DATASET, write_toy_dataset
-from .conftest import load_app_module
+from .conftest import TOY_DATASET, load_app_module, write_toy_dataset
 
 pytestmark = pytest.mark.usefixtures("llara_cache")
 

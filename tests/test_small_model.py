@@ -12,8 +12,16 @@ from llara.data.catalog import Catalog
 from llara.data.protocol import SequenceDataset, build_samples, candidate_sets
 from llara.parts import hits_and_top1
 from llara.probes import prior_scorer
-from llara.small_model import (FEATURE_KINDS, check_features, evaluate_rows, format_table, item_features, main, train_small_model,
-                               write_compact_json)
+from llara.small_model import (
+    FEATURE_KINDS,
+    check_features,
+    evaluate_rows,
+    format_table,
+    item_features,
+    main,
+    train_small_model,
+    write_compact_json,
+)
 from tests.conftest import TOY_DATASET, TOY_TITLES, assert_refused, run_cli, write_toy_dataset
 
 torch.set_num_threads(1)

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from llara.data import DatasetUnavailable, load_dataset
-from llara.data import grouplens
-from llara.data import movielens as ml
 from llara.base_models import PACKAGED, base_model_origin, local_model_env
+from llara.data import DatasetUnavailable, grouplens, load_dataset
+from llara.data import movielens as ml
 from llara.llm import resolve_base_model
 from llara.sources import DOWNLOAD_ENV, PACKAGED_ENV, SPACE_ENV, SourceUnavailable
 

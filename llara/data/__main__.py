@@ -15,6 +15,7 @@ from . import PAPER_FIGURES, load_dataset
 from .args import add_dataset_args, dataset_from_args
 from .paper_samples import RELEASE_ENV, compare, format_comparison, release_dir
 
+
 def stats_table(ds) -> str:
     users = {s: len(set(x.user for x in ds.split(s))) if ds.users else None for s in ("train", "val", "test")}
     n_users = sum(len(v) for v in ds.users.values()) if ds.users else None

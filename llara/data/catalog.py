@@ -82,7 +82,7 @@ class Catalog:
         raw_ids: list[str],
         genres: list[tuple[str, ...]] | None = None,
         years: list[int | None] | None = None,
-    ) -> "Catalog":
+    ) -> Catalog:
         """Build a catalog from raw titles: clean them, name placeholders, disambiguate clashes by year."""
         cleaned = [clean_title(t) for t in raw_titles]
         titles = [t or f"Unknown {domain} #{rid}" for (t, _), rid in zip(cleaned, raw_ids)]
@@ -122,7 +122,7 @@ class Catalog:
         """Case-folded title: two items with the same key must never both be candidates."""
         return self.titles[item].casefold()
 
-    def check_ids(self, items: "list[int] | tuple[int, ...]", what: str = "item id") -> None:
+    def check_ids(self, items: list[int] | tuple[int, ...], what: str = "item id") -> None:
         """Raise a ``ValueError`` naming the first id outside ``0 .. len(self) - 1``."""
         for item in items:
             if not isinstance(item, (int,)) and not hasattr(item, "__index__"):

@@ -69,7 +69,7 @@ class Studio:
                                    text_checkpoint=str(text_checkpoint) if text_checkpoint else None, device=device)
         seconds = time.perf_counter() - started
         _say(f"model ready in {seconds:.1f} s")
-        return cls.from_predictor(predictor, str(checkpoint), precision, seconds)
+        return cls.from_predictor(predictor, str(checkpoint), predictor.precision, seconds)
 
     def search(self):
         """The description search, built on first use (it loads a second model: keep it out of the cold start)."""

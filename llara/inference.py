@@ -35,7 +35,7 @@ from .batching import Combiner
 from .constants import MAX_BATCH, MAX_SEED, PRECISIONS
 from .data import NUM_CANDIDATES, SequenceDataset, candidates_around
 from .decoders import DECODERS, DECODES, available, offered
-from .device import add_device_arg, resolve_device
+from .device import add_device_arg, resolve_device, serving_precision
 from .inspector import SlotInfo, slot_infos
 from .layout import check_title_lengths, resolve_item
 from .loader import trim_heap
@@ -53,6 +53,7 @@ class Predictor:
     def __init__(self, model: LLaRA, recommender, dataset: SequenceDataset, meta: dict,
                  text_model: LLaRA | None = None, text_meta: dict | None = None) -> None:
         self.model, self.recommender, self.dataset, self.meta = model, recommender, dataset, meta
+        self.precision = "as trained"  # set by load: the precision the weights were loaded at
         # The text-only panel: a model trained on text-only prompts with the same levers and budget, when given;
         # else the main model answers its text-only prompt too.
         self.text_model, self.text_meta = text_model, text_meta
@@ -78,6 +79,7 @@ class Predictor:
 
         if threads > 0:
             torch.set_num_threads(threads)
+        precision = serving_precision(precision, resolve_device(device or "cpu"))
         model, meta, dataset = load_llara(checkpoint, precision=precision, merge=merge, device=device)
         recommender = load_recommender(resolve_path(meta["recommender"]["path"], checkpoint), n_items=dataset.n_items)
         recommender.to(model.device)
@@ -90,6 +92,7 @@ class Predictor:
                                  f"{text_meta.get('config', {}).get('mode')!r}): it cannot stand for the text-only model")
             share_identical_weights(text_model, model)  # e.g. the base model's token embeddings, held once
         predictor = cls(model, recommender, dataset, meta, text_model, text_meta)
+        predictor.precision = precision  # what "auto" resolved to
         trim_heap()  # the conversion and copies of loading are garbage now
         return predictor
 
@@ -336,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text-checkpoint", default=None, help="a text-only checkpoint for the text-only answer "
                         "(default: the main checkpoint answers its text-only prompt too)")
     parser.add_argument("--ablation", choices=ABLATIONS, default="none", help="prompt ablation (default: none)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="nf4", help="weights (default: nf4)")
+    parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                        help="weights: auto (nf4 on a GPU or a CPU with native bf16, int8 on a CPU without), nf4, int8, "
+                             "bf16 or fp32 (default: auto)")
     add_device_arg(parser)
     args = parser.parse_args(argv)
 

@@ -569,3 +569,22 @@ def test_nf4_weights_stay_4bit_and_compute_in_float32_where_asked(monkeypatch, t
     with torch.no_grad():
         logits = model(**batch).logits
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("native,device,want", [(True, "cpu", "nf4"), (False, "cpu", "int8"), (False, "cuda", "nf4")])
+def test_auto_serves_int8_only_on_a_cpu_without_native_bf16(monkeypatch, native, device, want):
+    monkeypatch.setattr(dev, "native_bf16", lambda device="cpu": native)
+    assert dev.serving_precision("auto", device) == want
+    for spec in ("nf4", "int8", "bf16", "fp32"):  # asked for by name: as asked
+        assert dev.serving_precision(spec, device) == spec
+
+
+def test_the_predictor_says_what_auto_resolved_to(monkeypatch, toy_run, tmp_path):
+    from llara.inference import Predictor
+
+    monkeypatch.setenv("LLARA_CACHE", str(tmp_path))
+    monkeypatch.setattr(dev, "native_bf16", lambda device="cpu": False)
+    predictor = Predictor.load(str(toy_run["output"]), precision="auto")
+    assert predictor.precision == "int8"
+    sample, cands = predictor.dataset.test[0], list(predictor.dataset.candidates("test", seed=0)[0])
+    assert predictor.predict(list(sample.history), cands, "rank").answers["hybrid"].item in cands

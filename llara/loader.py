@@ -61,8 +61,14 @@ def load_llara(folder: str, dataset=None, precision: str | None = None, trainabl
     data = meta["dataset"]
     if dataset is None:
         data_dir = resolve_path(data["data_dir"], folder) if data.get("data_dir") else None
+        moved = data_dir is not None and not Path(data_dir).is_dir()
+        if moved:  # trained on another machine: found the usual way ($LLARA_LASTFM_DIR, the cache, a download)
+            data_dir = None
         dataset = load_dataset(data["name"], data_dir=data_dir, split=data.get("split", "paper"),
                                seed=data.get("split_seed", 0))
+        if moved and data.get("fingerprint") and dataset.fingerprint() != data["fingerprint"]:
+            raise CheckpointError(f"{folder} was trained on {data['name']} data that differs from what was found here "
+                                  f"(fingerprint {dataset.fingerprint()[:12]}, trained on {data['fingerprint'][:12]})")
     if dataset.n_items != data["n_items"]:
         raise CheckpointError(f"{folder} was trained on {data['n_items']} items but the dataset has {dataset.n_items}")
     rec_stem = resolve_path(meta["recommender"]["path"], folder)

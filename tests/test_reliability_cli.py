@@ -127,7 +127,8 @@ SEARCH_BAD = [
     (["heist \udcff"], r"error: the description is not valid UTF-8 text"),
     (["heist", "--top", "0"], r"error: --top must be >= 1, got 0"),
     (["heist", "--top", "-4"], r"error: --top must be >= 1, got -4"),
-    (["heist", "--dataset", "lastfm"], r"error: dataset 'lastfm' is not on any package registry"),
+    (["heist", "--dataset", "lastfm"], r"error: dataset 'lastfm' \(the LastFM split of the LLaRA release\) is not on any "
+                                       r"package registry: .* LLARA_LASTFM_DIR"),
     (["heist", "--dataset", "nope"], r"error: unknown dataset 'nope'"),
 ]
 

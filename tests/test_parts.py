@@ -175,7 +175,7 @@ def dropout_run(toy_setup, tmp_path_factory):
     return out
 
 
-def test_parts_cli_reports_every_variant_and_no_positions_without_sequences(dropout_run, tmp_path, capsys):
+def test_parts_cli_reports_every_variant_and_window_positions_without_sequences(dropout_run, tmp_path, capsys):
     import json
 
     out = tmp_path / "parts.json"
@@ -184,7 +184,13 @@ def test_parts_cli_reports_every_variant_and_no_positions_without_sequences(drop
     rows = saved["summary"]["paper"]
     assert list(rows)[:8] == list(variants(("titles", "items", "user")))
     assert {"recommender", "recent popularity"} <= set(rows) and saved["absent"] == []
-    assert "positions" not in saved["summary"]  # the release folder format keeps no full sequences
+    # the release folder format keeps no full sequences: every position of each test user's last window instead
+    assert saved["positions_from"] == "last windows"
+    from llara.loader import load_llara
+
+    test = load_llara(str(dropout_run))[2].test
+    windows = sum(max(0, len(s.history) + 1 - 3) for s in test)
+    assert saved["summary"]["positions"]["full"]["samples"] == windows
     n = rows["full"]["samples"]
     assert all(len(h) == n for h in saved["hits"]["paper"].values()) and n % 2 == 0  # two candidate seeds
     assert "| no user |" in capsys.readouterr().out

@@ -16,6 +16,7 @@ import dataclasses
 import random
 import threading
 import time
+from pathlib import Path
 
 import torch
 
@@ -81,7 +82,7 @@ class Predictor:
             torch.set_num_threads(threads)
         precision = serving_precision(precision, resolve_device(device or "cpu"))
         model, meta, dataset = load_llara(checkpoint, precision=precision, merge=merge, device=device)
-        recommender = load_recommender(resolve_path(meta["recommender"]["path"], checkpoint), n_items=dataset.n_items)
+        recommender = load_recommender(resolve_path(meta["recommender"]["path"], Path(checkpoint)), n_items=dataset.n_items)
         recommender.to(model.device)
         text_model = text_meta = None
         if text_checkpoint:
@@ -233,7 +234,9 @@ class Predictor:
             pure, residual = model.all_item_scores([p for _, _, p in entries])  # (B, N) each
             for row, (i, kind, prompt) in enumerate(entries):
                 decode, note = self.fallback(model, jobs[i][1])
-                ranked = rank_candidates((residual if DECODERS[decode].residual else pure)[row], prompt.candidates)
+                scores = residual if DECODERS[decode].residual else pure
+                assert scores is not None  # fallback() answers residual only with a model that has the gate
+                ranked = rank_candidates(scores[row], prompt.candidates)
                 out[i][kind] = Answer(kind, decode, ranked[0][0], self.titles[ranked[0][0]], ranked, 0.0, note)
         elapsed = time.perf_counter() - started
         for answers in out:

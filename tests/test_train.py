@@ -18,7 +18,7 @@ import llara.train as train_mod
 from llara.checkpoint import read_llara_meta
 from llara.llm import load_base_model
 from llara.loader import load_llara
-from llara.model import collate
+from llara.batch import collate
 
 from .conftest import toy_train_args, write_toy_dataset
 

@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo app table results bench bench-deps browser lint test test-fast recommenders clean
+.PHONY: venv demo app table results bench bench-deps browser lint typecheck test test-fast recommenders clean
 
 $(STAMP): requirements.txt requirements-assets.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,11 @@ browser:  ## install Debian's chromium + chromium-driver for the browser tests, 
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
 	fi
 
-lint: $(STAMP)  ## static check: pyflakes rules (ruff, settings in pyproject.toml); fails on any finding
+lint: $(STAMP)  ## static check: ruff (pyflakes, bugbear, import order, pyupgrade; settings in pyproject.toml); fails on any finding
 	$(PY) -m ruff check .
+
+typecheck: $(STAMP)  ## mypy over llara/ (settings in pyproject.toml); joins `make lint` once it finds nothing (issue 25)
+	$(PY) -m mypy
 
 test: $(STAMP) browser lint  ## the static check, then the whole test suite, integration tests included (browser tests must run: CHROMIUM_REQUIRED=1)
 	CHROMIUM_REQUIRED=1 $(PY) -m pytest

@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .attribution import SLOT_BASELINES, TOKEN_METHODS, Attribution, attribute_deletion, attribute_items, attribute_tokens
 from .checkpoint import CheckpointError, write_json
@@ -172,7 +173,7 @@ def bench(precision: str = "bf16", repeats: int = 3, n_steps: int = 8, device: s
             ("token (grad x input)", "hybrid", lambda p: attribute_tokens(model, p, sample.target, method="grad_x_input")),
             ("rank (model's choice, reference)", "hybrid", lambda p: model.rank(p))]
     model.rank(prompts["hybrid"])  # warm-up: the first call pays for allocations and kernel selection
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, kind, fn in jobs:
         times, out = [], None
         for _ in range(repeats):

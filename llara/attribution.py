@@ -231,7 +231,7 @@ def ablation_log_likelihoods(model: LLaRA, prompt: Prompt, target: int, ablation
             if not set(ab.neutral_slots) <= slots:
                 raise ValueError(f"positions {sorted(set(ab.neutral_slots) - slots)} are not embedding slots")
             mask[row, list(ab.hide)] = 0
-            if ab.neutral_slots:
+            if ab.neutral_slots and neutral is not None:  # (never None when a variant blanks a slot)
                 x[row, list(ab.neutral_slots)] = neutral
         scores += _target_score(model, prompt, x, mask, answer, target).tolist()
         calls += 1
@@ -239,7 +239,7 @@ def ablation_log_likelihoods(model: LLaRA, prompt: Prompt, target: int, ablation
 
 
 def _result(model: LLaRA, prompt: Prompt, layout: Layout, level: str, method: str, target: int, source: str,
-            full: float, raw: list[float], titles: list[float], slots: list, cost: dict, started: float,
+            full: float, raw: list[float], titles: list[float | None], slots: list[float | None], cost: dict, started: float,
             details: dict, totals: list[float] | None = None) -> Attribution:
     """Package per-token raw scores (normalised by the largest |raw|) and per-item title/slot scores (``totals``:
     each item's whole effect where it was measured as one, else title + slot)."""
@@ -304,8 +304,9 @@ def attribute_items(model: LLaRA, prompt: Prompt, target: int | None = None, slo
     for k in range(len(prompt.history)):
         if prompt.titles:
             ablations.append(Ablation(hide=tuple(layout.history_titles[k])))
-        if prompt.hybrid:
-            ablations.append(Ablation(neutral_slots=(layout.history_slots[k],)))
+        slot = layout.history_slots[k]
+        if prompt.hybrid and slot is not None:  # a hybrid prompt has a slot for every watched item
+            ablations.append(Ablation(neutral_slots=(slot,)))
     with _attributing(model, upcast):
         full, ablated, calls = ablation_log_likelihoods(model, prompt, target, ablations, slot_baseline, batch_size)
         compute = str(model.llm.get_input_embeddings().weight.dtype).replace("torch.", "")
@@ -316,11 +317,11 @@ def attribute_items(model: LLaRA, prompt: Prompt, target: int | None = None, slo
         titles.append(next(effects) if prompt.titles else None)
         slots.append(next(effects) if prompt.hybrid else None)
     raw = [0.0] * len(prompt.input_ids)
-    for k in range(len(prompt.history)):
-        for p in layout.history_titles[k]:
-            raw[p] = titles[k]
-        if slots[k] is not None:
-            raw[layout.history_slots[k]] = slots[k]
+    for title, positions, slot_score, slot in zip(titles, layout.history_titles, slots, layout.history_slots):
+        for p in positions:  # none where the prompt lists no titles
+            raw[p] = title or 0.0
+        if slot_score is not None and slot is not None:
+            raw[slot] = slot_score
     return _result(model, prompt, layout, "item", "ablation", target, source, full, raw, titles, slots,
                    {"forward_passes": cost["forward_passes"] + calls, "sequences": cost["sequences"] + len(ablations) + 1},
                    started, {"title_ablation": "attention mask (deletion)", "compute_dtype": compute,
@@ -361,9 +362,10 @@ def attribute_deletion(model: LLaRA, prompt: Prompt, target: int | None = None) 
     for k, effect in enumerate(effects):
         for p in layout.history_titles[k]:
             raw[p] = effect
-        if prompt.hybrid:
-            raw[layout.history_slots[k]] = effect
-    none = [None] * len(effects)
+        slot = layout.history_slots[k]
+        if slot is not None:  # every watched item of a hybrid prompt has one
+            raw[slot] = effect
+    none: list[float | None] = [None] * len(effects)
     calls = 1 + len(effects)
     return _result(model, prompt, layout, "item", "deletion", target, source, full, raw, none, none,
                    {"forward_passes": cost["forward_passes"] + calls, "sequences": cost["sequences"] + calls},
@@ -394,9 +396,10 @@ def attribute_tokens(model: LLaRA, prompt: Prompt, target: int | None = None, me
         counter["calls"] += 1
         counter["rows"] += inp.shape[0]
         seq = torch.cat([inp.to(embeds.dtype), embeds[:, length:].expand(inp.shape[0], -1, -1)], dim=1)
-        return _target_score(model, prompt, seq, torch.ones(seq.shape[:2], dtype=torch.long, device=seq.device), answer, target)
+        return _target_score(model, prompt, seq, torch.ones(seq.shape[:2], dtype=torch.long, device=seq.device), answer, explained)
 
     target, source, cost = _check_target(model, prompt, target)
+    explained: int = target  # what the closure below reads: a name that is never None
     with _attributing(model, upcast):
         embeds, answer = _spliced(model, prompt, target)  # (1, L + m, D); the answer part is held fixed
         length = len(prompt.input_ids)

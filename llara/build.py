@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -72,6 +74,7 @@ def build_llara(
     if lora is not None and precision == "int8":
         raise ValueError("int8 is for inference only: train with --precision bf16, fp32 or nf4")
     recommender = load_recommender(recommender_stem, n_items=dataset.n_items)
+    llm: Any  # the base model, PEFT-wrapped once LoRA is attached (its attributes pass through)
     llm, tokenizer = load_base_model(base_model, precision=precision, seed=seed, device=device)
     target_norm = token_embedding_norm(llm) if norm_to_tokens else None
     torch.manual_seed(seed)

@@ -41,7 +41,7 @@ def resolve_item_features(kind: str, text_items: bool = False) -> str:
     return kind
 
 
-def build_item_features(kind: str, recommender, embedding: torch.Tensor, title_ids: list[list[int]], catalog
+def build_item_features(kind: str, recommender, embedding: torch.Tensor | None, title_ids: list[list[int]], catalog
                         ) -> tuple[torch.Tensor, int]:
     """``(features (N, F), identity_dims)``: the head's fixed item vectors and how many leading dimensions are the
     recommender's (their keys start as the identity). ``embedding``: the LLM's input embedding matrix ``(V, D)``;
@@ -50,6 +50,8 @@ def build_item_features(kind: str, recommender, embedding: torch.Tensor, title_i
         rec = recommender.item_embeddings().detach().float()
         return rec, rec.shape[1]
     if kind == "titles":
+        if embedding is None:
+            raise ValueError("title item features need the LLM's input embedding matrix")
         return title_features(embedding, title_ids), 0
     if kind == "minilm":
         return minilm_features(catalog), 0

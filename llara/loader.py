@@ -43,7 +43,7 @@ def trim_heap() -> None:
         pass
 
 
-def load_llara(folder: str, dataset=None, precision: str | None = None, trainable: bool = False, merge: bool = False,
+def load_llara(folder: str | Path, dataset=None, precision: str | None = None, trainable: bool = False, merge: bool = False,
                device: str | torch.device | None = None):
     """Rebuild a trained LLaRA from a checkpoint folder; returns ``(model, meta, dataset)``.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,6 +49,11 @@ class AnswerTrie:
 
 class LLaRA(nn.Module):
     """Owns the frozen recommender item table ``(n_items, d_rec)``, the projector and the LLM."""
+
+    # a transformers causal LM, bare or PEFT-wrapped (LoRA): what it offers depends on the wrapper, so it is not
+    # typed as nn.Module, whose attribute access mypy reads as a tensor or a submodule
+    llm: Any
+    item_table: torch.Tensor  # a registered buffer
 
     def __init__(self, llm: nn.Module, builder: PromptBuilder, item_table: torch.Tensor, projector: Projector,
                  head: nn.Linear | None = None, head_weight: float = 1.0, recommender: nn.Module | None = None,
@@ -213,27 +219,32 @@ class LLaRA(nn.Module):
 
     def _next_item_outputs(self, out, batch: Batch, losses: dict) -> None:
         """Next-item logits at each query ``(B, N)`` (and residual ones) plus the losses their targets allow."""
+        head = self.next_head
+        if head is None:  # forward calls this only for a model with the head
+            raise ValueError("this model has no next-item head (train with --next-weight > 0)")
         hidden = out.hidden_states[-1]  # (B, T, D)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        out.item_logits = self.next_head(hidden[rows, batch.query_cols])  # (B, N)
+        out.item_logits = head(hidden[rows, batch.query_cols])  # (B, N)
         rec = None
-        if self.recommender is not None and (self.next_head.gate is not None or self.weights["distill"] > 0):
+        if self.recommender is not None and (head.gate is not None or self.weights["distill"] > 0):
             rec = self.recommender_scores(batch.histories).to(out.item_logits.device)  # (B, N)
-        if self.next_head.gate is not None:
-            out.residual_logits = self.next_head.residual(out.item_logits, rec)
-        known = batch.targets is not None and bool((batch.targets != IGNORE_INDEX).any())
-        if not known:
+        if head.gate is not None:
+            out.residual_logits = head.residual(out.item_logits, rec)
+        targets = batch.targets
+        if targets is None or not bool((targets != IGNORE_INDEX).any()):
             return
         w = self.weights["next"]
         if self.weights["dense"] > 0 and batch.next_cols is not None and batch.next_cols.numel():
             # every history slot (and the user slot) predicts the item that followed it, over the whole catalog
-            dense = self.next_head(hidden[batch.next_rows, batch.next_cols])  # (H, N)
+            dense = head(hidden[batch.next_rows, batch.next_cols])  # (H, N)
             losses["next"] = next_item_loss(dense, batch.next_items) * w
         else:
-            losses["next"] = next_item_loss(out.item_logits, batch.targets) * w
-        if self.next_head.gate is not None:
-            losses["residual"] = next_item_loss(out.residual_logits, batch.targets) * w
+            losses["next"] = next_item_loss(out.item_logits, targets) * w
+        if head.gate is not None:
+            losses["residual"] = next_item_loss(out.residual_logits, targets) * w
         if self.weights["distill"] > 0 and batch.candidates is not None:
+            if rec is None:
+                raise ValueError("distillation (weight 'distill' > 0) needs the recommender")
             cands = batch.candidates.to(out.item_logits.device)  # (B, C)
             losses["distill"] = distillation_loss(out.item_logits.gather(1, cands), rec.gather(1, cands)) * self.weights["distill"]
 
@@ -241,10 +252,12 @@ class LLaRA(nn.Module):
     def item_scores(self, prompts: list[Prompt], residual: bool = False) -> torch.Tensor:
         """Next-item scores of every catalog item ``(B, N)`` for each prompt, read at its query position; the pass
         runs over the prompts cut after it, so it costs the history alone and serves any candidate set."""
-        if residual and self.next_head is not None and self.next_head.gate is None:
-            raise ValueError("this model was trained without residual scoring (--residual)")
         pure, res = self.all_item_scores(prompts)
-        return res if residual else pure
+        if not residual:
+            return pure
+        if res is None:
+            raise ValueError("this model was trained without residual scoring (--residual)")
+        return res
 
     @torch.inference_mode()
     def all_item_scores(self, prompts: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -263,6 +276,8 @@ class LLaRA(nn.Module):
         """Head scores ``(B, C)`` from final hidden states ``(B, T, D)`` at the candidate positions ``(B, C)``."""
         rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
         picked = hidden[rows, cand_cols].float()  # (B, C, D)
+        if self.head is None:
+            raise ValueError("this model has no candidate head (train with --head-weight > 0)")
         return self.head(picked.to(self.head.weight.dtype)).squeeze(-1)
 
     @torch.inference_mode()

@@ -10,11 +10,15 @@ predictor's lock, beside the text-only model's answer. Each row gets its answer,
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from .answers import PartComparison, PartRow
 from .decoders import available
 from .model import rank_candidates
 from .parts import build_variant, model_parts, variants
+
+if TYPE_CHECKING:
+    from .model import LLaRA
 
 TEXT_ROW = "text-only model"
 PART_LABELS = {"titles": "titles", "items": "item slots", "user": "user token"}
@@ -60,7 +64,7 @@ def compare_parts(predictor, history: list[int], candidates: list[int]) -> PartC
     text_model = predictor.text_model or model
     if available(text_model, "next"):
         prompts[TEXT_ROW] = build_variant(text_model, h, c, False, frozenset())
-    groups: dict[int, tuple[object, list[str]]] = {}
+    groups: dict[int, tuple[LLaRA, list[str]]] = {}
     for name, prompt in prompts.items():
         m = predictor.model_for(prompt)
         groups.setdefault(id(m), (m, []))[1].append(name)

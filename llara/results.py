@@ -81,7 +81,11 @@ class Group:
     def apply(self, ds: SequenceDataset) -> SequenceDataset:
         """``ds`` with this group's candidate stream and val/test samples (training samples never change)."""
         ds = dataclasses.replace(ds, candidate_stream=self.stream)
-        return with_release_samples(ds, self.release_dir, self.allow_pickle) if self.samples == "release" else ds
+        if self.samples != "release":
+            return ds
+        if self.release_dir is None:
+            raise ValueError("the release's samples need its folder (--release-dir)")
+        return with_release_samples(ds, self.release_dir, self.allow_pickle)
 
 
 @functools.cache
@@ -227,7 +231,7 @@ def default_pairs(rows: list[str]) -> list[tuple[str, str, str]]:
     from .constants import DEMO_CHECKPOINT, DEMO_TEXT_CHECKPOINT
 
     demo, text = DEMO_CHECKPOINT.name, DEMO_TEXT_CHECKPOINT.name
-    pairs = [(demo, ref, decode) for decode in ("residual", "next") for ref in ("sasrec", "gru4rec", "recent-popularity")
+    pairs: list[tuple[str, str, str]] = [(demo, ref, decode) for decode in ("residual", "next") for ref in ("sasrec", "gru4rec", "recent-popularity")
              if demo in rows and ref in rows]
     if demo in rows and text in rows:
         pairs.append((demo, text, "next"))  # the demo's two panels: hybrid vs text-only, each by the LLM alone

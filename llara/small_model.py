@@ -27,6 +27,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,6 +82,8 @@ class SmallGRU(nn.Module):
         self.n_items, self.inp, self.key = n, nn.Linear(f, dim), nn.Linear(f, dim)  # history map, catalog (key) map
         self.drop, self.gru = nn.Dropout(dropout), nn.GRU(dim, dim, num_layers=1, batch_first=True)
 
+    features: torch.Tensor  # the registered buffer above
+
     def forward(self, seqs: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, N)`` of histories ``(B, L)`` (right-padded with ``N``) with lengths ``(B,)``."""
         hidden, _ = self.gru(self.drop(self.inp(self.features[seqs])))  # (B, L, F) -> (B, L, 64) -> (B, L, 64)
@@ -124,7 +127,7 @@ def train_small_model(features: torch.Tensor, train: list[Sample], val: list[Sam
             opt.step()
             total += loss.item() * len(idx)
         entry = {"epoch": epoch, "loss": total / len(train)}
-        if val:
+        if val and val_candidates is not None:  # (checked above: validation comes with its candidates)
             entry["val_hr@1"] = float(hits_and_top1(model.score_histories([s.history for s in val], val_candidates),
                                                     val, val_candidates)[0].mean())
             if select == "val" and entry["val_hr@1"] > best:
@@ -148,7 +151,7 @@ def evaluate_rows(ds: SequenceDataset, scorers: dict[str, Scorer], references: l
     pos = all_position_samples(user_sequences_of(ds, "test"), per_user=positions, seed=candidate_seed)  # the samples llara.parts draws
     pos_cands = position_candidates(pos, ds, candidate_seed)
     cold_mask = training_counts(ds)[[s.target for s in pos]] <= cold  # (P,)
-    hits = {name: {"paper": {s: hits_of(f, ds.test, c) for s, c in paper_cands.items()},
+    hits: dict[str, dict[str, Any]] = {name: {"paper": {s: hits_of(f, ds.test, c) for s, c in paper_cands.items()},
                    "positions": hits_of(f, pos, pos_cands)} for name, f in scorers.items()}
     slices = {  # per slice: per-sample hit of each row (paper: averaged over the seeds) and the users (clusters)
         "paper": ({n: np.mean(list(h["paper"].values()), axis=0) for n, h in hits.items()}, [s.user for s in ds.test]),
@@ -157,13 +160,13 @@ def evaluate_rows(ds: SequenceDataset, scorers: dict[str, Scorer], references: l
     }
     rows: dict = {name: {} for name in slices}
     for name, (per_row, users) in slices.items():
-        users = np.asarray(users)
+        clusters = np.asarray(users)
         for row, h in per_row.items():
             out = {"samples": len(h), "hr@1": float(h.mean()) if len(h) else None,
-                   "hr@1_ci95": cluster_paired(h, np.zeros(len(h)), users)["ci95"] if len(h) else None}
+                   "hr@1_ci95": cluster_paired(h, np.zeros(len(h)), clusters)["ci95"] if len(h) else None}
             for ref in references:
                 if ref != row and len(h):
-                    out[f"minus_{ref}"] = cluster_paired(h, per_row[ref], users)
+                    out[f"minus_{ref}"] = cluster_paired(h, per_row[ref], clusters)
             rows[name][row] = out
     samples = {"paper": {"users": [s.user for s in ds.test], "targets": [s.target for s in ds.test]},
                "positions": {"users": [s.user for s in pos], "targets": [s.target for s in pos], "cold": cold_mask.astype(int).tolist()}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,7 +90,7 @@ def train_recommender(cfg: RecTrainConfig, ds: SequenceDataset, progress: bool =
     targets = np.array([s.target for s in ds.train], dtype=np.int64)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.l2)
     val_seeds = list(range(cfg.val_seeds))
-    best = {"hr@1": -1.0, "epoch": 0, "state": None}
+    best: dict[str, Any] = {"hr@1": -1.0, "epoch": 0, "state": None}
     log: list[dict] = []
     start = time.perf_counter()
     bar = tqdm(range(1, cfg.max_epochs + 1), desc=f"{cfg.model} seed {cfg.seed}", disable=not progress, leave=False)

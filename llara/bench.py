@@ -125,8 +125,8 @@ def run_demo_child(checkpoint: str, precision: str, repeats: int, merge: bool, d
 
 def bench_train(precision: str, repeats: int, checkpointing: bool, base_model: str = "smollm2-135m",
                 device: str = "cpu", compute: str = "auto") -> dict:
-    from .data import load_dataset
     from .build import build_llara
+    from .data import load_dataset
 
     ds = load_dataset("movielens")
     if torch.device(device).type == "cuda":
@@ -171,8 +171,8 @@ RECIPES = {
 
 def bench_recipe(recipe: str, repeats: int, batch: int = 8, device: str = "cpu") -> dict:
     """RSS after each phase of training with one recipe (bf16, batch ``batch`` of real training prompts)."""
-    from .data import load_dataset
     from .build import build_llara
+    from .data import load_dataset
     from .train import quick_validation
 
     rss = {"start": rss_mb()}
@@ -263,8 +263,8 @@ def run_llamacpp_child(prompt_text: str, repeats: int, threads: int) -> dict:
 def bench_forward(checkpoint: str, precision: str, repeats: int, device: str = "cpu") -> dict:
     """One forward pass over the text-only prompt (no KV reuse), comparable to llama.cpp's prompt processing of the
     same text (without the ``<PH>`` markers, which llama.cpp would split into several ordinary tokens)."""
-    from .inference import Predictor
     from .batch import collate
+    from .inference import Predictor
 
     p = Predictor.load(checkpoint, precision=precision, device=device)
     sample = p.dataset.test[0]

@@ -15,29 +15,28 @@ import contextlib
 import functools
 import hashlib
 import importlib.util
-from importlib import import_module
 import os
 import re
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from importlib import import_module
 from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 from tokenizers import AddedToken
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from .base_models import CONVERSION_MARKER, HUB_FILES, PACKAGED, is_converted, registry_choice
 from .checkpoint import write_json
+from .constants import BASE_MODELS, DEFAULT_BASE_MODEL, PLACEHOLDER_TOKENS, PRECISIONS
 from .cpu4bit import detach_from_file, import_bitsandbytes, prefer_dequantized_matmul
 from .cpu8bit import quantize_int8
-from .constants import BASE_MODELS, DEFAULT_BASE_MODEL, PLACEHOLDER_TOKENS, PRECISIONS
-from .base_models import CONVERSION_MARKER, HUB_FILES, PACKAGED, is_converted, registry_choice
+from .device import check_precision, compute_dtype, native_bf16, resolve_device
 from .sources import SourceUnavailable, cache_root, hub_snapshot
 from .sources import say as _say
-
-from .device import check_precision, compute_dtype, native_bf16, resolve_device
 
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name", passed through to from_pretrained
 _CHUNK = 16384  # embedding rows per chunk when computing statistics (Gemma: 262k x 640 would be 670 MB in fp32)

@@ -30,18 +30,25 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .constants import RECOMMENDER_DIR
-from .checkpoint import (CheckpointError, load_trainer_state, portable_path, read_json, resolve_path,
-                         restore_interrupted, save_llara)
-from .loader import load_llara
+from .batch import collate
+from .build import LORA_TARGETS, build_llara, model_options
+from .checkpoint import (
+    CheckpointError,
+    load_trainer_state,
+    portable_path,
+    read_json,
+    resolve_path,
+    restore_interrupted,
+    save_llara,
+)
 from .config import add_dataclass_args, from_args, option
+from .constants import RECOMMENDER_DIR
 from .curriculum import CURRICULUM_MODES, hybrid_probability, use_hybrid
 from .data import Sample, SequenceDataset, draw_candidates, load_dataset
 from .data.args import add_dataset_args, dataset_from_args
 from .device import accelerator_for, add_device_arg, compute_dtype, cpu_info
 from .llm import unpack_4bit_for_training
-from .build import LORA_TARGETS, build_llara, model_options
-from .batch import collate
+from .loader import load_llara
 from .model import LLaRA
 from .recommenders import RECOMMENDERS
 

@@ -3,13 +3,12 @@ memory: unit tests exercise the real transformers code paths in well under a sec
 from __future__ import annotations
 
 import contextlib
-import re
 import importlib.util
+import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-
-import os
 
 import pytest
 import torch

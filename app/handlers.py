@@ -21,6 +21,7 @@ from llara.part_view import NEEDS_NEXT_HEAD, PART_COLUMNS, part_summary, part_ta
 from llara.search import MAX_QUERY_CHARS
 
 from .state import Studio
+from .wording import WORDS, Words
 
 MAX_PICKS = 200
 MAX_USER_ID_CHARS = 12  # the user-id textbox's max_length; the HTTP API does not enforce it
@@ -34,22 +35,24 @@ def refuse(message: str) -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
-def _labels(value, what: str) -> list[str]:
+def _labels(value, what: str, words: Words = WORDS["movie"]) -> list[str]:
     """A list of label strings from a dropdown value (gradio sends a list; the HTTP API may send anything)."""
     if value is None or value == "":
         return []
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise refuse(f"The {what} must be a list of movie titles.")
+        raise refuse(f"The {what} must be a list of {words.names}.")
     if len(value) > MAX_PICKS:
         raise refuse(f"Too many {what} ({len(value):,}); pick at most {MAX_PICKS}.")
     return list(value)
 
 
-def to_items(studio: Studio, value, what: str = "watched movies") -> list[int]:
-    """Item ids of labels, order kept; gr.Error naming the first label that is not in the catalog."""
-    labels = _labels(value, what)
+def to_items(studio: Studio, value, what: str = "") -> list[int]:
+    """Item ids of labels, order kept; gr.Error naming the first label that is not in the catalog. ``what``: what
+    the labels are, in messages (default: the history)."""
+    what = what or studio.words.history
+    labels = _labels(value, what, studio.words)
     unknown = [label for label in labels if len(label) > MAX_TITLE_CHARS or label not in studio.by_label]
     if unknown:
         shown = unknown[0][:80] + ("..." if len(unknown[0]) > 80 else "")
@@ -58,10 +61,10 @@ def to_items(studio: Studio, value, what: str = "watched movies") -> list[int]:
 
 
 def watched(studio: Studio, value) -> list[int]:
-    """The watched movies' item ids, order kept; at least one (every request starts from a history)."""
+    """The history's item ids, order kept; at least one (every request starts from a history)."""
     items = to_items(studio, value)
     if not items:
-        raise refuse("Pick at least one watched movie.")
+        raise refuse(f"Pick at least one {studio.words.one}.")
     return items
 
 
@@ -126,7 +129,7 @@ def load_test_user(studio: Studio, user=None, seed=0, state=None) -> tuple[list[
             raise refuse(f"User {user_id} is not a test user; the {len(ids)} test users have ids {ids[0]}..{ids[-1]}.")
         sample = matches[0]
     cands = _call(studio.predictor.draw_candidates, list(sample.history), parse_seed(seed), include=sample.target)
-    truth = f"Test user {sample.user}: the true next movie was **{studio.labels[sample.target]}** (marked ★ below)."
+    truth = f"Test user {sample.user}: the true next {studio.words.item} was **{studio.labels[sample.target]}** (marked ★ below)."
     return ([studio.labels[i] for i in sample.history], [studio.labels[c] for c in cands], truth,
             {"truth": sample.target, "shown": None})
 
@@ -146,7 +149,7 @@ def draw_candidates(studio: Studio, history, seed=0, kind: str = "random", state
 def follow_history(studio: Studio, history, seed=0, kind: str = "random", state=None) -> list[str]:
     """The candidates after the history changed: a new draw for it (none while the history is empty, so clearing
     the history is not an error)."""
-    if not _labels(history, "watched movies"):
+    if not _labels(history, studio.words.history, studio.words):
         return []
     return draw_candidates(studio, history, seed, kind, state)
 
@@ -161,8 +164,7 @@ def search(studio: Studio, query: str, history) -> gr.Dropdown:
     """Catalog labels matching a free-text description (watched ones left out), best first: the matches become
     the choices of the matches dropdown (so picking them passes gradio's choice check) and are all picked."""
     if not isinstance(query, str) or not query.strip():
-        raise refuse("Describe a movie first, e.g. 'a 1990s crime thriller' (the search reads titles, years and "
-                     "genres only).")
+        raise refuse(studio.words.search_empty)
     if len(query) > MAX_QUERY_CHARS:
         raise refuse(f"The description is {len(query):,} characters; keep it under {MAX_QUERY_CHARS}.")
     try:
@@ -179,10 +181,10 @@ def add_found(studio: Studio, history, found) -> list[str]:
     """Append the found titles to the history (watch order: they become the most recent)."""
     to_items(studio, history)
     to_items(studio, found, "matches")  # catalog labels only: the search's matches are
-    history = _labels(history, "watched movies")
-    added = history + [f for f in _labels(found, "matches") if f not in history]
+    history = _labels(history, studio.words.history, studio.words)
+    added = history + [f for f in _labels(found, "matches", studio.words) if f not in history]
     if len(added) > MAX_PICKS:
-        raise refuse(f"Too many watched movies ({len(added):,}); pick at most {MAX_PICKS}.")
+        raise refuse(f"Too many {studio.words.history} ({len(added):,}); pick at most {MAX_PICKS}.")
     return added
 
 
@@ -204,17 +206,18 @@ def _distribution(studio: Studio, answer, truth: int | None) -> dict[str, float]
 
 def _headline(studio: Studio, answer, truth: int | None) -> str:
     if answer is None:
-        return "*Not run: a text-only prompt without titles names no movie.*"
+        return f"*Not run: a text-only prompt without titles names no {studio.words.item}.*"
     if answer.item is None:
         return f"**Invalid answer:** {answer.text[:200]!r}\n\n{answer.note}"
     mark = ""
     if truth is not None:
-        mark = " ✅ the true next movie" if answer.item == truth else " ❌ not the true next movie"
+        item = studio.words.item
+        mark = f" ✅ the true next {item}" if answer.item == truth else f" ❌ not the true next {item}"
     # the recommender's answer names the recommender (e.g. gru4rec) as its decode
     how = DECODERS[answer.decode].how if answer.decode in DECODERS else f"{answer.decode} scores"
     notes = [answer.note] if answer.note else []
     if not answer.ranked:
-        notes.append("decoding names one movie and scores no other, so the chart has one bar")
+        notes.append(f"decoding names one {studio.words.item} and scores no other, so the chart has one bar")
     note = f" ({'; '.join(notes)})" if notes else ""
     return f"### {studio.labels[answer.item]}{mark}\n{how}, {answer.seconds * 1000:.0f} ms{note}"
 
@@ -303,7 +306,7 @@ def prompt_segments(prompt) -> list[tuple[str, str | None]]:
 def slot_table(studio: Studio, prompt, att=None) -> pd.DataFrame:
     """One row per embedding slot of the hybrid prompt; with an attribution of that prompt, also each slot's share
     of it (``Attribution.slot_shares``; "-" where the method does not score slots)."""
-    columns = ["slot", "movie it carries", "closest movies to it for the recommender (cosine)",
+    columns = ["slot", f"{studio.words.item} it carries", f"closest {studio.words.items} to it for the recommender (cosine)",
                "cosine to its title's token embeddings"]
     shares = att.slot_shares() if att is not None else {}
     rows = []
@@ -344,13 +347,14 @@ def attribute(studio: Studio, history, candidates, target: str = TOP_CHOICE, met
         if att is None:
             views[name] = [("(no text-only prompt for this ablation)", None)]
             # an empty plot draws no title: the label says why the chart is empty
-            charts[name] = gr.BarPlot(value=None, title=None, label=f"{CHART_LABEL[name]}: not run (this ablation's "
-                                                                    "prompt lists no titles)")
+            charts[name] = gr.BarPlot(value=None, title=None, label=f"{chart_label(name, studio.words)}: not run (this "
+                                                                    "ablation's prompt lists no titles)")
             continue
         views[name] = att.words()
         answer = studio.labels[att.target]
         title = f"{name}: why {answer}" + (" (prompt in shuffled order)" if ablation == "shuffle" else "")
-        charts[name] = item_chart(studio, att, title, studio.predictor.clean_history(items)[0], CHART_LABEL[name])
+        charts[name] = item_chart(studio, att, title, studio.predictor.clean_history(items)[0],
+                                  chart_label(name, studio.words))
         used = studio.predictor.fallback(studio.predictor.model_for(result.prompts[name]), decode)[0]
         lines.append(f"{name}: explaining **{answer}** ({'your choice' if chosen is not None else f'the model’s {used} choice'}), "
                      f"{att.cost['seconds']:.1f} s")
@@ -358,19 +362,26 @@ def attribute(studio: Studio, history, candidates, target: str = TOP_CHOICE, met
             slot_table(studio, result.prompts["hybrid"], result.attributions.get("hybrid")))
 
 
-def explaining(method: str = "deletion"):
+def explaining(method: str = "deletion", words: Words = WORDS["movie"]):
     """What the attribution outputs show while an explanation runs: nothing of the previous one."""
-    slow = {"ablation": " (item removal runs one pass per watched movie part: 10-20 s)",
-            "deletion": " (one pass per watched movie)"}.get(method, "")
+    slow = {"ablation": f" (item removal runs one pass per {words.one} part: 10-20 s)",
+            "deletion": f" (one pass per {words.one})"}.get(method, "")
     return None, None, None, None, f"*Explaining both prompts{slow} ...*"
 
 
-AXIS = {"ablation": "log-likelihood change when the part is removed", "grad_x_input": "summed gradient × input",
-        "ig": "summed integrated gradients", "deletion": "score lost when the movie is removed"}
+def axis(method: str, words: Words) -> str:
+    """The per-item chart's value axis: what ``method`` measures."""
+    return {"ablation": "log-likelihood change when the part is removed", "grad_x_input": "summed gradient × input",
+            "ig": "summed integrated gradients",
+            "deletion": f"score lost when the {words.item} is removed"}[method]
 
 
-PART_COLOURS = {"title": ("orange", "#f97316"), "embedding": ("blue", "#3b82f6")}  # the parts a movie splits into
-CHART_LABEL = {"text": "Per watched movie: text-only prompt", "hybrid": "Per watched movie: hybrid prompt"}
+PART_COLOURS = {"title": ("orange", "#f97316"), "embedding": ("blue", "#3b82f6")}  # the parts an item splits into
+
+
+def chart_label(prompt: str, words: Words) -> str:
+    """The label of the per-item chart of ``prompt`` ("text" / "hybrid")."""
+    return f"Per {words.one}: {'text-only' if prompt == 'text' else 'hybrid'} prompt"
 
 
 def item_chart(studio: Studio, att, title: str, history: list[int], label: str) -> gr.BarPlot:
@@ -378,15 +389,16 @@ def item_chart(studio: Studio, att, title: str, history: list[int], label: str) 
     them shuffled), split into its title's and its embedding's effect where the method measures both (the label
     then names their colours), with the axis named after what the method measures."""
     place = {item: k for k, item in enumerate(history, start=1)}
+    w = studio.words
     rows, order = [], []
     for it in sorted(att.items, key=lambda it: place.get(it.item, len(place) + 1)):
         bar = f"{place.get(it.item, '?')}. {studio.labels[it.item][:40]}"
         order.append(bar)
         parts = [(part, value) for part, value in (("title", it.title_score), ("embedding", it.embedding_score))
                  if value is not None]
-        for part, value in parts or [("whole movie", it.total)]:  # deletion measures the movie as one
+        for part, value in parts or [(f"whole {w.item}", it.total)]:  # deletion measures the item as one
             rows.append([bar, part, value])
-    frame = pd.DataFrame(rows, columns=["watched movie", "part", AXIS[att.method]])
+    frame = pd.DataFrame(rows, columns=[w.one, "part", axis(att.method, w)])
     split = [p for p in PART_COLOURS if p in set(frame["part"])]
     # gradio draws a colour legend under the angled movie names, where the plot's box cuts it off: the label names
     # the colours instead (fixed by color_map); one part per movie (deletion, or titles only) gets one colour
@@ -394,8 +406,8 @@ def item_chart(studio: Studio, att, title: str, history: list[int], label: str) 
     if len(split) > 1:
         label += " (" + ", ".join(f"{PART_COLOURS[p][0]}: {p}" for p in split) + ")"
         colours = {"color": "part", "color_map": {p: PART_COLOURS[p][1] for p in split}, "colors_in_legend": []}
-    return gr.BarPlot(value=frame, x="watched movie", y=AXIS[att.method], sort=order, title=title,
-                      y_title=AXIS[att.method], x_label_angle=-35, label=label, **colours)
+    return gr.BarPlot(value=frame, x=w.one, y=axis(att.method, w), sort=order, title=title,
+                      y_title=axis(att.method, w), x_label_angle=-35, label=label, **colours)
 
 
 def target_choices(candidates) -> gr.Dropdown:

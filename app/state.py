@@ -4,12 +4,18 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llara.checkpoint import CheckpointError
 from llara.constants import DEMO_CHECKPOINT, DEMO_TEXT_CHECKPOINT
-from llara.data import SequenceDataset
+from llara.data import DATASETS, SequenceDataset
+from llara.demo_datasets import DEMO_DATASETS, OneAtATime, unavailable
 from llara.inference import Predictor
+from llara.sources import SourceUnavailable
+
+from .wording import Words, words_for
 
 DEFAULT_CHECKPOINT = DEMO_CHECKPOINT
 DEFAULT_TEXT_CHECKPOINT = DEMO_TEXT_CHECKPOINT  # the text-only panel's model (None: the main model answers it)
@@ -48,6 +54,18 @@ class Studio:
     def dataset(self) -> SequenceDataset:
         return self.predictor.dataset
 
+    @property
+    def words(self) -> Words:
+        """How the page names this catalog's items (movies, artists)."""
+        return words_for(self.dataset.catalog.domain)
+
+    @property
+    def examples(self) -> list[list[str]]:
+        """The demo's example histories for this dataset, with labels this catalog has (at least two each)."""
+        spec = DEMO_DATASETS.get(self.dataset.name)
+        found = [[label for label in ex if label in self.by_label] for ex in (spec.examples if spec else ())]
+        return [ex for ex in found if len(ex) >= 2]
+
     @classmethod
     def from_predictor(cls, predictor: Predictor, checkpoint: str = "", precision: str = "", seconds: float = 0.0) -> Studio:
         labels = item_labels(predictor.dataset)
@@ -80,3 +98,71 @@ class Studio:
                 _say("loading the description search (all-MiniLM-L6-v2) ...")
                 self._search = CatalogSearch(self.dataset.catalog)
             return self._search
+
+
+# what loading a dataset's models may fail with; each carries a sentence for the person who asked
+LOAD_ERRORS = (OSError, ValueError, CheckpointError, SourceUnavailable)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A dataset on the switch: its key, label, catalog domain and, when it cannot be served here, why."""
+
+    name: str
+    label: str
+    domain: str
+    reason: str | None = None
+
+
+class Studios:
+    """The Studio of each offered dataset, loaded on first use; at most ``keep`` held at once, so the server's memory
+    is that of one pair of models by default (``llara.demo_datasets.OneAtATime``)."""
+
+    def __init__(self, offers: list[Offer], load: Callable[[str], Studio], keep: int = 1) -> None:
+        self.offers = {offer.name: offer for offer in offers}
+        ready = [offer.name for offer in offers if offer.reason is None]
+        if not ready:
+            raise ValueError("no dataset can be served: " + "; ".join(str(offer.reason) for offer in offers))
+        self.default = ready[0]
+        self.registry: OneAtATime[Studio] = OneAtATime(load, keep)
+
+    @classmethod
+    def single(cls, studio: Studio) -> Studios:
+        """One already loaded studio and no switch (a checkpoint given on the command line, the tests)."""
+        name = studio.dataset.name
+        studios = cls([Offer(name, name, studio.dataset.catalog.domain)], lambda _: studio)
+        studios.registry.put(name, studio)
+        return studios
+
+    @classmethod
+    def for_datasets(cls, names: list[str], precision: str = "nf4", threads: int = 0, device=None,
+                     keep: int = 1) -> Studios:
+        """The demo's datasets ``names`` (``llara.demo_datasets.DEMO_DATASETS``), each checked for what it needs;
+        none is loaded yet."""
+        offers = [Offer(n, DEMO_DATASETS[n].label, DATASETS[n][0], unavailable(DEMO_DATASETS[n])) for n in names]
+
+        def load(name: str) -> Studio:
+            spec = DEMO_DATASETS[name]
+            return Studio.load(spec.checkpoint, precision=precision, threads=threads,
+                               text_checkpoint=spec.text_checkpoint, device=device)
+
+        return cls(offers, load, keep)
+
+    @property
+    def switchable(self) -> bool:
+        return len(self.offers) > 1
+
+    def words(self, name: str) -> Words:
+        """The wording of dataset ``name`` without loading it."""
+        return words_for(self.offers[name].domain if name in self.offers else "")
+
+    def studio(self, name: str | None, on_load: Callable[[str], None] | None = None) -> Studio:
+        """The loaded Studio of ``name`` (None: the default), loading it (after ``on_load``) when it is not held;
+        ValueError with the reason when it is not offered or cannot be served."""
+        name = name or self.default
+        offer = self.offers.get(name)
+        if offer is None:
+            raise ValueError(f"Unknown dataset {str(name)[:40]!r}; this server offers {', '.join(self.offers)}.")
+        if offer.reason is not None:
+            raise ValueError(offer.reason)
+        return self.registry.get(name, on_load)

@@ -121,10 +121,11 @@ class Predictor:
             raise ValueError(f"At most {NUM_CANDIDATES} candidates fit the prompt the model was trained on (got {len(cands)}).")
         self.catalog.check_ids(cands, "candidate item id")
         if len(set(cands)) != len(cands):
-            raise ValueError("The candidates contain the same movie twice.")
+            raise ValueError(f"The candidates contain the same {self.catalog.domain} twice.")
         both = [self.titles[c] for c in cands if c in set(history)]
         if both:
-            raise ValueError(f"{both[0]!r} is both watched and a candidate: candidates must be unseen movies.")
+            raise ValueError(f"{both[0]!r} is both watched and a candidate: candidates must be unseen "
+                             f"{self.catalog.domain}s.")
         return cands
 
     def check_decode(self, decode: str) -> str:

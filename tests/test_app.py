@@ -120,7 +120,7 @@ def test_attribution_views(studio, user):
     assert set(bars["part"]) == {"title", "embedding"} and (bars["part"] == "embedding").sum() == len(history)
     assert hybrid_chart.color == "part" and hybrid_chart.colors_in_legend == []  # the label names the colours:
     assert hybrid_chart.label.endswith("(orange: title, blue: embedding)")    # gradio's legend gets cut off
-    assert text_chart.color is None and text_chart.label == handlers.CHART_LABEL["text"]  # titles only: one colour
+    assert text_chart.color is None and text_chart.label == handlers.chart_label("text", studio.words)  # titles only: one colour
     # watch order, numbered, named after the explained answer, the axis after the method
     assert hybrid_chart.sort == [f"{k}. {label[:40]}" for k, label in enumerate(history, start=1)]
     assert hybrid_chart.title.startswith("hybrid: why ") and hybrid_chart.y_title == "summed gradient × input"
@@ -133,8 +133,8 @@ def test_attribution_views(studio, user):
     _, _, _, hybrid_chart, _, slots = handlers.attribute(studio, history, cands, chosen, "deletion")
     assert (slots["share of the hybrid explanation (deletion)"] == "-").all()  # whole movies, not slots
     # one part per movie: one colour, so no legend (gr.BarPlot draws one for any colour column)
-    assert hybrid_chart.color is None and set(chart_frame(hybrid_chart)["part"]) == {"whole movie"}
-    assert hybrid_chart.label == handlers.CHART_LABEL["hybrid"]
+    assert hybrid_chart.color is None and set(chart_frame(hybrid_chart)["part"]) == {"whole artist"}
+    assert hybrid_chart.label == handlers.chart_label("hybrid", studio.words)
 
 
 def test_attribution_charts_keep_watch_order_under_shuffle_and_say_when_not_run(studio, user):
@@ -144,11 +144,11 @@ def test_attribution_charts_keep_watch_order_under_shuffle_and_say_when_not_run(
                                                               "grad_x_input", "shuffle", 3, "head")
     for chart in (text_chart, hybrid_chart):  # the prompt lists the movies shuffled; the chart keeps watch order
         assert chart.sort == in_order and chart.title.endswith("(prompt in shuffled order)")
-        assert list(dict.fromkeys(chart_frame(chart)["watched movie"])) == in_order
+        assert list(dict.fromkeys(chart_frame(chart)["artist listened to"])) == in_order
     _, _, text_chart, hybrid_chart, _, _ = handlers.attribute(studio, history, cands, handlers.TOP_CHOICE,
                                                               "deletion", "no-titles", 0, "head")
     assert text_chart.value is None and "not run" in text_chart.label  # an empty plot draws no title: the label says
-    assert hybrid_chart.sort == in_order and hybrid_chart.label == handlers.CHART_LABEL["hybrid"]
+    assert hybrid_chart.sort == in_order and hybrid_chart.label == handlers.chart_label("hybrid", studio.words)
 
 
 BAD_PREDICTS = [
@@ -265,7 +265,7 @@ def test_explain_works_under_every_ablation_and_method(studio, user, ablation, m
     text_view, hybrid_view, _, hybrid_chart, status, _ = handlers.attribute(studio, user.h, user.c, handlers.TOP_CHOICE,
                                                                             method, ablation, 3, "head")
     bars = chart_frame(hybrid_chart)
-    parts = {"whole movie"} if method == "deletion" else {"embedding"} if ablation == "no-titles" else {"title", "embedding"}
+    parts = {"whole artist"} if method == "deletion" else {"embedding"} if ablation == "no-titles" else {"title", "embedding"}
     assert set(bars["part"]) == parts and hybrid_view and "hybrid: explaining" in status
 
 

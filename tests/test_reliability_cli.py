@@ -37,7 +37,7 @@ INFERENCE_BAD = [
     (["--history", "Alpha", "--seed", "abc"], r"argument --seed: invalid int value: 'abc'"),
     (["--history", "Alpha", "--candidates", "Bravo"], r"Give at least 2 candidates to choose from \(got 1\)"),
     (["--history", "Alpha", "--candidates", "Alpha|Bravo"], r"'Alpha' is both watched and a candidate"),
-    (["--history", "Alpha", "--candidates", "Bravo|bravo|Charlie"], r"The candidates contain the same movie twice"),
+    (["--history", "Alpha", "--candidates", "Bravo|bravo|Charlie"], r"The candidates contain the same artist twice"),
     (["--history", "Alpha", "--candidates", "Bravo|Nope"], r"error: candidate 2: no artist titled 'Nope'"),
     (["--history", "Alpha", "--decode", "beam"], r"argument --decode: invalid choice: 'beam'"),
 ]

@@ -38,13 +38,13 @@ def http_error(client, args, api_name: str) -> str:
 OK = ("rank", "none", 0)
 BAD_HTTP = [
     # /predict: (history, candidates, decode, ablation, seed); the session's request state is not an API input
-    ("predict", "empty history", lambda u: ([], u.c, *OK), r"^Pick at least one watched movie\.$", "handler", None),
-    ("predict", "null history", lambda u: (None, u.c, *OK), r"^Pick at least one watched movie\.$", "handler", None),
-    ("predict", "201 picks", lambda u: ([u.h[0]] * 201, u.c, *OK), r"Too many watched movies \(201\); pick at most 200", "handler", None),
+    ("predict", "empty history", lambda u: ([], u.c, *OK), r"^Pick at least one artist listened to\.$", "handler", None),
+    ("predict", "null history", lambda u: (None, u.c, *OK), r"^Pick at least one artist listened to\.$", "handler", None),
+    ("predict", "201 picks", lambda u: ([u.h[0]] * 201, u.c, *OK), r"Too many artists listened to \(201\); pick at most 200", "handler", None),
     ("predict", "empty candidates", lambda u: (u.h, [], *OK), r"candidate set is empty", "handler", None),
     ("predict", "one candidate", lambda u: (u.h, u.c[:1], *OK), r"Give at least 2 candidates to choose from \(got 1\)", "handler", None),
     ("predict", "25 candidates", lambda u: (u.h, u.pool[:25], *OK), r"At most 20 candidates .*\(got 25\)", "handler", None),
-    ("predict", "duplicate candidates", lambda u: (u.h, [u.c[0], *u.c[:19]], *OK), r"same movie twice", "handler", None),
+    ("predict", "duplicate candidates", lambda u: (u.h, [u.c[0], *u.c[:19]], *OK), r"same artist twice", "handler", None),
     ("predict", "watched candidate", lambda u: (u.h, [u.h[0], *u.c[1:]], *OK), r"both watched and a candidate", "handler", None),
     ("predict", "seed 2**40", lambda u: (u.h, u.c, "rank", "none", 2**40), r"seed must be a whole number from 0 to 4,294,967,295", "handler", None),
     ("predict", "seed 1e308", lambda u: (u.h, u.c, "rank", "none", 1e308), r"seed must be a whole number from 0 to 4,294,967,295", "handler", None),
@@ -57,21 +57,21 @@ BAD_HTTP = [
     ("predict", "10000-char title", lambda u: (["x" * 10_000], u.c, *OK), r"^Not in the catalog: 'x{80}\.\.\.'", "choice", "history"),
     ("predict", "odd unicode", lambda u: (["\x00\u202e\u0301 \U0001F600 \ufeff"], u.c, *OK), r"^Not in the catalog: ", "choice", "history"),
     ("predict", "unknown candidate", lambda u: (u.h, [*u.c[:19], "Nope"], *OK), r"^Not in the catalog: 'Nope'\. Pick candidates", "choice", "candidates"),
-    ("predict", "ints as history", lambda u: ([1, 2], u.c, *OK), r"must be a list of movie titles", "choice", "history"),
+    ("predict", "ints as history", lambda u: ([1, 2], u.c, *OK), r"must be a list of artist names", "choice", "history"),
     ("predict", "string as history", lambda u: ("abc", u.c, *OK), r"^Not in the catalog: 'abc'", "choice", "history"),
-    ("predict", "object as history", lambda u: ({"a": 1}, u.c, *OK), r"must be a list of movie titles", "choice", "history"),
+    ("predict", "object as history", lambda u: ({"a": 1}, u.c, *OK), r"must be a list of artist names", "choice", "history"),
     ("predict", "seed 'abc'", lambda u: (u.h, u.c, "rank", "none", "abc"), r"^The seed must be a whole number, got 'abc'\.$", "handler", None),
     ("predict", "seed true", lambda u: (u.h, u.c, "rank", "none", True), r"^The seed must be a whole number, got true\.$", "handler", None),
     ("predict", "seed [1]", lambda u: (u.h, u.c, "rank", "none", [1]), r"^The seed must be a whole number, got '\[1\]'\.$", "handler", None),
     # /attribute: (history, candidates, target, method, ablation, seed, decode)
-    ("attribute", "empty history", lambda u: ([], u.c, handlers.TOP_CHOICE, "grad_x_input", "none", 0, "rank"), r"^Pick at least one watched movie\.$", "handler", None),
+    ("attribute", "empty history", lambda u: ([], u.c, handlers.TOP_CHOICE, "grad_x_input", "none", 0, "rank"), r"^Pick at least one artist listened to\.$", "handler", None),
     ("attribute", "method shap", lambda u: (u.h, u.c, handlers.TOP_CHOICE, "shap", "none", 0, "rank"), r"'shap' .*not in the list of choices", "gradio", None),
     ("attribute", "target not among candidates", lambda u: (u.h, u.c[:5], u.c[10], "grad_x_input", "none", 0, "rank"), r"is not among the candidates", "choice", "attr-target"),
     ("attribute", "seed 2**40", lambda u: (u.h, u.c, handlers.TOP_CHOICE, "grad_x_input", "shuffle", 2**40, "rank"), r"from 0 to 4,294,967,295", "handler", None),
     # /search: (query, history)
-    ("search", "empty query", lambda u: ("", u.h), r"^Describe a movie first", "handler", None),
-    ("search", "blank query", lambda u: ("   \n\t", u.h), r"^Describe a movie first", "handler", None),
-    ("search", "null query", lambda u: (None, u.h), r"^Describe a movie first", "handler", None),
+    ("search", "empty query", lambda u: ("", u.h), r"^Type an artist's name first", "handler", None),
+    ("search", "blank query", lambda u: ("   \n\t", u.h), r"^Type an artist's name first", "handler", None),
+    ("search", "null query", lambda u: (None, u.h), r"^Type an artist's name first", "handler", None),
     ("search", "10000-char query", lambda u: ("x" * 10_000, u.h), r"^The description is 10,000 characters; keep it under 500\.$", "handler", None),
     ("search", "unknown history", lambda u: ("space", ["No Such Artist"]), r"^Not in the catalog: 'No Such Artist'", "choice", "history"),
     # /load_test_user: (user id, seed)
@@ -81,11 +81,11 @@ BAD_HTTP = [
     ("load_test_user", "NUL byte", lambda u: ("\x00", 0), r"user id must be a number", "handler", None),
     ("load_test_user", "seed -1", lambda u: ("", -1), r"less than minimum value 0", "gradio", None),
     # /draw_candidates: (history, seed, candidate set)
-    ("draw_candidates", "empty history", lambda u: ([], 0, "random"), r"^Pick at least one watched movie\.$", "handler", None),
+    ("draw_candidates", "empty history", lambda u: ([], 0, "random"), r"^Pick at least one artist listened to\.$", "handler", None),
     ("draw_candidates", "seed 2**40", lambda u: (u.h, 2**40, "random"), r"from 0 to 4,294,967,295", "handler", None),
     ("draw_candidates", "unknown set", lambda u: (u.h, 0, "easy"), r"'easy' .*not in the list of choices", "gradio", None),
     # /add_found: (history, found)
-    ("add_found", "ints as matches", lambda u: (u.h, [1, 2]), r"must be a list of movie titles", "choice", "found"),
+    ("add_found", "ints as matches", lambda u: (u.h, [1, 2]), r"must be a list of artist names", "choice", "found"),
 ]
 
 
@@ -124,7 +124,7 @@ def test_search_then_add_in_one_session(client, user):
     assert isinstance(found, list) and len(found) == 8 and not set(found) & set(user.h)
     added = client.predict(user.h, found[:2], api_name="/add_found")
     assert added == [*user.h, *found[:2]]
-    with pytest.raises(Exception, match=r"Too many watched movies \(201\)"):
+    with pytest.raises(Exception, match=r"Too many artists listened to \(201\)"):
         client.predict([user.h[0]] * 200, found[:1], api_name="/add_found")
 
 
@@ -162,4 +162,4 @@ def test_a_user_mistake_logs_one_line_not_a_traceback(client, user, capfd):
     still_serving(client, user)
     err = capfd.readouterr().err
     assert "Traceback" not in err, err[-2000:]
-    assert err.count("refused a request: Pick at least one watched movie.") == 1, err[-2000:]
+    assert err.count("refused a request: Pick at least one artist listened to.") == 1, err[-2000:]

@@ -180,11 +180,11 @@ def test_inputs_are_bounded(studio):
     demo = build_demo(studio)
     boxes = [b for b in demo.blocks.values() if isinstance(b, gr.Textbox)]
     assert boxes and all(b.max_length and b.max_length <= 500 for b in boxes), [(b.elem_id, b.max_length) for b in boxes]
-    with pytest.raises(gr.Error, match=rf"Too many watched movies \({handlers.MAX_PICKS + 1}\)"):
+    with pytest.raises(gr.Error, match=rf"Too many artists listened to \({handlers.MAX_PICKS + 1}\)"):
         handlers.to_items(studio, [studio.labels[0]] * (handlers.MAX_PICKS + 1))
     with pytest.raises(gr.Error, match=rf"Too many candidates \({handlers.MAX_PICKS + 1}\)"):
         handlers.predict(studio, studio.labels[:2], [studio.labels[3]] * (handlers.MAX_PICKS + 1))
-    with pytest.raises(gr.Error, match="Too many watched movies"):
+    with pytest.raises(gr.Error, match="Too many artists listened to"):
         handlers.add_found(studio, [studio.labels[0]] * handlers.MAX_PICKS, [studio.labels[1]])
     with pytest.raises(gr.Error, match="at most 12 digits"):
         handlers.load_test_user(studio, "9" * 5000)

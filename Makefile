@@ -44,10 +44,11 @@ browser:  ## install Debian's chromium + chromium-driver for the browser tests, 
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
 	fi
 
-lint: $(STAMP)  ## static check: ruff (pyflakes, bugbear, import order, pyupgrade; settings in pyproject.toml); fails on any finding
+lint: $(STAMP)  ## static check: ruff (pyflakes, bugbear, import order, pyupgrade) and mypy over llara/ (settings in pyproject.toml); fails on any finding
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
-typecheck: $(STAMP)  ## mypy over llara/ (settings in pyproject.toml); joins `make lint` once it finds nothing (issue 25)
+typecheck: $(STAMP)  ## mypy over llara/ alone (settings in pyproject.toml); `make lint` runs it after ruff
 	$(PY) -m mypy
 
 test: $(STAMP) browser lint  ## the static check, then the whole test suite, integration tests included (browser tests must run: CHROMIUM_REQUIRED=1)

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -159,7 +160,8 @@ def bench_train(precision: str, repeats: int, checkpointing: bool, base_model: s
 
 
 # Training recipes compared in fresh processes (``--parts recipes``): what one prompt costs and where memory goes.
-RECIPES = {
+# recipe name -> (what it trains, the keyword arguments build_llara takes for it)
+RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "title": ("the paper's: full prompt, loss on the answer's title tokens", {}),
     "title+head": ("full prompt, title loss + candidate head (the first demo model)", {"head_weight": 1.0}),
     "next-item": ("prompt cut after the user slot, next-item head at every history slot + user token + residual + "

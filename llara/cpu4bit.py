@@ -24,8 +24,13 @@ import logging
 import sys
 import time
 from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from bitsandbytes.functional import QuantState
+    from bitsandbytes.nn import Params4bit
 
 # bitsandbytes looks for an optional faster CPU 4-bit kernel on the Hugging Face Hub (the `kernels` package) and warns
 # at every start when it is absent; its own CPU kernel then runs, which is what every figure here measures
@@ -47,14 +52,34 @@ def import_bitsandbytes() -> ModuleType | None:
     if "bitsandbytes" in sys.modules:
         return sys.modules["bitsandbytes"]
     compile_ = torch.compile
-    torch.compile = lambda fn=None, **_: fn if fn is not None else (lambda f: f)
+    # through the module's namespace: torch.compile is typed as its own overloads, which no stand-in matches
+    vars(torch)["compile"] = _uncompiled
     try:
         import bitsandbytes
     except ImportError:  # no 4-bit model can exist without it
         return None
     finally:
-        torch.compile = compile_
+        vars(torch)["compile"] = compile_
     return bitsandbytes
+
+
+def _uncompiled(fn: Any = None, **_: Any) -> Any:
+    """``torch.compile``'s stand-in while bitsandbytes imports: the function itself (or, called with options only,
+    a decorator that returns its function)."""
+    return fn if fn is not None else (lambda f: f)
+
+
+class _PatchedLinear4bit(Protocol):
+    """A bitsandbytes ``Linear4bit`` after :func:`prefer_dequantized_matmul`: a 4-bit weight, and the packed copy's
+    state (whether to make one, and the copy once made)."""
+
+    weight: Params4bit
+    bias: torch.Tensor | None
+    training: bool
+    llara_pack: bool
+    llara_packed: tuple[torch.Tensor, QuantState] | None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 def _linear4bit_class():
@@ -62,7 +87,7 @@ def _linear4bit_class():
     return None if bnb is None else bnb.nn.Linear4bit
 
 
-def _packed_copy(module: torch.nn.Module) -> tuple[torch.Tensor, object] | None:
+def _packed_copy(module: _PatchedLinear4bit) -> tuple[torch.Tensor, QuantState] | None:
     """The fused kernel's layout of ``module``'s 4-bit weight, leaving the module's own weight and state untouched;
     None where bitsandbytes' private packer is gone or cannot take the layer's shape."""
     try:
@@ -78,7 +103,7 @@ def _packed_copy(module: torch.nn.Module) -> tuple[torch.Tensor, object] | None:
     return _convert_weight_packed_for_cpu(module.weight.data.clone(), copy.deepcopy(state))
 
 
-def _forward(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _forward(module: _PatchedLinear4bit, x: torch.Tensor) -> torch.Tensor:
     """``Linear4bit.forward`` with the kernel chosen by rows (the bound method of every patched layer). The packed
     copy is made at the first few-row call, so a process that only ever scores prompts never holds it."""
     rows = x.numel() // max(x.shape[-1], 1)

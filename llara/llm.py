@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from importlib import import_module
 from pathlib import Path
+from typing import cast
 
 import torch
 import transformers
@@ -181,11 +182,12 @@ def _gguf_parsed_once() -> Iterator[None]:
             readers[key] = reader_cls(path, *args, **kwargs)
         return readers[key]
 
-    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(maxsize=None)(name_map)
+    # through the module's namespace: gguf's names are typed as its own class and function, not as stand-ins
+    vars(gguf).update(GGUFReader=reader, get_tensor_name_map=functools.lru_cache(maxsize=None)(name_map))
     try:
         yield
     finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = reader_cls, name_map
+        vars(gguf).update(GGUFReader=reader_cls, get_tensor_name_map=name_map)
 
 
 def convert_gguf(gguf: str | Path, out: str | Path) -> None:
@@ -201,14 +203,15 @@ def convert_gguf(gguf: str | Path, out: str | Path) -> None:
         )
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # the GGUF quantizer marker makes save_pretrained / Trainer / BitsAndBytesConfig refuse the model: drop it
+    # the ignores: torch's stub types Module.__setattr__'s value as Tensor | Module; a plain attribute takes any value
     if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
     try:
         delattr(model.config, "quantization_config")
     except AttributeError:
         pass
     try:
-        model.is_quantized = False
+        model.is_quantized = False  # type: ignore[assignment]
     except AttributeError:  # a read-only property in some versions: then it already follows hf_quantizer
         pass
     model.save_pretrained(str(out))
@@ -318,8 +321,9 @@ def add_placeholder_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenize
         new = [AddedToken(t, lstrip=True, rstrip=False, special=True, normalized=False) for t in missing]
         # transformers 5 renamed additional_special_tokens to extra_special_tokens; keep any the tokenizer had
         tokenizer.add_special_tokens({"extra_special_tokens": new}, replace_extra_special_tokens=False)
-        init_new_token_rows(model, tokenizer.convert_tokens_to_ids(missing), seed=seed)
-    return {t: int(tokenizer.convert_tokens_to_ids(t)) for t in PLACEHOLDER_TOKENS}
+        # a list of tokens gives a list of ids, one token one id (transformers types both as int | list[int])
+        init_new_token_rows(model, cast(list[int], tokenizer.convert_tokens_to_ids(missing)), seed=seed)
+    return {t: int(cast(int, tokenizer.convert_tokens_to_ids(t))) for t in PLACEHOLDER_TOKENS}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -352,6 +356,15 @@ def _row_stats(weight: torch.Tensor, skip: set[int]) -> tuple[torch.Tensor, torc
     return mean, std, norm_sum / count
 
 
+def _weight_of(module: torch.nn.Module) -> torch.Tensor:
+    """``module.weight`` (an embedding layer's ``(V, d)`` matrix), typed as the tensor it is: torch types a
+    submodule's attributes as tensor or module."""
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.weight is a {type(weight).__name__}, not a tensor")
+    return weight
+
+
 @torch.no_grad()
 def init_new_token_rows(model: PreTrainedModel, token_ids: list[int], seed: int = 0) -> None:
     """Grow the embeddings to hold ``token_ids`` if needed and initialise those rows on the scale of real tokens.
@@ -366,11 +379,11 @@ def init_new_token_rows(model: PreTrainedModel, token_ids: list[int], seed: int 
     ids = sorted({int(i) for i in token_ids})
     if not ids:
         return
-    weight = model.get_input_embeddings().weight  # (V, d)
+    weight = _weight_of(model.get_input_embeddings())  # (V, d)
     if ids[-1] >= weight.shape[0]:
         # mean_resizing=False: skip HF's covariance-based init (a 262k x 640 covariance, global RNG); we set the rows
         model.resize_token_embeddings(ids[-1] + 1, mean_resizing=False)
-        weight = model.get_input_embeddings().weight
+        weight = _weight_of(model.get_input_embeddings())
     mean, std, norm = _row_stats(weight, set(ids))
     gen = torch.Generator().manual_seed(seed)
     for i in ids:
@@ -393,7 +406,7 @@ def token_embedding_norm(model: PreTrainedModel) -> float:
     the module does to token rows is what the LLM is used to seeing in ``inputs_embeds``.
     """
     emb = model.get_input_embeddings()
-    weight = emb.weight  # (V, d)
+    weight = _weight_of(emb)  # (V, d)
     norm_sum, count = 0.0, 0
     for start in range(0, weight.shape[0], _CHUNK):
         ids = torch.arange(start, min(start + _CHUNK, weight.shape[0]), device=weight.device)  # (c,)
@@ -415,6 +428,8 @@ def unpack_4bit_for_training(model: torch.nn.Module) -> list[torch.nn.Module]:
     or differentiated again. Returns the 4-bit layers (empty for dense models).
     """
     bnb = import_bitsandbytes()
+    if bnb is None:  # no 4-bit layer can exist without it
+        return []
     try:
         from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse as unpack
     except ImportError:

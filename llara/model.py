@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from .device import autocast_method
 from .next_item import NextItemHead, distillation_loss, next_item_loss
 from .projector import Projector
 from .prompts import Prompt, PromptBuilder
+
+if TYPE_CHECKING:
+    from .recommenders.base import SequentialRecommender
 
 
 class AnswerTrie:
@@ -56,7 +59,7 @@ class LLaRA(nn.Module):
     item_table: torch.Tensor  # a registered buffer
 
     def __init__(self, llm: nn.Module, builder: PromptBuilder, item_table: torch.Tensor, projector: Projector,
-                 head: nn.Linear | None = None, head_weight: float = 1.0, recommender: nn.Module | None = None,
+                 head: nn.Linear | None = None, head_weight: float = 1.0, recommender: SequentialRecommender | None = None,
                  user_projector: Projector | None = None, next_head: NextItemHead | None = None,
                  weights: dict[str, float] | None = None) -> None:
         super().__init__()
@@ -167,26 +170,36 @@ class LLaRA(nn.Module):
             embeds = embeds.index_put((batch.user_rows, batch.user_cols), users)
         return embeds
 
+    def _teacher(self) -> SequentialRecommender:
+        """The frozen recommender; a model built without one (text-only prompts) cannot read histories."""
+        if self.recommender is None:
+            raise ValueError("this model has no recommender: it cannot encode or score histories")
+        return self.recommender
+
     def _padded(self, histories) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ``(B, L)`` histories and ``(B,)`` lengths for the recommender, on the model's device."""
-        seqs, lens = pad_histories(list(histories), self.recommender.pad_id, self.recommender.max_len)
+        teacher = self._teacher()
+        seqs, lens = pad_histories(list(histories), teacher.pad_id, teacher.max_len)
         return torch.as_tensor(seqs, device=self.device), torch.as_tensor(lens, device=self.device)
 
     @torch.no_grad()
     def sequence_states(self, histories) -> torch.Tensor:
         """The frozen recommender's ``encode`` of each history: ``(B, d_rec)``."""
-        return self.recommender.encode(*self._padded(histories)).float()
+        return self._teacher().encode(*self._padded(histories)).float()
 
     @torch.no_grad()
     def recommender_scores(self, histories) -> torch.Tensor:
         """The frozen recommender's scores of every item ``(B, N)``."""
-        return self.recommender.full_scores(*self._padded(histories)).float()
+        return self._teacher().full_scores(*self._padded(histories)).float()
 
     @autocast_method
     def forward(self, batch: Batch, **kwargs):
         use_head = self.head is not None and batch.cand_cols is not None
         use_next = self.next_head is not None and batch.query_cols is not None
         labels = batch.labels if self.weights["title"] > 0 else None
+        # the LM's output, to which the heads' logits and losses are added as attributes (transformers' output
+        # classes declare only the LM's own fields)
+        out: Any
         if labels is None and (use_head or use_next) and not kwargs:  # only the heads read the pass: no output layer
             hidden = self.final_hidden(self.embed(batch), batch.attention_mask, batch.position_ids)
             out = CausalLMOutputWithPast(hidden_states=(hidden,))
@@ -197,7 +210,7 @@ class LLaRA(nn.Module):
         losses: dict[str, torch.Tensor] = {}
         if out.loss is not None:
             losses["title"] = out.loss * self.weights["title"]
-        if use_head:
+        if use_head and batch.cand_cols is not None:  # (use_head implies it: the check narrows the type)
             out.candidate_logits = self.candidate_logits(out.hidden_states[-1], batch.cand_cols)  # (B, C)
             if batch.cand_targets is not None:
                 out.head_loss = nn.functional.cross_entropy(out.candidate_logits, batch.cand_targets)
@@ -229,12 +242,15 @@ class LLaRA(nn.Module):
         if self.recommender is not None and (head.gate is not None or self.weights["distill"] > 0):
             rec = self.recommender_scores(batch.histories).to(out.item_logits.device)  # (B, N)
         if head.gate is not None:
+            if rec is None:  # __init__ refuses a residual head without the recommender
+                raise ValueError("residual scoring (--residual) needs the recommender")
             out.residual_logits = head.residual(out.item_logits, rec)
         targets = batch.targets
         if targets is None or not bool((targets != IGNORE_INDEX).any()):
             return
         w = self.weights["next"]
-        if self.weights["dense"] > 0 and batch.next_cols is not None and batch.next_cols.numel():
+        if (self.weights["dense"] > 0 and batch.next_cols is not None and batch.next_cols.numel()
+                and batch.next_items is not None):  # collate sets next_cols and next_items together
             # every history slot (and the user slot) predicts the item that followed it, over the whole catalog
             dense = head(hidden[batch.next_rows, batch.next_cols])  # (H, N)
             losses["next"] = next_item_loss(dense, batch.next_items) * w

@@ -27,6 +27,8 @@ from .constants import IGNORE_INDEX
 class NextItemHead(nn.Module):
     """Scores hidden states ``(..., D)`` against all ``N`` items: ``(..., N)``."""
 
+    features: torch.Tensor  # a registered buffer
+
     def __init__(self, features: torch.Tensor, d_model: int, d_key: int = 64, residual: bool = False,
                  identity_dims: int | None = None) -> None:
         """``identity_dims``: the leading feature dimensions whose keys start as the features themselves (the

@@ -264,7 +264,7 @@ def overview_table(stored: list[dict], set_name: str = "positions") -> str:
             name = next((k for k in rows if k == f"no {part}" or k.startswith(f"no {part} (")), None)
             drop[part] = "absent" if f"no {part}" in r["absent"] else fmt(rows[name].get("full_minus_row")) if name else "–"
         alone = {k: v["hr@1"] for k, v in rows.items() if k.endswith(" only") or k.endswith("only)")}
-        best = max(alone, key=alone.get) if alone else None
+        best = max(alone, key=lambda k: alone[k]) if alone else None
         best_cell = f"{alone[best]:.3f} ({best.split('(')[-1].rstrip(')').replace(' only', '')})" if best else "–"
         cold = r["summary"].get("cold", {}).get("full", {}).get("minus_recommender") if set_name == "positions" else None
         rec = rows.get("recommender", {}).get("hr@1")
@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if args.pair:
         try:
-            d = pair_stored(*args.pair, set_name="positions")  # every-position samples of whichever split they hold
+            first, second = args.pair  # nargs=2
+            d = pair_stored(first, second, set_name="positions")  # every-position samples of whichever split they hold
         except (ValueError, OSError, KeyError, RuntimeError) as err:  # RuntimeError: CheckpointError, a missing file
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import overload
 
 import numpy as np
 
@@ -43,6 +44,12 @@ def derangement(n: int, seed: int) -> np.ndarray:
     return perm
 
 
+@overload
+def choices_and_hits(scores: np.ndarray, candidate_sets: Sequence[tuple[int, ...]],
+                     targets: None = None) -> tuple[list[int | None], None]: ...
+@overload
+def choices_and_hits(scores: np.ndarray, candidate_sets: Sequence[tuple[int, ...]],
+                     targets: Sequence[int]) -> tuple[list[int | None], np.ndarray]: ...
 def choices_and_hits(scores: np.ndarray, candidate_sets: Sequence[tuple[int, ...]],
                      targets: Sequence[int] | None = None) -> tuple[list[int | None], np.ndarray | None]:
     """Top-1 item of each row (first on ties; None when every score is -inf, e.g. an invalid generated answer)
@@ -151,15 +158,15 @@ def genre_probe(scorer: Scorer, catalog: Catalog, prior: np.ndarray, **kwargs) -
     """Per genre: share of top-1 answers that carry the genre, and the most common answer; overall: the lowest
     share, and how many distinct answers all histories and the genres' most common answers get."""
     candidates, histories = genre_probe_inputs(catalog, prior, **kwargs)
-    per_genre, all_answers = {}, []
+    per_genre, all_answers, in_genre = {}, [], {}
     for g, hists in histories.items():
         choices, _ = choices_and_hits(scorer(hists, [candidates] * len(hists)), [candidates] * len(hists))
         all_answers += choices
         top = Counter(choices).most_common(1)[0][0]
-        per_genre[g] = {"in_genre": float(np.mean([c is not None and g in catalog.genres[c] for c in choices])),
-                        "top_answer": None if top is None else catalog.titles[top]}
-    return {"genres": per_genre, "min_in_genre": min(v["in_genre"] for v in per_genre.values()),
-            "mean_in_genre": float(np.mean([v["in_genre"] for v in per_genre.values()])),
+        in_genre[g] = float(np.mean([c is not None and g in catalog.genres[c] for c in choices]))
+        per_genre[g] = {"in_genre": in_genre[g], "top_answer": None if top is None else catalog.titles[top]}
+    return {"genres": per_genre, "min_in_genre": min(in_genre.values()),
+            "mean_in_genre": float(np.mean(list(in_genre.values()))),
             "distinct_answers": len(set(all_answers)),
             "distinct_top_answers": len({v["top_answer"] for v in per_genre.values()}),
             "candidates": [catalog.titles[c] for c in candidates]}
@@ -170,10 +177,10 @@ def genre_probe(scorer: Scorer, catalog: Catalog, prior: np.ndarray, **kwargs) -
 def paired(a: Sequence[float], b: Sequence[float], n_boot: int = 2000, seed: int = 0) -> dict:
     """``a - b`` over the same users (each a per-user hit, possibly averaged over seeds): mean, bootstrap 95%
     interval, and the users where one is better."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape:
-        raise ValueError(f"paired rows must cover the same users: {a.shape} vs {b.shape}")
-    diff = a - b
+    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if xa.shape != xb.shape:
+        raise ValueError(f"paired rows must cover the same users: {xa.shape} vs {xb.shape}")
+    diff = xa - xb
     rng = np.random.default_rng(seed)
     boots = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(1)
     lo, hi = np.quantile(boots, [0.025, 0.975])

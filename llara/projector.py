@@ -7,6 +7,7 @@ Linear(d_in -> d_out) followed by N-1 times [GELU, Linear(d_out -> d_out)]; the 
 from __future__ import annotations
 
 import re
+from typing import cast
 
 import torch
 from torch import nn
@@ -54,7 +55,8 @@ class Projector(nn.Module):
         if x.shape[-1] != self.d_in:
             raise ValueError(f"projector expects inputs with last dim {self.d_in}, got shape {tuple(x.shape)}")
         # match the projector's dtype (the recommender table may be fp32 while the projector runs in bf16)
-        y = self.net(x.to(self.net[0].weight.dtype))  # (N, d_in) -> (N, d_out)
+        first = cast(nn.Linear, self.net[0])  # __init__ builds the net from Linear layers
+        y = self.net(x.to(first.weight.dtype))  # (N, d_in) -> (N, d_out)
         if self.target_norm is not None:
             # compute the norm in fp32: in bf16 the sum of squares over d_out=576+ dims loses precision
             norm = y.float().norm(dim=-1, keepdim=True).clamp_min(self.eps)  # (N, 1)

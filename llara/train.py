@@ -373,7 +373,8 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, 2, step, accelerator.process_index]).generate_state(1)[0]))
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(step, total, cfg.warmup_ratio, cfg.min_lr_ratio)
-        step_loss, parts = 0.0, {}
+        step_loss = 0.0
+        parts: dict[str, float] = {}  # loss name -> its share of this step
         for micro in range(cfg.grad_accum):
             first = (step * cfg.grad_accum + micro) * cfg.batch_size * accelerator.num_processes
             first += accelerator.process_index * cfg.batch_size

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .catalog import Catalog
 from .protocol import MIN_HISTORY, SPLITS, Sample, SequenceDataset
@@ -54,8 +55,9 @@ class ReleaseRow:
     ratings: tuple[int, ...] = ()
 
 
-def _item_and_rating(value: object, where: str) -> tuple[int, int | None]:
-    """A bare item id, or an ``[item, rating]`` pair (a list, a tuple or a pickled array)."""
+def _item_and_rating(value: Any, where: str) -> tuple[int, int | None]:
+    """A bare item id, or an ``[item, rating]`` pair (a list, a tuple or a pickled array). ``value`` is whatever the
+    file held: ``int`` raises on anything it cannot read, and that becomes a MalformedDataError."""
     if hasattr(value, "tolist"):  # numpy scalars and arrays from a pickle
         value = value.tolist()
     if isinstance(value, (list, tuple)) and len(value) != 2:
@@ -63,7 +65,7 @@ def _item_and_rating(value: object, where: str) -> tuple[int, int | None]:
     try:
         if isinstance(value, (list, tuple)):
             return int(value[0]), int(value[1])
-        return int(value), None  # type: ignore[arg-type]
+        return int(value), None
     except (TypeError, ValueError) as err:
         raise MalformedDataError(f"{where}: seq, len_seq and next must be integers or [item, rating] pairs ({err})") from err
 

@@ -33,7 +33,7 @@ def test_llamacpp_absent_is_a_note(monkeypatch):
     assert "llama.cpp reference: skipped: pip" in bench.format_table({"llamacpp": {"skipped": "pip ..."}})
 
 
-@pytest.mark.parametrize("argv", [["--parts", "gpu"], ["--precisions", "int8"], ["--repeats", "0"],
+@pytest.mark.parametrize("argv", [["--parts", "gpu"], ["--precisions", "int3"], ["--repeats", "0"],
                                   ["--parts", "demo", "--checkpoint", "/nonexistent"]])
 def test_bad_arguments(argv):
     with pytest.raises(SystemExit):

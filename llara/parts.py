@@ -186,7 +186,10 @@ def evaluate_parts(model: LLaRA, ds: SequenceDataset, hybrid: bool, sets: dict[s
         if unknown:
             raise ValueError(f"unknown prompt rows {unknown}; this checkpoint has: {', '.join(rows)}")
         rows = {k: v for k, v in rows.items() if k == "full" or k in only}
-    prior = popularity(ds, recent=10)
+    # recent popularity needs each training user's own targets; the release format has no user ids (all -1): there
+    # the history-free row is global popularity, named as such
+    known_users = any(s.user >= 0 for s in ds.train)
+    prior, prior_name = popularity(ds, recent=10 if known_users else 0), "recent popularity" if known_users else "popularity"
     out = {}
     for set_name, (samples, cands) in sets.items():
         hits, top1 = {}, {}
@@ -197,7 +200,7 @@ def evaluate_parts(model: LLaRA, ds: SequenceDataset, hybrid: bool, sets: dict[s
             rec = recommender.score_histories([s.history for s in samples], cands).numpy()  # (n, C)
             hits["recommender"], top1["recommender"] = hits_and_top1(rec, samples, cands)
         pop = np.array([[prior[c] for c in cs] for cs in cands], dtype=float)
-        hits["recent popularity"], top1["recent popularity"] = hits_and_top1(pop, samples, cands)
+        hits[prior_name], top1[prior_name] = hits_and_top1(pop, samples, cands)
         out[set_name] = {"hits": hits, "top1": top1, "users": np.array([s.user for s in samples])}
     return out
 
@@ -207,8 +210,11 @@ def sample_sets(ds: SequenceDataset, paper_seeds: list[int], positions: int, can
     """``paper``: each user's last interaction once per candidate seed; ``positions``: every position of the users
     (``positions`` > 0: that many per user), one candidate seed."""
     paper_samples, paper_cands = [], []
+    # users are the bootstrap's clusters; the release format has none (-1): there a sample's index in its split
+    # stands for its user (one sample per user, the same index under every candidate seed)
+    users = [s if s.user >= 0 else Sample(s.history, s.target, i) for i, s in enumerate(ds.split(split))]
     for seed in paper_seeds:
-        paper_samples += ds.split(split)
+        paper_samples += users
         paper_cands += ds.candidates(split, seed=seed)
     sets = {"paper": (paper_samples, paper_cands)}
     samples = all_position_samples(user_sequences_of(ds, split), per_user=positions, seed=candidate_seed)

@@ -163,8 +163,14 @@ def test_unknown_dataset_lists_valid_ones():
         load_dataset("netflix")
 
 
-def test_release_dataset_needs_folder():
-    with pytest.raises(ValueError, match="--data-dir"):
+def test_release_dataset_needs_folder(monkeypatch, tmp_path):
+    from llara.data import DatasetUnavailable
+
+    monkeypatch.setenv("LLARA_CACHE", str(tmp_path))  # no converted copy; no folder named; no download allowed
+    monkeypatch.delenv("LLARA_LASTFM_DIR", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.setenv("LLARA_DOWNLOAD", "0")
+    with pytest.raises(DatasetUnavailable, match="--data-dir"):
         load_dataset("lastfm")
 
 

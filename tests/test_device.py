@@ -390,7 +390,7 @@ def test_the_benchmark_names_its_device_and_gpu_memory(monkeypatch, capsys):
             "latency": {"hybrid rank": timing, "hybrid rank, 20 independent passes": timing}}
     on_gpu = {**demo, "gpu_mb_after_load": 300.0, "gpu_peak_mb": 512.0}
     table = bench.format_table({"machine": {"device": "cuda:0 (NVIDIA H200, 140 GiB)"}, "demo": [on_gpu]})
-    assert "cuda:0 (NVIDIA H200, 140 GiB)" in table.splitlines()[0]
+    assert "cuda:0 (NVIDIA H200, 140 GiB)" in table.splitlines()[1]  # after the line naming the CPU
     assert "| GPU memory in tensors after load / peak (MB) | 300 / 512 |" in table
     assert "GPU memory" not in bench.format_table({"machine": {"device": "cpu"}, "demo": [demo]})
     assert bench._gpu_mb(torch.device("cpu")) is None

@@ -376,14 +376,27 @@ def examples(driver, label: str = "Examples") -> list[str]:
             _examples_block(driver, label).find_elements(By.CSS_SELECTOR, "button.gallery-item")]
 
 
-def pick_example(driver, index: int, label: str = "Examples") -> str:
-    """Click example number ``index`` of the ``gr.Examples`` block labelled ``label``; return its visible text."""
+def pick_example(driver, index: int, label: str = "Examples", timeout: float = 60) -> str:
+    """Click example number ``index`` of the examples block labelled ``label``; return its visible text. While an
+    event that refills the examples is pending, gradio lays its status overlay over them: the click waits for it
+    to go, as a person would (on a busy machine the page's first load can take a while)."""
+    import time
+
+    from selenium.common.exceptions import ElementClickInterceptedException
     from selenium.webdriver.common.by import By
 
     buttons = _examples_block(driver, label).find_elements(By.CSS_SELECTOR, "button.gallery-item")
     assert 0 <= index < len(buttons), f"{label!r} has {len(buttons)} examples, not #{index}"
     _scroll_to(driver, buttons[index])
-    buttons[index].click()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            buttons[index].click()
+            break
+        except ElementClickInterceptedException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
     return buttons[index].text.strip()
 
 

@@ -52,6 +52,17 @@ TOAST_TEXT = '[data-testid="toast-text"]'
 DROPDOWN_OPTION = 'li[data-testid="dropdown-option"]'
 
 
+def require_chromium() -> None:
+    """Skip the calling test when Chromium or its driver is missing, or fail it where ``CHROMIUM_REQUIRED=1`` (CI)."""
+    import pytest
+
+    why = missing()
+    if why:
+        if os.environ.get("CHROMIUM_REQUIRED") == "1":
+            pytest.fail(f"CHROMIUM_REQUIRED=1 but {why}")
+        pytest.skip(why)
+
+
 def missing() -> str | None:
     """Why a browser test cannot run here (None when chromium, chromedriver and selenium are all available)."""
     absent = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]

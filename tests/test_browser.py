@@ -23,7 +23,6 @@ Needs Debian's chromium + chromium-driver (``make browser``). Skipped when they 
 tests/screenshots/ (the README's screenshot is one of them, copied to assets/)."""
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -56,11 +55,7 @@ PREDICT_S, EXPLAIN_S = 180, 240  # generous: the CPU is shared, generate takes s
 
 @pytest.fixture(scope="module")
 def app_url():
-    why = b.missing()
-    if why:
-        if os.environ.get("CHROMIUM_REQUIRED") == "1":
-            pytest.fail(f"CHROMIUM_REQUIRED=1 but {why}")
-        pytest.skip(why)
+    b.require_chromium()
     port = b.free_port()
     with b.serve(b.app_command(port), port, timeout=300, cwd=ROOT):
         yield f"http://127.0.0.1:{port}/"

@@ -6,7 +6,6 @@ The page opens on MovieLens; switching to LastFM changes the catalog, the wordin
 checkpoints, the shared data or Chromium are missing (``make browser``)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -30,11 +29,7 @@ def app_url():
         pytest.skip(f"the LastFM checkpoints are not here: {', '.join(missing)}")
     if not SHARED_LASTFM.is_dir():
         pytest.skip(f"the shared LastFM data is not available ({SHARED_LASTFM})")
-    why = b.missing()
-    if why:
-        if os.environ.get("CHROMIUM_REQUIRED") == "1":
-            pytest.fail(f"CHROMIUM_REQUIRED=1 but {why}")
-        pytest.skip(why)
+    b.require_chromium()
     port = b.free_port()
     with b.serve([*b.app_command(port), "--datasets", "movielens,lastfm"], port, timeout=900, cwd=ROOT,
                  env={"LLARA_LASTFM_DIR": str(SHARED_LASTFM)}):

@@ -85,7 +85,9 @@ def props(studio: Studio) -> dict[str, dict]:
         "history": {"choices": studio.labels, "value": first, "label": wording.history_label(w)},
         "query": {"value": "", "label": w.search_label, "placeholder": w.search_placeholder},
         "found": {"choices": [], "value": []},
-        "examples": {"samples": [[ex] for ex in examples], "visible": bool(examples)},
+        # drawn as text: an example drawn by the history dropdown shows only labels among the first dataset's choices
+        # (empty buttons after a switch); long ones are cut with "..."; a click is answered by index
+        "examples": {"samples": [[", ".join(ex)] for ex in examples], "visible": bool(examples)},
         "candidates": {"choices": studio.labels, "label": wording.candidates_label(w),
                        "value": handlers.draw_candidates(studio, first, 0) if first else []},
         "decode": {"choices": [(DECODERS[d].label, d) for d in decodes], "value": decodes[0],
@@ -158,7 +160,8 @@ def layout(studio: Studio, studios: Studios) -> SimpleNamespace:
                 ui.truth = gr.Markdown(elem_id="truth")
                 # a plain gr.Dataset (what gr.Examples draws): its samples change with the dataset, and a click is
                 # answered from the session's dataset (gr.Examples keeps the samples it was built with)
-                ui.examples = gr.Dataset(components=[ui.history], label=EXAMPLES_LABEL, type="index",
+                ui.example_text = gr.Markdown(visible=False)  # how the examples are drawn: as text (see props)
+                ui.examples = gr.Dataset(components=[ui.example_text], label=EXAMPLES_LABEL, type="index",
                                          elem_id="examples", **p["examples"])
             with gr.Column(scale=2):
                 ui.candidates = catalog_schema(gr.Dropdown(multiselect=True, elem_id="candidates",

@@ -387,6 +387,11 @@ def examples(driver, label: str = "Examples") -> list[str]:
             _examples_block(driver, label).find_elements(By.CSS_SELECTOR, "button.gallery-item")]
 
 
+def shows_example(shown: str, full: str) -> bool:
+    """Whether an example button's text ``shown`` is ``full``, or ``full`` cut with "..." (long examples are)."""
+    return shown == full or (shown.endswith("...") and full.startswith(shown[:-3].rstrip()))
+
+
 def pick_example(driver, index: int, label: str = "Examples", timeout: float = 60) -> str:
     """Click example number ``index`` of the examples block labelled ``label``; return its visible text. While an
     event that refills the examples is pending, gradio lays its status overlay over them: the click waits for it

@@ -8,13 +8,14 @@ from types import SimpleNamespace
 import gradio as gr
 import pandas as pd
 
+import app.handlers as handlers
+import app.wording as wording
 from llara.answers import ABLATIONS, ATTRIBUTION_METHODS, UNTRAINED_TITLES, writes_titles
 from llara.checkpoint import REPO_ROOT
 from llara.decoders import DECODERS
 from llara.part_view import NEEDS_NEXT_HEAD, PART_COLUMNS
 from llara.parts import model_parts
 
-from . import handlers, wording
 from .state import Studio, Studios
 
 TITLE = "LLaRA-Studio"

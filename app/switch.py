@@ -12,7 +12,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from . import handlers
+import app.handlers as handlers
+
 from .layout import page
 from .state import LOAD_ERRORS, Studio, Studios
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+import llara.data.grouplens as grouplens
+
 from ..sources import SourceUnavailable, cache_root, download_hint, downloads_allowed, local_dir, packaged_enabled
-from . import grouplens
 from .catalog import Catalog
 from .grouplens import GENRES
 from .protocol import SequenceDataset, build_samples, split_users

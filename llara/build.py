@@ -41,7 +41,9 @@ def model_options(config: dict) -> dict:
             "user_token": bool(config.get("user_token", False)), "residual": bool(config.get("residual", False)),
             "item_features": resolve_item_features(str(config.get("item_features", "auto")), bool(config.get("text_items", False))),
             "weights": {"title": float(config.get("title_weight", 1.0)), "next": float(config.get("next_weight", 0.0)),
-                        "dense": float(bool(config.get("dense", True))), "distill": float(config.get("distill_weight", 0.0))}}
+                        "dense": float(bool(config.get("dense", True))), "distill": float(config.get("distill_weight", 0.0)),
+                        "follow": float(config.get("follow_weight", 0.0)),
+                        "follow_top": float(config.get("follow_top", 0))}}
 
 
 def build_llara(

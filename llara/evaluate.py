@@ -44,8 +44,9 @@ from .data.args import (
     eval_samples_from_args,
     parse_seeds,
 )
-from .decoders import DECODERS, DECODES, offered
+from .decoders import DECODERS, DECODES, TITLE_DECODES, offered
 from .device import accelerator_for, add_device_arg
+from .follow import written_agrees
 from .loader import load_llara
 from .metrics import bootstrap_ci, mean_std, ranking_metrics, valid_and_hit
 from .model import LLaRA
@@ -279,6 +280,9 @@ def run(args: argparse.Namespace) -> int:
                                   args.swap_seed if args.swap_seed >= 0 else None, args.genre_probe, args.eval_split)
                 results["probes"][key] = probe
                 accelerator.print(format_probe(f"{name} {key}", probe))
+    results["agreement"] = written_vs_ranked(results["records"])
+    for key, share in results["agreement"].items():
+        accelerator.print(f"{name:40s} {key:40s} same item: {share:.4f}")
     if args.parts and accelerator.is_main_process:
         _part_ablation(model, ds, samples, args, results, hybrid=args.prompt != "text")
     if args.baselines and accelerator.is_main_process:
@@ -303,6 +307,20 @@ def run(args: argparse.Namespace) -> int:
     if accelerator.is_main_process and args.json:
         write_json(args.json, results)
     return 0
+
+
+def written_vs_ranked(records: dict[str, list[list[dict]]]) -> dict[str, float]:
+    """How often each title-writing decode (``generate``, ``constrained``, ``rank``) picks the next-item head's top-1
+    (``next``) on the same samples, over all seeds: ``{"hybrid/generate = hybrid/next": share}``."""
+    shares = {}
+    for key, per_seed in records.items():
+        kind, decode = key.split("/")
+        head = records.get(f"{kind}/next")
+        if decode in TITLE_DECODES and head is not None:
+            chosen = [r["choice"] for seed in per_seed for r in seed]
+            first = [r["choice"] for seed in head for r in seed]
+            shares[f"{key} = {kind}/next"] = round(written_agrees(chosen, first), 4)
+    return shares
 
 
 def _part_ablation(model: LLaRA, ds, samples, args: argparse.Namespace, results: dict, hybrid: bool) -> None:

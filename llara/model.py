@@ -21,6 +21,7 @@ from .batch import Batch, collate
 from .constants import IGNORE_INDEX
 from .data import pad_histories
 from .device import autocast_method
+from .follow import follow_loss
 from .next_item import NextItemHead, distillation_loss, next_item_loss
 from .projector import Projector
 from .prompts import Prompt, PromptBuilder
@@ -82,8 +83,9 @@ class LLaRA(nn.Module):
         if recommender is not None:
             recommender.requires_grad_(False).eval()
         # loss weights: title (the paper's LM loss), next (next-item CE), dense (every history slot or only the
-        # query), distill (KL from the recommender over the candidates)
-        self.weights = {"title": 1.0, "next": 1.0, "dense": 1.0, "distill": 0.0, **(weights or {})}
+        # query), distill (KL from the recommender over the candidates), follow (KL from the next-item head over the
+        # candidates to their answers' likelihoods: the written title follows the ranking)
+        self.weights = {"title": 1.0, "next": 1.0, "dense": 1.0, "distill": 0.0, "follow": 0.0, **(weights or {})}
         self._slot_override: torch.Tensor | None = None  # set by ``blank_slots``
         # everything but the LLM follows the LLM's device (the loader put it where --device asked); passes on a CUDA
         # device run under bf16 autocast where it has bf16 (llara.device), attributions aside
@@ -197,6 +199,10 @@ class LLaRA(nn.Module):
         use_head = self.head is not None and batch.cand_cols is not None
         use_next = self.next_head is not None and batch.query_cols is not None
         labels = batch.labels if self.weights["title"] > 0 else None
+        # the follow loss scores every candidate's answer from this pass's KV cache (llara/follow.py)
+        follow = self.weights["follow"] > 0 and labels is not None and use_next and batch.candidates is not None
+        if follow:
+            kwargs = {**kwargs, "use_cache": True}
         # the LM's output, to which the heads' logits and losses are added as attributes (transformers' output
         # classes declare only the LM's own fields)
         out: Any
@@ -217,6 +223,9 @@ class LLaRA(nn.Module):
                 losses["head"] = out.head_loss * self.head_weight
         if use_next:
             self._next_item_outputs(out, batch, losses)
+        if follow:
+            top = int(self.weights.get("follow_top", 0))
+            losses["follow"] = follow_loss(self, out, batch, top) * self.weights["follow"]
         out.losses = {k: float(v.detach()) for k, v in losses.items()}
         out.loss = sum(losses.values()) if losses else None
         return out

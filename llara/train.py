@@ -4,6 +4,8 @@
         --recommender sasrec --max-train-samples 1000
     python -m llara.train --output runs/text --mode text --max-train-samples 64 --batch-size 2 --precision nf4
     python -m llara.train --output checkpoints/llara/movielens-sasrec-curriculum --resume      # continue a run
+    python -m llara.train --output runs/follow --init-from checkpoints/llara/movielens-gru4rec-lang-5k --mode hybrid \
+        --next-weight 1 --title-weight 1 --follow-weight 1 --max-train-samples 800   # teach it to write its pick
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m llara.train --output runs/ddp --max-steps 2
 
 On GPUs: ``--device cuda`` (``auto`` picks it when present); several GPUs with the accelerate configs in
@@ -51,6 +53,7 @@ from .llm import unpack_4bit_for_training
 from .loader import load_llara
 from .model import LLaRA
 from .recommenders import RECOMMENDERS
+from .warm_start import inherit_architecture, warm_start
 
 DEFAULT_REC_DIR = RECOMMENDER_DIR
 
@@ -83,6 +86,11 @@ class TrainConfig:
                               "state (hybrid prompts; a plain placeholder in text-only prompts)")
     distill_weight: float = option(0.0, "weight of the KL from the recommender's softmax over the candidates to the "
                                    "next-item head's (needs --next-weight > 0)")
+    follow_weight: float = option(0.0, "weight of the KL from the next-item head's softmax over the candidates to the "
+                                  "softmax of their answers' log-likelihoods, so the title the LLM writes is the head's "
+                                  "pick (needs --next-weight > 0 and --title-weight > 0; llara/follow.py)")
+    follow_top: int = option(8, "the follow loss scores the next-item head's this many best candidates per prompt "
+                             "(0 = all; each scored answer costs about a dozen tokens of compute)")
     residual: bool = option(False, "also learn residual scoring: recommender score + gate * next-item score, gate from 0")
     text_items: bool = option(False, "next-item head over title features (mean title-token embedding) instead of the "
                               "recommender's item table: for text-only models, which then never use the recommender")
@@ -92,6 +100,8 @@ class TrainConfig:
                                 choices=["auto", "recommender", "titles", "minilm", "recommender+minilm"])
     modality_dropout: float = option(0.0, "hybrid training prompts: each part (titles, item slots, user token) is dropped "
                                      "with this probability, at least one kept, so no part can stand in for the rest")
+    init_from: str = option("", "start from this trained checkpoint's weights (its architecture flags are inherited; "
+                            "a new run: fresh optimizer and schedule; llara/warm_start.py)")
     lr: float = option(8e-4, "peak learning rate of the LoRA weights")
     projector_lr: float = option(0.0, "peak learning rate of the projector (0 = same as --lr)")
     warmup_ratio: float = option(0.05, "fraction of steps with linear warm-up")
@@ -130,6 +140,11 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         ("--next-weight", cfg.next_weight, math.isfinite(cfg.next_weight) and cfg.next_weight >= 0, ">= 0"),
         ("--distill-weight", cfg.distill_weight, math.isfinite(cfg.distill_weight) and cfg.distill_weight >= 0
          and (cfg.distill_weight == 0 or cfg.next_weight > 0), ">= 0, and > 0 only with --next-weight > 0"),
+        ("--follow-weight", cfg.follow_weight, math.isfinite(cfg.follow_weight) and cfg.follow_weight >= 0
+         and (cfg.follow_weight == 0 or (cfg.next_weight > 0 and cfg.title_weight > 0)),
+         ">= 0, and > 0 only with --next-weight > 0 and --title-weight > 0"),
+        ("--follow-top", cfg.follow_top, cfg.follow_top >= 0 and cfg.follow_top != 1, ">= 2, or 0 for all"),
+        ("--init-from", cfg.init_from, not (cfg.init_from and cfg.resume), "not with --resume (a resumed run keeps its start)"),
         ("--residual", cfg.residual, not cfg.residual or cfg.next_weight > 0, "used with --next-weight > 0"),
         ("--text-items", cfg.text_items, not cfg.text_items or (cfg.next_weight > 0 and cfg.mode == "text" and not cfg.user_token
                                                                 and not cfg.residual),
@@ -281,7 +296,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     # FSDP: every process holds a shard; the full weights exist only when gathered (see ``checkpoint``)
     sharded = accelerator.distributed_type == DistributedType.FSDP
     out = Path(cfg.output)
-    start_step, state = 0, None
+    start_step, state, started_from = 0, None, None
     if cfg.resume:
         restore_interrupted(out)  # killed mid-save: the previous checkpoint is put back
     resuming = cfg.resume and (out / "meta.json").is_file()
@@ -313,6 +328,10 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
             raise ValueError(f"{out} was written by a sharded (FSDP) run, which keeps no optimizer state: it cannot be "
                              "resumed; start a new run from it or train without sharding")
         accelerator.print(f"resuming {out} at step {start_step}/{meta['total_steps']}")
+    elif cfg.init_from:
+        cfg = inherit_architecture(cfg, getattr(args, "explicit", set()))
+        ds = dataset_from_args(args)
+        model, started_from = warm_start(cfg, ds, device=accelerator.device)
     else:
         ds = dataset_from_args(args)
         rec_stem = Path(cfg.recommender_dir) / ds.name / cfg.recommender
@@ -351,6 +370,9 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
             {"from_step": start_step, "compute_dtype": str(compute_dtype(cfg.precision, accelerator.device)).removeprefix("torch."),
              "device": str(accelerator.device), "cpu": cpu["cpu"], "native_bf16": cpu["native_bf16"]}]
     meta_base["runs"] = runs
+    started_from = started_from or (read_json(out / "meta.json").get("init_from") if resuming else None)
+    if started_from:
+        meta_base["init_from"] = started_from
     started, seen = time.perf_counter(), 0
 
     def checkpoint(step: int, extra: dict | None = None) -> None:

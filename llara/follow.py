@@ -1,0 +1,105 @@
+"""The written answer follows the ranking: a training loss that makes the title the LLM writes the item its
+next-item head ranks first.
+
+The next-item head reads the history well, but it never speaks; the paper's title loss teaches the LM head to
+write a title, one target per prompt, and at this model size the written title is about chance. This loss ties the
+two together. For every training prompt it computes the log-likelihood of each candidate's answer (what the
+``rank`` decode scores, ``LLaRA.rank``), with gradients, and pulls their softmax towards the next-item head's
+softmax over the same candidates:
+
+    follow = KL( softmax(head scores over the C candidates) || softmax(answer log-likelihoods) )
+
+The head is the teacher (detached): the words learn to follow the ranking, the ranking is not pulled towards the
+words. Greedy generation then tends to write the head's top-1, which is what the app and the paper's protocol
+show.
+
+Cost: the training pass already runs the full prompt with its target answer; its KV cache is reused, each row's
+cache repeated once per candidate and masked to the prompt (the target's tokens after it are hidden), and all
+``B * C`` answers run as one right-padded continuation batch. About half a prompt pass more per step.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .batch import Batch
+from .constants import IGNORE_INDEX
+from .next_item import distillation_loss
+
+
+def prompt_lengths(labels: torch.Tensor) -> list[int]:
+    """Prompt length of each right-padded row ``(B, T)``: the position of its first answer label."""
+    lengths = []
+    for row in labels.tolist():
+        first = next((t for t, v in enumerate(row) if v != IGNORE_INDEX), None)
+        if first is None:
+            raise ValueError("a training row has no answer tokens: the follow loss needs prompts built with a target")
+        lengths.append(first)
+    return lengths
+
+
+def answer_logprobs(model: Any, out: Any, batch: Batch, candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-likelihood of each candidate's answer ``(B, C)``, differentiable, from a training pass ``out`` over the
+    right-padded ``batch`` (prompt + target answer) that kept its cache (``use_cache=True``) and all logits.
+    ``candidates`` ``(B, C)``: the items to score (default: each prompt's candidates); the pass's cache is consumed.
+
+    Row ``b``'s cache holds ``T`` positions: its prompt (``L_b`` tokens), its target answer and padding. Each
+    continuation sees only the first ``L_b`` (attention mask) and sits at positions ``L_b, L_b + 1, ...``, exactly
+    where the answer follows the prompt at inference; the first answer token is scored by the pass's own logits at
+    position ``L_b - 1``.
+    """
+    candidates = batch.candidates if candidates is None else candidates
+    if candidates is None or batch.labels is None:
+        raise ValueError("the follow loss needs training batches with equal-size candidate sets and targets")
+    device = out.logits.device
+    B, C = candidates.shape
+    T = batch.input_ids.shape[1]
+    lengths = prompt_lengths(batch.labels)
+    answers = [[model.builder.answer_ids(int(c)) for c in row] for row in candidates.tolist()]
+    # the continuation's inputs are each answer but its last token (which is only predicted): (B*C, W)
+    width = max(len(a) for row in answers for a in row) - 1
+    pad = model.pad_id
+    full = torch.tensor([a + [pad] * (width + 1 - len(a)) for row in answers for a in row], device=device)
+    real = torch.tensor([[1] * len(a) + [0] * (width + 1 - len(a)) for row in answers for a in row], device=device,
+                        dtype=torch.bool)  # (B*C, W + 1)
+    cont = full[:, :width]
+    # first answer token: scored by the prompt pass at its last prompt position
+    last = out.logits[torch.arange(B, device=device), torch.tensor(lengths, device=device) - 1].float()  # (B, V)
+    first = last.log_softmax(-1).gather(1, full[:, 0].view(B, C))  # (B, C)
+    past = out.cache
+    past.batch_repeat_interleave(C)  # (B*C, heads, T, d): row b's cache C times, in row-major order
+    prompt_mask = (torch.arange(T, device=device)[None] < torch.tensor(lengths, device=device)[:, None]).long()  # (B, T)
+    mask = torch.cat([prompt_mask.repeat_interleave(C, 0), torch.ones((B * C, width), dtype=torch.long, device=device)], 1)
+    positions = torch.tensor(lengths, device=device).repeat_interleave(C)[:, None] + torch.arange(width, device=device)
+    logits = model.llm(input_ids=cont, attention_mask=mask, position_ids=positions, cache=past, use_cache=True).logits
+    # logits[:, j] predicts answer token j + 1; log p = logit - logsumexp, without a (B*C, W, V) log_softmax copy
+    logits = logits.float()
+    later = logits.gather(-1, full[:, 1:, None]).squeeze(-1) - logits.logsumexp(-1)  # (B*C, W)
+    later = (later * real[:, 1:]).sum(-1).view(B, C)
+    return first + later
+
+
+def follow_loss(model: Any, out: Any, batch: Batch, top: int = 0) -> torch.Tensor:
+    """``KL(softmax(head) || softmax(answer log-likelihoods))`` over each prompt's candidates, averaged: ``()``.
+    ``out.item_logits`` ``(B, N)`` are the next-item head's scores from the same pass (the teacher, detached).
+
+    ``top > 0`` scores only the head's ``top`` best candidates per prompt (the KL over that subset): the answers
+    that decide what greedy decoding writes, at ``top / C`` of the continuation cost. The target's answer is
+    trained by the title loss either way."""
+    cands = batch.candidates
+    if cands is None:
+        raise ValueError("the follow loss needs equal-size candidate sets")
+    teacher = out.item_logits.detach().gather(1, cands.to(out.item_logits.device))  # (B, C)
+    if 0 < top < cands.shape[1]:
+        keep = teacher.topk(top, dim=1).indices  # (B, K)
+        teacher, cands = teacher.gather(1, keep), cands.gather(1, keep.to(cands.device))
+    return distillation_loss(answer_logprobs(model, out, batch, cands), teacher)
+
+
+def written_agrees(chosen: list, ranked_first: list) -> float:
+    """Share of samples whose written answer (an item id, or None when invalid) is the ranking's top-1."""
+    if len(chosen) != len(ranked_first) or not chosen:
+        raise ValueError("need the same, non-zero number of written answers and rankings")
+    return sum(int(a is not None and a == b) for a, b in zip(chosen, ranked_first)) / len(chosen)
+

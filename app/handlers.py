@@ -21,7 +21,7 @@ from llara.part_view import NEEDS_NEXT_HEAD, PART_COLUMNS, part_summary, part_ta
 from llara.search import MAX_QUERY_CHARS
 
 from .state import Studio
-from .wording import WORDS, Words
+from .wording import WORDS, Words, written_line
 
 MAX_PICKS = 200
 MAX_USER_ID_CHARS = 12  # the user-id textbox's max_length; the HTTP API does not enforce it
@@ -223,7 +223,7 @@ def _headline(studio: Studio, answer, truth: int | None) -> str:
 
 
 def summary(studio: Studio, result: Prediction, truth: int | None) -> str:
-    picks = {k: a.item for k, a in result.answers.items()}
+    picks = {k: a.item for k, a in result.answers.items() if k != "written"}  # the three panels
     agree = len({v for v in picks.values() if v is not None}) == 1 and None not in picks.values()
     busy = f"; {result.waited:.2f} s of it waiting for other requests" if result.waited >= 0.01 else ""
     parts = [f"Predicted in {result.seconds:.2f} s ({studio.precision or 'model'} weights, ablation: {result.ablation}"
@@ -253,10 +253,12 @@ def predict(studio: Studio, history, candidates, decode: str = "rank", ablation:
     state = _state(state)
     state["shown"] = {"request": _request_key(items, cands, decode, ablation, seed), "chosen": result.chosen()}
     known = true_item(state)
-    text, hybrid, rec = (result.answers.get(k) for k in ("text", "hybrid", "recommender"))
+    text, hybrid, rec, written = (result.answers.get(k) for k in ("text", "hybrid", "recommender", "written"))
+    said = "" if written is None or hybrid is None or hybrid.item is None else written_line(
+        None if written.item is None else studio.labels[written.item], written.text, studio.labels[hybrid.item], studio.words)
     return (
         _headline(studio, text, known), _distribution(studio, text, known),
-        _headline(studio, hybrid, known), _distribution(studio, hybrid, known),
+        _headline(studio, hybrid, known) + said, _distribution(studio, hybrid, known),
         _headline(studio, rec, known), _distribution(studio, rec, known),
         summary(studio, result, known),
         prompt_segments(result.prompts.get("text")), prompt_segments(result.prompts["hybrid"]),

@@ -99,3 +99,13 @@ def attribution_legend(w: Words) -> str:
             "embedding removal scores each part by how much removing it lowers the answer's score. On the "
             f"faithfulness benchmark the token methods' top {i} matters no more than a random one (README, *Are "
             "they faithful?*).")
+
+
+def written_line(written: str | None, text: str, ranked_first: str, words: Words) -> str:
+    """The hybrid panel's line about the title the LLM writes (``written``: its label, None when the written text
+    names no candidate) next to the ranking's top pick (``ranked_first``)."""
+    if written is None:
+        return f"\n\n**The LLM writes:** {text[:200]!r}: names none of the candidates (its ranking picks {ranked_first})"
+    if written == ranked_first:
+        return f"\n\n**The LLM writes:** {written}, the same {words.item} its ranking puts first"
+    return f"\n\n**The LLM writes:** {written}, but its ranking puts {ranked_first} first: they disagree"

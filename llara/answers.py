@@ -45,7 +45,7 @@ class Prediction:
     history: tuple[int, ...]
     candidates: tuple[int, ...]
     prompts: dict[str, Prompt]  # "text" (absent for the no-titles ablation) and "hybrid"
-    answers: dict[str, Answer]  # "text", "hybrid", "recommender"
+    answers: dict[str, Answer]  # "text", "hybrid", "recommender"; "written" where the model names its pick
     ablation: str
     note: str = ""
     seconds: float = 0.0  # the whole call, ``waited`` included
@@ -104,6 +104,12 @@ class PartComparison:
 
 UNTRAINED_TITLES = (f"this model was trained without the title loss, so its title decodes ({', '.join(TITLE_DECODES)}) "
                     "are the language model's untrained guesses")
+
+
+def names_its_pick(model: LLaRA) -> bool:
+    """Whether ``model`` was trained to write the title its next-item head ranks first (the follow loss,
+    llara/follow.py): then the app shows the written answer beside the ranking."""
+    return writes_titles(model) and model.weights.get("follow", 0.0) > 0 and model.next_head is not None
 
 
 def writes_titles(model: LLaRA) -> bool:

@@ -29,6 +29,7 @@ from .answers import (
     PartComparison,
     Prediction,
     check_method,
+    names_its_pick,
     writes_titles,
 )
 from .attribution import Attribution, attribute_deletion, attribute_items, attribute_tokens, neutral_slot_vector
@@ -274,6 +275,11 @@ class Predictor:
                         with self._conditions(prompts[kind], ablation):
                             answers[kind] = self.answer(prompts[kind], decode)
         answers["recommender"] = self.recommend(list(prompts["hybrid"].history), candidates)
+        if names_its_pick(self.model) and not DECODERS[decode].reads_titles and "hybrid" in answers:
+            # the title the hybrid model writes (greedy, unconstrained, as the paper's protocol), beside its ranking
+            with self.lock, self._conditions(prompts["hybrid"], ablation):
+                written = self.answer(prompts["hybrid"], "generate")
+            answers["written"] = dataclasses.replace(written, source="written")
         return Prediction(tuple(history), tuple(candidates), prompts, answers, ablation, note,
                           time.perf_counter() - started, waited)
 

@@ -47,3 +47,29 @@ def test_a_decode_the_checkpoint_lacks_is_named(writer, capsys):
 def test_bad_numbers_are_refused(writer):
     with pytest.raises(SystemExit):
         written.main(["--checkpoint", str(writer), "--positions", "-1"])
+
+
+@pytest.mark.usefixtures("llara_cache")
+def test_the_app_shows_the_written_answer_beside_the_ranking(writer):
+    """A checkpoint trained with the follow loss: the hybrid panel says what the LLM writes and whether its ranking
+    agrees; a title decode (already the written answer) adds nothing."""
+    from app import handlers
+    from app.state import Studio
+    from app.wording import WORDS, written_line
+
+    studio = Studio.load(writer, precision="fp32")
+    sample = studio.predictor.dataset.test[0]
+    history = [studio.labels[i] for i in sample.history]
+    cands = [studio.labels[i] for i in studio.predictor.draw_candidates(list(sample.history), include=sample.target)]
+    result = studio.predictor.predict(list(sample.history), [studio.labels.index(c) for c in cands], "next")
+    written, ranked = result.answers["written"], result.answers["hybrid"]
+    assert written.decode == "generate" and written.source == "written"
+    hybrid_head = handlers.predict(studio, history, cands, "next", "none", 0, None)[2]
+    words = WORDS["artist"]
+    expected = written_line(None if written.item is None else studio.labels[written.item], written.text,
+                            studio.labels[ranked.item], words)
+    assert expected in hybrid_head
+    assert "written" not in studio.predictor.predict(list(sample.history), [studio.labels.index(c) for c in cands],
+                                                     "generate").answers
+    assert "they disagree" in written_line("A", "A", "B", words) and "the same artist" in written_line("A", "A", "A", words)
+    assert "names none" in written_line(None, "zzz", "B", words)

@@ -8,7 +8,7 @@ import llara.train as train_mod
 from llara.batch import collate
 from llara.checkpoint import read_llara_meta
 from llara.follow import answer_logprobs, follow_loss, prompt_lengths, written_agrees
-from llara.train import TrainConfig, config_problems
+from llara.train_config import TrainConfig, config_problems
 
 from .conftest import toy_train_args
 from .test_next_item import CANDS, HIST, LONG, randomize_head, tiny_llara

@@ -21,7 +21,7 @@ from llara.parts import (
     variant_scores,
     variants,
 )
-from llara.train import dropped_parts
+from llara.train_stream import dropped_parts
 
 from .test_next_item import CANDS, HIST, tiny_llara
 
@@ -215,7 +215,8 @@ def test_evaluate_parts_flag(dropout_run, tmp_path):
 
 
 def test_training_prompts_drop_parts():
-    from llara.train import PromptStream, TrainConfig
+    from llara.train_config import TrainConfig
+    from llara.train_stream import PromptStream
 
     model = tiny_llara(user_token=True)
     samples = [Sample(HIST, 5, 1), Sample((9, 10, 11, 12), 13, 2)]

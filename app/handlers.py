@@ -355,10 +355,8 @@ def attribute(studio: Studio, history, candidates, target: str = TOP_CHOICE, met
         views[name] = att.words()
         answer = studio.labels[att.target]
         title = f"{name}: why {answer}" + (" (prompt in shuffled order)" if ablation == "shuffle" else "")
-        charts[name] = item_chart(studio, att, title, studio.predictor.clean_history(items)[0],
-                                  chart_label(name, studio.words))
-        used = studio.predictor.fallback(studio.predictor.model_for(result.prompts[name]), decode)[0]
-        lines.append(f"{name}: explaining **{answer}** ({'your choice' if chosen is not None else f'the model’s {used} choice'}), "
+        charts[name] = item_chart(studio, att, title, list(result.history), chart_label(name, studio.words))
+        lines.append(f"{name}: explaining **{answer}** ({'your choice' if chosen is not None else f'the model’s {result.decodes[name]} choice'}), "
                      f"{att.cost['seconds']:.1f} s")
     return (views["text"], views["hybrid"], charts["text"], charts["hybrid"], " · ".join(lines),
             slot_table(studio, result.prompts["hybrid"], result.attributions.get("hybrid")))

@@ -67,6 +67,9 @@ class Explanation:
     note: str = ""
     seconds: float = 0.0
     prompts: dict[str, Prompt] = field(default_factory=dict)  # the prompts explained, by kind
+    history: tuple[int, ...] = ()  # the history as explained (cleaned: duplicates and excess items dropped)
+    decodes: dict[str, str] = field(default_factory=dict)  # by kind: the decode that chose the answer explained,
+    #   after the fallback for a model that lacks the one asked for
 
 
 @dataclass

@@ -83,8 +83,11 @@ class Predictor:
             torch.set_num_threads(threads)
         precision = serving_precision(precision, resolve_device(device or "cpu"))
         model, meta, dataset = load_llara(checkpoint, precision=precision, merge=merge, device=device)
-        recommender = load_recommender(resolve_path(meta["recommender"]["path"], Path(checkpoint)), n_items=dataset.n_items)
-        recommender.to(model.device)
+        # the model holds its (frozen, checked) recommender already: the same weights, loaded once
+        recommender = model.recommender
+        if recommender is None:
+            recommender = load_recommender(resolve_path(meta["recommender"]["path"], Path(checkpoint)), n_items=dataset.n_items)
+            recommender.to(model.device)
         text_model = text_meta = None
         if text_checkpoint:
             text_model, text_meta, _ = load_llara(text_checkpoint, dataset=dataset, precision=precision, merge=merge,
@@ -332,7 +335,9 @@ class Predictor:
                     result = dataclasses.replace(result, target_source="model")
                 out[kind] = result
         trim_heap()  # an attribution's float32 copies and gradients are freed: keep the process from growing
-        return Explanation(out, method, ablation, decode, note, time.perf_counter() - started, prompts)
+        used = {kind: self.fallback(self.model_for(p), decode)[0] for kind, p in prompts.items()}
+        return Explanation(out, method, ablation, decode, note, time.perf_counter() - started, prompts, tuple(history),
+                           used)
 
 
 def main(argv: list[str] | None = None) -> int:

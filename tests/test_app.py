@@ -357,3 +357,16 @@ def test_two_invalid_generated_answers_are_not_called_agreement(studio):
     assert "agree" not in line and "names none of the candidates" in line
     answers["text"], answers["hybrid"] = NS(item=3), NS(item=3)
     assert "All three agree." in handlers.summary(studio, result, None)
+
+
+def test_the_recommender_is_loaded_once(studio):
+    """The predictor answers with the recommender the model holds (checked against the checkpoint when loaded)."""
+    assert studio.predictor.recommender is studio.predictor.model.recommender
+
+
+def test_an_explanation_carries_its_history_and_decodes(studio, user):
+    ids = [studio.labels.index(x) for x in user.h]
+    cands = [studio.labels.index(x) for x in user.c]
+    result = studio.predictor.explain(ids + ids[:1], cands, "deletion", decode="rank")  # a repeated item is dropped
+    assert result.history == tuple(studio.predictor.clean_history(ids + ids[:1])[0]) and len(result.history) == len(set(ids))
+    assert set(result.decodes) == set(result.prompts) and set(result.decodes.values()) <= set(studio.predictor.decodes)

@@ -40,9 +40,9 @@ import torch
 
 from .batch import collate
 from .constants import PLACEHOLDER_TOKEN
-from .layout import Layout, prompt_layout
 from .llm import unpack_4bit_for_training
 from .model import LLaRA
+from .prompt_layout import Layout, prompt_layout
 from .prompts import Prompt
 
 SLOT_BASELINES = ("mean", "placeholder")

@@ -38,7 +38,7 @@ PRECISIONS: tuple[str, ...] = ("bf16", "fp32", "nf4", "int8")  # int8: inference
 MAX_SEED = 2**32 - 1
 MAX_TITLE_CHARS = 300
 
-# Next/residual requests answered together in one pass at most (llara/batching.py), and so the app's default queue
+# Next/residual requests answered together in one pass at most (llara/combiner.py), and so the app's default queue
 # width. `python -m llara.bench --parts load`: 20 clients x 5 predicts on 2 cores, 1.21 predicts/s one at a time,
 # 2.59 with batches of up to 16 (docs/performance.md).
 MAX_BATCH = 16

@@ -51,7 +51,7 @@ class Decoder:
     offered_by: Callable[[LLaRA], bool]  # whether a loaded model has what it needs
     answer: Callable[[LLaRA, list[Prompt]], list[Reply]]
     # reads the prompt only up to its query slot: one pass serves any candidate set, so requests are answered
-    # together (llara/batching.py) and evaluation scores each history once across candidate seeds
+    # together (llara/combiner.py) and evaluation scores each history once across candidate seeds
     batches: bool = False
     residual: bool = False  # of the next-item pass, the recommender's score plus the LLM's gated correction
     reads_titles: bool = False  # reads the LM's title tokens: untrained guesses for a model without the title loss

@@ -1,7 +1,7 @@
 """Are the attributions faithful? Deletion curves: remove the watched items an attribution ranks highest and see
 how far the explained answer's score falls, against removing as many items at random.
 
-    python -m llara.attribute --faithfulness --users 20 --json docs/faithfulness.json
+    python -m llara.explain --faithfulness --users 20 --json docs/faithfulness.json
 
 For every test user (first ``users`` with at least ``min_history`` items), both prompt kinds of the demo and every
 attribution method: the method explains the model's own answer; its items are ranked by their total score (title +

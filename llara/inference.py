@@ -33,16 +33,16 @@ from .answers import (
     writes_titles,
 )
 from .attribution import Attribution, attribute_deletion, attribute_items, attribute_tokens, neutral_slot_vector
-from .batching import Combiner
+from .combiner import Combiner
 from .constants import MAX_BATCH, MAX_SEED, PRECISIONS
 from .data import NUM_CANDIDATES, SequenceDataset, candidates_around
 from .decoders import DECODERS, DECODES, available, offered
 from .device import add_device_arg, resolve_device, serving_precision
 from .inspector import SlotInfo, slot_infos
-from .layout import check_title_lengths, resolve_item
 from .loader import trim_heap
 from .model import LLaRA, rank_candidates
 from .part_view import compare_parts
+from .prompt_layout import check_title_lengths, resolve_item
 from .prompts import Prompt, clean_history
 
 CANDIDATE_KINDS = ("random", "hard")  # see Predictor.draw_candidates
@@ -62,7 +62,7 @@ class Predictor:
         self.catalog = dataset.catalog
         self.titles = model.builder.titles
         self.lock = threading.Lock()
-        # next/residual requests waiting for the model are answered together (llara/batching.py)
+        # next/residual requests waiting for the model are answered together (llara/combiner.py)
         self.combiner = Combiner(self.lock, self._answer_batch, max_batch=MAX_BATCH)
         self._neutral: torch.Tensor | None = None
         with torch.no_grad():  # unit item vectors of the recommender (N, d_rec): what "similar items" means to it

@@ -1,4 +1,4 @@
-"""Attributions (llara.attribution) and their command line (llara.attribute) on tiny in-memory models.
+"""Attributions (llara.attribution) and their command line (llara.explain) on tiny in-memory models.
 
 The "only signal" tests engineer a model whose input carries information at exactly one place: every token
 embedding is zero (RMSNorm maps zero to zero, so a zero token adds nothing), and either one history item's
@@ -12,7 +12,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from llara.attribute import main as cli_main
 from llara.attribution import (
     Ablation,
     ablation_log_likelihoods,
@@ -23,10 +22,11 @@ from llara.attribution import (
 )
 from llara.build import attach_lora
 from llara.data import Catalog
-from llara.layout import build_prompt, prompt_layout
+from llara.explain import main as cli_main
 from llara.llm import add_placeholder_tokens, ensure_pad_token, load_base_model
 from llara.model import LLaRA
 from llara.projector import build_projector
+from llara.prompt_layout import build_prompt, prompt_layout
 from llara.prompts import Prompt, PromptBuilder
 
 from .conftest import make_tiny_llama

@@ -318,7 +318,7 @@ def test_everything_follows_the_llms_device():
 
 # ---- the --device flag of every command -----------------------------------------------------------------------------
 
-COMMANDS = ["llara.train", "llara.evaluate", "llara.inference", "llara.attribute", "llara.bench", "llara.train_rec",
+COMMANDS = ["llara.train", "llara.evaluate", "llara.inference", "llara.explain", "llara.bench", "llara.train_rec",
             "llara.search", "llara.results"]
 
 

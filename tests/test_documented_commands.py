@@ -5,7 +5,7 @@ Three checks, cheapest first:
   with that command's own argument parser (a renamed or removed flag, or a choice that no longer exists, fails here),
   and every ``make <target>`` the documents name exists in the Makefile;
 - every ``from .x import name`` in llara/ and app/, function-level imports included, names something module ``x``
-  defines (what broke ``python -m llara.attribute --bench`` once: an import inside a function of a name that had
+  defines (what broke ``python -m llara.explain --bench`` once: an import inside a function of a name that had
   been removed, which nothing imports at module load);
 - the documented commands that finish in seconds run for real, and the training / evaluation / inference /
   attribution commands run with the same flags on the tiny toy setup instead of the embedded model.
@@ -100,7 +100,7 @@ def parse_only(program: str, argv: list[str], monkeypatch) -> argparse.Namespace
 
 def test_the_documents_show_commands():
     programs = {program for _, program, _ in COMMANDS}
-    assert {"llara.train", "llara.evaluate", "llara.results", "llara.attribute", "app.py", "make"} <= programs
+    assert {"llara.train", "llara.evaluate", "llara.results", "llara.explain", "app.py", "make"} <= programs
     assert len(PYTHON_COMMANDS) >= 30
 
 
@@ -213,8 +213,8 @@ def test_make_table_and_the_results_tables_run(capsys):
 def test_train_evaluate_and_attribute_run_on_the_toy_setup(toy_setup, toy_checkpoint, tmp_path, capsys):
     """The documented training, evaluation and attribution commands, with the toy data and model swapped in (and
     budgets cut to a step or two: the flags given last win)."""
-    import llara.attribute as attribute_mod
     import llara.evaluate as evaluate_mod
+    import llara.explain as attribute_mod
     import llara.train as train_mod
 
     from .conftest import TOY_TITLES
@@ -234,7 +234,7 @@ def test_train_evaluate_and_attribute_run_on_the_toy_setup(toy_setup, toy_checkp
     assert evaluate_mod.main([*evaluate, "--seeds", "1", "--limit", "2", "--precision", "fp32"]) == 0
     assert "hr@1" in capsys.readouterr().out.lower()
 
-    attribute = _swapped(_documented("llara.attribute", "--level", "--candidate"),
+    attribute = _swapped(_documented("llara.explain", "--level", "--candidate"),
                          {**checkpoint, "--history": "|".join(TOY_TITLES[:3]), "--candidate": TOY_TITLES[5]})
     assert attribute_mod.main([*attribute, "--steps", "2", "--precision", "fp32"]) == 0
     assert "item-level attribution" in capsys.readouterr().out

@@ -76,7 +76,7 @@ def test_bad_settings_are_refused(studio):
 
 
 def test_a_saved_run_reprints_with_reuse(curves, tmp_path, capsys):
-    import llara.attribute as attribute_mod
+    import llara.explain as attribute_mod
     from llara.checkpoint import write_json
 
     saved = tmp_path / "faith.json"

@@ -151,7 +151,7 @@ def test_residual_needs_next_weight(toy_setup, tmp_path, capsys):
 
 @pytest.mark.parametrize("decode", ["residual", "next"])
 def test_requests_waiting_for_the_model_are_answered_in_one_batch(predictor, decode):
-    """Concurrent next-item predicts are batched (llara/batching.py) and answer exactly as they do one by one."""
+    """Concurrent next-item predicts are batched (llara/combiner.py) and answer exactly as they do one by one."""
     import threading
 
     samples = predictor.dataset.test[:6]
@@ -189,7 +189,7 @@ def test_requests_waiting_for_the_model_are_answered_in_one_batch(predictor, dec
 def test_a_failing_batch_raises_in_every_waiting_request():
     import threading
 
-    from llara.batching import Combiner
+    from llara.combiner import Combiner
 
     lock = threading.Lock()
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import llara.attribute as attribute_mod
 import llara.evaluate as evaluate_mod
+import llara.explain as attribute_mod
 import llara.inference as inference_mod
 import llara.search as search_mod
 import llara.train as train_mod

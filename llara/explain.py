@@ -1,16 +1,16 @@
 """Explain a LLaRA answer: how much each watched item (its title, and in a hybrid prompt its embedding slot) pushed
 one candidate's answer up or down.
 
-    python -m llara.attribute --checkpoint checkpoints/llara/movielens-sasrec-curriculum \\
+    python -m llara.explain --checkpoint checkpoints/llara/movielens-sasrec-curriculum \\
         --history "Toy Story|Heat|Fargo|The Good, The Bad and The Ugly|Casablanca"
-    python -m llara.attribute --checkpoint checkpoints/llara/movielens-sasrec-curriculum \\
+    python -m llara.explain --checkpoint checkpoints/llara/movielens-sasrec-curriculum \\
         --history "Toy Story|Heat|Fargo" --candidate "Casino" --level both --json attribution.json
-    python -m llara.attribute --checkpoint checkpoints/llara/movielens-sasrec-curriculum \\
+    python -m llara.explain --checkpoint checkpoints/llara/movielens-sasrec-curriculum \\
         --item "The Good, The Bad and The Ugly" --item "Heat" --item "Fargo" --prompt text --seed 3
-    python -m llara.attribute --checkpoint checkpoints/llara/movielens-sasrec-curriculum \\
+    python -m llara.explain --checkpoint checkpoints/llara/movielens-sasrec-curriculum \\
         --history "Toy Story, Heat, Fargo" --sep ", " --candidates "Casino, Babe, Alien"
-    python -m llara.attribute --bench          # seconds per attribution, embedded SmolLM2 + committed SASRec, bf16
-    python -m llara.attribute --faithfulness --users 20   # deletion curves of every method, the demo's two models
+    python -m llara.explain --bench          # seconds per attribution, embedded SmolLM2 + committed SASRec, bf16
+    python -m llara.explain --faithfulness --users 20   # deletion curves of every method, the demo's two models
 
 Titles: ``--history`` and ``--candidates`` are split on ``--sep`` (default ``|``, because titles contain commas:
 "The Good, The Bad and The Ugly"); each ``--item`` adds one history title verbatim, after those of ``--history``.
@@ -37,17 +37,17 @@ from .attribution import SLOT_BASELINES, TOKEN_METHODS, Attribution, attribute_d
 from .checkpoint import CheckpointError, write_json
 from .constants import MAX_SEED, PRECISIONS, RECOMMENDER_DIR
 from .device import add_device_arg, device_name, resolve_device
-from .layout import build_prompt, check_title_lengths, resolve_item
+from .prompt_layout import build_prompt, check_title_lengths, resolve_item
 from .prompts import clean_history
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, no usage dump: the same shape as every other error of this command
-        self.exit(2, f"error: {message} (see python -m llara.attribute --help)\n")
+        self.exit(2, f"error: {message} (see python -m llara.explain --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m llara.attribute", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="python -m llara.explain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="a LLaRA checkpoint folder (written by python -m llara.train)")
     p.add_argument("--history", default="", help="watched titles, oldest first, separated by --sep")
     p.add_argument("--item", action="append", default=[], help="one more watched title, verbatim (repeatable; commas allowed)")

@@ -324,30 +324,19 @@ class LLaRA(nn.Module):
     @torch.inference_mode()
     @autocast_method
     def generate(self, prompts: list[Prompt], max_new_tokens: int = 64) -> list[str]:
-        """Greedy decoding of a left-padded batch; returns the first line of each answer."""
+        """Greedy decoding of a left-padded batch (transformers' ``generate`` over the spliced ``inputs_embeds``,
+        each row stopping at its first newline or EOS); returns the first line of each answer."""
+        from transformers import GenerationConfig
+
         batch = collate(prompts, self.pad_id, padding_side="left", device=self.device)
-        embeds = self.embed(batch)
-        mask = batch.attention_mask
-        past, position = None, batch.position_ids
-        out_tokens: list[list[int]] = [[] for _ in prompts]
-        done = [False] * len(prompts)  # host-side bookkeeping: the tokens come back as a list each step anyway
-        newline = self._newline_ids()
-        step_input = {"inputs_embeds": embeds}
-        for _ in range(max_new_tokens):
-            result = self.llm(**step_input, attention_mask=mask, position_ids=position, cache=past, use_cache=True)
-            past = result.cache
-            nxt = result.logits[:, -1].argmax(-1)  # (B,)
-            for b, tok in enumerate(nxt.tolist()):
-                if not done[b]:
-                    out_tokens[b].append(tok)
-                    if tok in newline or tok == self.tokenizer.eos_token_id:
-                        done[b] = True
-            if all(done):
-                break
-            step_input = {"input_ids": nxt[:, None]}
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            position = position[:, -1:] + 1
-        texts = self.tokenizer.batch_decode(out_tokens, skip_special_tokens=True)
+        stop = sorted(self._newline_ids() | ({self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()))
+        # a config of its own: the base model's may carry sampling or repetition settings the paper's greedy lacks
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
+                                  pad_token_id=self.pad_id)
+        # with inputs_embeds alone, generate returns only the new tokens (B, <= max_new_tokens)
+        out = self.llm.generate(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask,
+                                generation_config=config)
+        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return [t.strip().split("\n")[0].strip() if t.strip() else "" for t in texts]
 
     def _newline_ids(self) -> set[int]:

@@ -230,3 +230,37 @@ def test_head_positions_survive_left_padding(llara):
         out = llara(collate([short, long], llara.pad_id, padding_side="left"))
     batched = out.candidate_logits[0].float().log_softmax(-1).tolist()
     assert [s for _, s in sorted(alone)] == pytest.approx([s for _, s in sorted(zip(CANDS, batched))], abs=1e-5)
+
+
+def reference_greedy(llara, prompts, max_new_tokens):
+    """The greedy loop the project used before transformers' generate: the reference its answers must equal."""
+    batch = collate(prompts, llara.pad_id, padding_side="left")
+    with torch.no_grad():
+        mask, position, past = batch.attention_mask, batch.position_ids, None
+        step_input = {"inputs_embeds": llara.embed(batch)}
+        tokens, done = [[] for _ in prompts], [False] * len(prompts)
+        stop = llara._newline_ids() | {llara.tokenizer.eos_token_id}
+        for _ in range(max_new_tokens):
+            result = llara.llm(**step_input, attention_mask=mask, position_ids=position, cache=past, use_cache=True)
+            past, nxt = result.cache, result.logits[:, -1].argmax(-1)
+            for b, tok in enumerate(nxt.tolist()):
+                if not done[b]:
+                    tokens[b].append(tok)
+                    done[b] = tok in stop
+            if all(done):
+                break
+            step_input = {"input_ids": nxt[:, None]}
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            position = position[:, -1:] + 1
+    texts = llara.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    return [t.strip().split("\n")[0].strip() if t.strip() else "" for t in texts]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_generate_equals_the_reference_greedy_loop(llara, seed):
+    """Ragged left-padded batches, hybrid and text prompts, several random projectors: the same answers."""
+    torch.manual_seed(seed)
+    llara.projector.net[0].weight.data.normal_()
+    prompts = [llara.builder.build(HIST, CANDS, hybrid=True), llara.builder.build(HIST[:2] + (9,), CANDS, hybrid=False),
+               llara.builder.build(HIST[:1], CANDS[:5], hybrid=True)]
+    assert llara.generate(prompts, max_new_tokens=6) == reference_greedy(llara, prompts, 6)

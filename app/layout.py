@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import gradio as gr
 import pandas as pd
 
+import app.charts as charts
 import app.handlers as handlers
 import app.wording as wording
 from llara.answers import ABLATIONS, ATTRIBUTION_METHODS, UNTRAINED_TITLES, writes_titles
@@ -102,8 +103,8 @@ def props(studio: Studio) -> dict[str, dict]:
         "target": {"choices": [handlers.TOP_CHOICE], "value": handlers.TOP_CHOICE},
         "method": {"choices": _choices(wording.method_labels(w), ATTRIBUTION_METHODS)},
         "legend": {"value": wording.attribution_legend(w)},
-        "text_bars_attr": {"value": None, "label": handlers.chart_label("text", w)},
-        "hybrid_bars_attr": {"value": None, "label": handlers.chart_label("hybrid", w)},
+        "text_bars_attr": {"value": None, "label": charts.chart_label("text", w)},
+        "hybrid_bars_attr": {"value": None, "label": charts.chart_label("hybrid", w)},
     }
     for name in ("user", "truth", "status", "parts_status", "attr_status"):
         out[name] = {"value": ""}

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+import app.charts as charts
 import app.handlers as handlers
 
 from .layout import page
@@ -55,7 +56,7 @@ def pick_example(studio: Studio, index) -> list[str]:
 
 def explaining(studios: Studios, dataset: str | None, method: str = "deletion"):
     """``handlers.explaining`` in the words of the session's dataset (without loading its models)."""
-    return handlers.explaining(method, studios.words(dataset or studios.default))
+    return charts.explaining(method, studios.words(dataset or studios.default))
 
 
 def switch(studios: Studios, ui: SimpleNamespace, choice: str, current: str, progress=gr.Progress()) -> dict:  # noqa: B008 (gradio's way to ask for a progress bar)

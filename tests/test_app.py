@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from app import handlers
+from app import charts, handlers
 from llara.answers import ABLATIONS, ATTRIBUTION_METHODS
 from llara.inference import Predictor
 
@@ -120,7 +120,7 @@ def test_attribution_views(studio, user):
     assert set(bars["part"]) == {"title", "embedding"} and (bars["part"] == "embedding").sum() == len(history)
     assert hybrid_chart.color == "part" and hybrid_chart.colors_in_legend == []  # the label names the colours:
     assert hybrid_chart.label.endswith("(orange: title, blue: embedding)")    # gradio's legend gets cut off
-    assert text_chart.color is None and text_chart.label == handlers.chart_label("text", studio.words)  # titles only: one colour
+    assert text_chart.color is None and text_chart.label == charts.chart_label("text", studio.words)  # titles only: one colour
     # watch order, numbered, named after the explained answer, the axis after the method
     assert hybrid_chart.sort == [f"{k}. {label[:40]}" for k, label in enumerate(history, start=1)]
     assert hybrid_chart.title.startswith("hybrid: why ") and hybrid_chart.y_title == "summed gradient × input"
@@ -134,7 +134,7 @@ def test_attribution_views(studio, user):
     assert (slots["share of the hybrid explanation (deletion)"] == "-").all()  # whole movies, not slots
     # one part per movie: one colour, so no legend (gr.BarPlot draws one for any colour column)
     assert hybrid_chart.color is None and set(chart_frame(hybrid_chart)["part"]) == {"whole artist"}
-    assert hybrid_chart.label == handlers.chart_label("hybrid", studio.words)
+    assert hybrid_chart.label == charts.chart_label("hybrid", studio.words)
 
 
 def test_attribution_charts_keep_watch_order_under_shuffle_and_say_when_not_run(studio, user):
@@ -148,7 +148,7 @@ def test_attribution_charts_keep_watch_order_under_shuffle_and_say_when_not_run(
     _, _, text_chart, hybrid_chart, _, _ = handlers.attribute(studio, history, cands, handlers.TOP_CHOICE,
                                                               "deletion", "no-titles", 0, "head")
     assert text_chart.value is None and "not run" in text_chart.label  # an empty plot draws no title: the label says
-    assert hybrid_chart.sort == in_order and hybrid_chart.label == handlers.chart_label("hybrid", studio.words)
+    assert hybrid_chart.sort == in_order and hybrid_chart.label == charts.chart_label("hybrid", studio.words)
 
 
 BAD_PREDICTS = [

@@ -9,7 +9,7 @@ import shutil
 import gradio as gr
 import pytest
 
-from app import build_demo, handlers, switch
+from app import build_demo, charts, handlers, switch
 from app.layout import layout
 from app.state import Offer, Studio, Studios
 from app.wording import words_for
@@ -172,7 +172,7 @@ def test_the_movie_wording_is_the_one_the_page_always_had(studio):
                                                       "movie in its prompt")
     assert wording.intro(artist, "GRU4Rec").startswith("Pick the artists a user listened to, in order.")
     assert wording.method_labels(movie)["deletion"] == "item: delete the movie, rebuild the prompt"
-    assert handlers.chart_label("text", movie) == "Per watched movie: text-only prompt"
-    assert handlers.explaining("deletion", movie)[-1] == "*Explaining both prompts (one pass per watched movie) ...*"
+    assert charts.chart_label("text", movie) == "Per watched movie: text-only prompt"
+    assert charts.explaining("deletion", movie)[-1] == "*Explaining both prompts (one pass per watched movie) ...*"
     with pytest.raises(gr.Error, match=r"Pick at least one artist listened to\."):  # the toy catalog: artists
         handlers.predict(studio, [], [], "rank", "none", 0, None)

@@ -12,7 +12,7 @@ import app.charts as charts
 import app.handlers as handlers
 import app.wording as wording
 from llara.answers import ABLATIONS, ATTRIBUTION_METHODS, UNTRAINED_TITLES, writes_titles
-from llara.checkpoint import REPO_ROOT
+from llara.constants import REPO_ROOT
 from llara.decoders import DECODERS
 from llara.part_view import NEEDS_NEXT_HEAD, PART_COLUMNS
 from llara.parts import model_parts

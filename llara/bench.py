@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import REPO_ROOT, write_json
+from .checkpoint import write_json
 from .concurrency import app_start, format_load, load_test, mixed_load, rss_mb
-from .constants import DEMO_CHECKPOINT, DEMO_TEXT_CHECKPOINT, PLACEHOLDER_TOKEN, PRECISIONS, RECOMMENDER_DIR
+from .constants import DEMO_CHECKPOINT, DEMO_TEXT_CHECKPOINT, PLACEHOLDER_TOKEN, PRECISIONS, RECOMMENDER_DIR, REPO_ROOT
 from .cpu_paths import CPU_PATHS, cpu_label, matmul_probe, path_env, redundant_path
 from .device import COMPUTE_ENV, add_device_arg, cpu_info, device_name, resolve_device, synchronize
 

@@ -18,6 +18,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from .constants import REPO_ROOT
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, tampered with, or does not fit what it is loaded into."""
@@ -87,7 +89,6 @@ def load_tensors(path: str | Path, expected_sha256: str | None = None) -> dict[s
 
 # ---- LLaRA checkpoints: LoRA adapter + projector + meta.json ------------------------------------------------------
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # trained modules besides the adapter and the projector, each saved as <name>.safetensors when the model has it
 OPTIONAL_PARTS = ("head", "user_projector", "next_head")
 LLARA_FORMAT = "llara-checkpoint/1"

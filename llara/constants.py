@@ -47,11 +47,13 @@ MAX_BATCH = 16
 CACHE_ENV = "LLARA_CACHE"
 
 # Where the committed recommender checkpoints live: <RECOMMENDER_DIR>/<dataset>/<model>.{safetensors,json}.
-RECOMMENDER_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "recommenders"
+# The repository root: committed checkpoints, docs and assets are found from it wherever the process runs.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RECOMMENDER_DIR = REPO_ROOT / "checkpoints" / "recommenders"
 # Committed LLaRA runs, and the two the demo serves (5,000 prompts each; docs/results.md): the hybrid model (titles +
 # GRU4Rec item slots, no user token, modality dropout, next-item keys over GRU4Rec + MiniLM item vectors,
 # distillation; residual gate fitted afterwards) and the text-only model of its text panel (MiniLM item keys).
-LLARA_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "llara"
+LLARA_DIR = REPO_ROOT / "checkpoints" / "llara"
 DEMO_CHECKPOINT = LLARA_DIR / "movielens-gru4rec-lang-drop-5k"
 DEMO_TEXT_CHECKPOINT = LLARA_DIR / "movielens-text-minilm-5k"
 # The LastFM pair the demo serves beside it (trained on the release's split; docs/results.md): the hybrid model (titles

@@ -101,7 +101,7 @@ def unavailable(spec: DemoDataset) -> str | None:
 def release_memory() -> None:
     """Give the memory of dropped models back to the operating system (their tensors are freed by the collector,
     and glibc keeps freed blocks unless trimmed)."""
-    from .loader import trim_heap
+    from .memory import trim_heap
 
     gc.collect()
     trim_heap()

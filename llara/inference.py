@@ -39,7 +39,7 @@ from .data import NUM_CANDIDATES, SequenceDataset, candidates_around
 from .decoders import DECODERS, DECODES, available, offered
 from .device import add_device_arg, resolve_device, serving_precision
 from .inspector import SlotInfo, slot_infos
-from .loader import trim_heap
+from .memory import trim_heap
 from .model import LLaRA, rank_candidates
 from .part_view import compare_parts
 from .prompt_layout import check_title_lengths, resolve_item

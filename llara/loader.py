@@ -31,18 +31,6 @@ from .data import load_dataset
 from .sources import cache_root, say
 
 
-def trim_heap() -> None:
-    """Hand the memory freed while loading back to the operating system: loading converts and copies weights, and
-    glibc keeps the freed blocks in its heap unless asked. A no-op where the C library has no ``malloc_trim``."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim
-        pass
-
-
 def load_llara(folder: str | Path, dataset=None, precision: str | None = None, trainable: bool = False, merge: bool = False,
                device: str | torch.device | None = None):
     """Rebuild a trained LLaRA from a checkpoint folder; returns ``(model, meta, dataset)``.

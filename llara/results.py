@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import REPO_ROOT, read_json, write_json
-from .constants import LLARA_DIR, PRECISIONS, RECOMMENDER_DIR
+from .checkpoint import read_json, write_json
+from .constants import LLARA_DIR, PRECISIONS, RECOMMENDER_DIR, REPO_ROOT
 from .data import DEFAULT_STREAM, SequenceDataset, load_dataset
 from .data.args import add_eval_sample_args, add_stream_arg, check_eval_sample_args
 from .data.paper_samples import with_release_samples

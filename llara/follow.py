@@ -103,3 +103,34 @@ def written_agrees(chosen: list, ranked_first: list) -> float:
         raise ValueError("need the same, non-zero number of written answers and rankings")
     return sum(int(a is not None and a == b) for a, b in zip(chosen, ranked_first)) / len(chosen)
 
+
+
+@torch.no_grad()
+def follow_check(model: Any, prompts: list, top: int = 8, batch_size: int = 4) -> dict[str, float]:
+    """Did the words learn the ranking, or only to make the head's ``top`` answers equally likely? On training
+    prompts (with targets): the head's entropy over its top candidates, the KL a uniform student would have, and the
+    model's own KL (the follow loss without its weight). A model whose KL is near the uniform one has learned no order."""
+    import math
+
+    from .batch import collate
+
+    ent, uniform, own = [], [], []
+    for start in range(0, len(prompts), batch_size):
+        batch = collate(prompts[start : start + batch_size], model.pad_id, with_targets=True, padding_side="right",
+                        device=model.device)
+        out = model.llm(inputs_embeds=model.embed(batch), attention_mask=batch.attention_mask,
+                        position_ids=batch.position_ids, labels=batch.labels, use_cache=True, output_hidden_states=True)
+        cands = batch.candidates
+        if cands is None:
+            raise ValueError("the follow check needs prompts with equal-size candidate sets")
+        rows = torch.arange(batch.input_ids.shape[0], device=model.device)
+        teacher = model.next_head(out.hidden_states[-1][rows, batch.query_cols]).gather(1, cands)  # (B, C)
+        keep = teacher.topk(min(top, teacher.shape[1]), dim=1).indices
+        log_t = teacher.gather(1, keep).float().log_softmax(-1)
+        log_s = answer_logprobs(model, out, batch, cands.gather(1, keep)).log_softmax(-1)
+        p = log_t.exp()
+        ent += (-(p * log_t).sum(-1)).tolist()
+        uniform += (p * (log_t + math.log(keep.shape[1]))).sum(-1).tolist()
+        own += (p * (log_t - log_s)).sum(-1).tolist()
+    n = len(ent)
+    return {"prompts": n, "teacher_entropy": sum(ent) / n, "kl_uniform": sum(uniform) / n, "kl_model": sum(own) / n}

@@ -65,6 +65,21 @@ def summarize(rows: dict[str, dict], users: np.ndarray, reference: dict | None =
     return out
 
 
+def training_check(model, meta: dict, ds, n: int) -> dict:
+    """``llara.follow.follow_check`` on the first ``n`` training prompts of the checkpoint's own run (same seed,
+    samples and candidates as it drew them, at its last step)."""
+    from .follow import follow_check
+    from .train_config import TrainConfig
+    from .train_stream import PromptStream, select_samples
+
+    cfg = TrainConfig(**meta["config"])
+    top = cfg.follow_top or 8
+    stream = PromptStream(model, select_samples(ds.train, cfg.max_train_samples, cfg.sample_strategy, cfg.seed), cfg,
+                          meta["total_steps"])
+    prompts = [stream.prompt(g, meta["total_steps"] - 1) for g in range(n)]
+    return {**follow_check(model, prompts, top), "top": top}
+
+
 def format_table(summary: dict[str, dict], reference: str = "") -> str:
     lines = ["| decode | HR@1 (95% CI) | ValidRatio | same as next |", "|---|---|---|---|"]
     for decode, r in summary.items():
@@ -94,10 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="weights and compute of the LLM (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per pass (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--follow-check", type=int, default=0, help="also, on this many of the checkpoint's own training "
+                        "prompts (as its run drew them): the follow loss of the model beside what a uniform student "
+                        "gets (did the words learn the head's order?); 0 = skip (default)")
     parser.add_argument("--json", type=Path, default=None, help="write the summary, per-sample answers and the CPU here")
     args = parser.parse_args(argv)
     for flag, value, low in (("--positions", args.positions, 0), ("--batch-size", args.batch_size, 1),
-                             ("--threads", args.threads, 0)):
+                             ("--threads", args.threads, 0), ("--follow-check", args.follow_check, 0)):
         if value < low:
             parser.error(f"{flag} must be >= {low}, got {value}")
     from .checkpoint import CheckpointError, write_json
@@ -122,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         hybrid = meta["config"].get("mode") != "text"
         sets = sample_sets(ds, seeds, args.positions, args.candidate_seed, args.split)
         rows = decode_rows(model.eval(), sets, hybrid, wanted, args.batch_size)
+        check = training_check(model, meta, ds, args.follow_check) if args.follow_check else None
         ref_rows = None
         if args.reference:
             del model  # one model in memory at a time
@@ -131,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     ref_name = Path(args.reference).name if args.reference else ""
+    if check:
+        print(f"follow check on {check['prompts']} training prompts: the head's entropy over its top "
+              f"{check['top']} {check['teacher_entropy']:.3f} nats; KL a uniform student gets {check['kl_uniform']:.3f}, "
+              f"this model's KL {check['kl_model']:.3f}")
     summary = {}
     for set_name, (samples, _) in sets.items():
         users = np.array([s.user for s in samples])
@@ -141,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.json, {
             "checkpoint": Path(args.checkpoint).name, "reference": ref_name, "precision": args.precision,
             "machine": cpu_info(), "paper_seeds": seeds, "candidate_seed": args.candidate_seed,
-            "positions": args.positions, "split": args.split, "summary": summary,
+            "positions": args.positions, "split": args.split, "summary": summary, "follow_check": check,
             "choices": {k: {d: r["choice"] for d, r in v.items()} for k, v in rows.items()},
             "targets": {k: [s.target for s in samples] for k, (samples, _) in sets.items()},
             "users": {k: [s.user for s in samples] for k, (samples, _) in sets.items()}})

@@ -39,6 +39,16 @@ def test_rows_and_json(writer, tmp_path, capsys):
         assert len(data["choices"][set_name]["generate"]) == len(data["targets"][set_name])
 
 
+def test_follow_check_compares_the_model_with_a_uniform_student(writer, tmp_path, capsys):
+    path = tmp_path / "c.json"
+    assert written.main(["--checkpoint", str(writer), "--decodes", "next", "--positions", "1", "--paper-seeds", "0",
+                         "--follow-check", "4", "--json", str(path)]) == 0
+    check = json.loads(path.read_text())["follow_check"]
+    assert check["prompts"] == 4 and check["top"] == 4
+    assert check["teacher_entropy"] >= 0 and check["kl_uniform"] >= -1e-6 and check["kl_model"] >= -1e-6
+    assert "KL a uniform student gets" in capsys.readouterr().out
+
+
 def test_a_decode_the_checkpoint_lacks_is_named(writer, capsys):
     assert written.main(["--checkpoint", str(writer), "--decodes", "head", "--positions", "1", "--paper-seeds", "0"]) == 2
     assert "does not offer head" in capsys.readouterr().err

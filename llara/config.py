@@ -37,3 +37,21 @@ def from_args(cls: type[T], args: argparse.Namespace) -> T:
     """Build ``cls`` from the parsed flags that belong to it."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def refuse_below(parser: argparse.ArgumentParser, checks) -> None:
+    """``parser.error`` for the first ``(flag, value, lowest allowed)`` whose value is below its bound."""
+    for flag, value, low in checks:
+        if value < low:
+            parser.error(f"{flag} must be >= {low}, got {value}")
+
+
+def seeds_arg(parser: argparse.ArgumentParser, text: str) -> list[int]:
+    """``--paper-seeds`` style text (``"0,1,7"``, ``"100-102"``) as seeds, or ``parser.error`` with the reason."""
+    from .data.args import parse_seeds
+
+    try:
+        return parse_seeds(text)
+    except ValueError as err:
+        parser.error(str(err))
+        raise  # parser.error exits; this line only tells the type checker so

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .config import refuse_below, seeds_arg
 from .constants import PRECISIONS
 from .data import Sample, SequenceDataset
 from .data.protocol import MAX_HISTORY, MIN_HISTORY, NUM_CANDIDATES, SPLIT_CODES, draw_candidates
@@ -325,16 +326,9 @@ def main(argv: list[str] | None = None) -> int:
                         "prompt always runs; default: every row the checkpoint has)")
     parser.add_argument("--json", type=Path, default=None, help="write the summary, per-sample hits and the CPU here")
     args = parser.parse_args(argv)
-    for flag, value, low in (("--positions", args.positions, 0), ("--candidate-seed", args.candidate_seed, 0),
-                             ("--cold", args.cold, 0), ("--batch-size", args.batch_size, 1), ("--threads", args.threads, 0)):
-        if value < low:
-            parser.error(f"{flag} must be >= {low}, got {value}")
-    from .data.args import parse_seeds
-
-    try:
-        seeds = parse_seeds(args.paper_seeds)
-    except ValueError as err:
-        parser.error(str(err))
+    refuse_below(parser, (("--positions", args.positions, 0), ("--candidate-seed", args.candidate_seed, 0),
+                          ("--cold", args.cold, 0), ("--batch-size", args.batch_size, 1), ("--threads", args.threads, 0)))
+    seeds = seeds_arg(parser, args.paper_seeds)
     if args.pair:
         try:
             first, second = args.pair  # nargs=2

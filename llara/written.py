@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import refuse_below, seeds_arg
 from .constants import PRECISIONS
 from .decoders import offered
 from .follow import written_agrees
@@ -114,20 +115,14 @@ def main(argv: list[str] | None = None) -> int:
                         "gets (did the words learn the head's order?); 0 = skip (default)")
     parser.add_argument("--json", type=Path, default=None, help="write the summary, per-sample answers and the CPU here")
     args = parser.parse_args(argv)
-    for flag, value, low in (("--positions", args.positions, 0), ("--batch-size", args.batch_size, 1),
-                             ("--threads", args.threads, 0), ("--follow-check", args.follow_check, 0)):
-        if value < low:
-            parser.error(f"{flag} must be >= {low}, got {value}")
+    refuse_below(parser, (("--positions", args.positions, 0), ("--batch-size", args.batch_size, 1),
+                          ("--threads", args.threads, 0), ("--follow-check", args.follow_check, 0)))
+    seeds = seeds_arg(parser, args.paper_seeds)
     from .checkpoint import CheckpointError, write_json
-    from .data.args import parse_seeds
     from .device import cpu_info
     from .loader import load_llara
     from .parts import sample_sets
 
-    try:
-        seeds = parse_seeds(args.paper_seeds)
-    except ValueError as err:
-        parser.error(str(err))
     if args.threads:
         torch.set_num_threads(args.threads)
     wanted = tuple(d.strip() for d in args.decodes.split(",") if d.strip())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import os
 import re
 import shlex
 from pathlib import Path
@@ -110,6 +111,9 @@ def test_every_documented_command_parses(where, program, argv, monkeypatch, caps
         module = load_app_module() if program == "app.py" else importlib.import_module(program)
         assert callable(getattr(module, "main", None)) or importlib.util.find_spec(f"{program}.__main__"), where
         return
+    # a documented --compute-dtype writes $LLARA_COMPUTE_DTYPE for the process (llara.device): restored afterwards,
+    # so the dtype the rest of the suite pins does not change with the docs
+    monkeypatch.setenv("LLARA_COMPUTE_DTYPE", os.environ.get("LLARA_COMPUTE_DTYPE", "auto"))
     try:
         parse_only(program, argv, monkeypatch)
     except SystemExit as stop:

@@ -55,7 +55,7 @@ def pick_example(studio: Studio, index) -> list[str]:
 
 
 def explaining(studios: Studios, dataset: str | None, method: str = "deletion"):
-    """``handlers.explaining`` in the words of the session's dataset (without loading its models)."""
+    """``charts.explaining`` in the words of the session's dataset (without loading its models)."""
     return charts.explaining(method, studios.words(dataset or studios.default))
 
 

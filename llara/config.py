@@ -45,13 +45,3 @@ def refuse_below(parser: argparse.ArgumentParser, checks) -> None:
         if value < low:
             parser.error(f"{flag} must be >= {low}, got {value}")
 
-
-def seeds_arg(parser: argparse.ArgumentParser, text: str) -> list[int]:
-    """``--paper-seeds`` style text (``"0,1,7"``, ``"100-102"``) as seeds, or ``parser.error`` with the reason."""
-    from .data.args import parse_seeds
-
-    try:
-        return parse_seeds(text)
-    except ValueError as err:
-        parser.error(str(err))
-        raise  # parser.error exits; this line only tells the type checker so

@@ -9,13 +9,13 @@ softmax over the same candidates:
 
     follow = KL( softmax(head scores over the C candidates) || softmax(answer log-likelihoods) )
 
-The head is the teacher (detached): the words learn to follow the ranking, the ranking is not pulled towards the
-words. Greedy generation then tends to write the head's top-1, which is what the app and the paper's protocol
-show.
+The head is the teacher (detached): the words are meant to learn the ranking, the ranking is not pulled towards
+the words, so that greedy generation writes the head's top-1. Measured on MovieLens (docs/results.md, "The LLM
+names its pick"): it did not; the loss fell by making the candidates' answers equally likely.
 
 Cost: the training pass already runs the full prompt with its target answer; its KV cache is reused, each row's
-cache repeated once per candidate and masked to the prompt (the target's tokens after it are hidden), and all
-``B * C`` answers run as one right-padded continuation batch. About half a prompt pass more per step.
+cache repeated once per scored candidate and masked to the prompt (the target's tokens after it are hidden), and
+the ``B * top`` answers (about a dozen tokens each) run as one right-padded continuation batch.
 """
 from __future__ import annotations
 
@@ -30,13 +30,10 @@ from .next_item import distillation_loss
 
 def prompt_lengths(labels: torch.Tensor) -> list[int]:
     """Prompt length of each right-padded row ``(B, T)``: the position of its first answer label."""
-    lengths = []
-    for row in labels.tolist():
-        first = next((t for t, v in enumerate(row) if v != IGNORE_INDEX), None)
-        if first is None:
-            raise ValueError("a training row has no answer tokens: the follow loss needs prompts built with a target")
-        lengths.append(first)
-    return lengths
+    answer = labels != IGNORE_INDEX  # (B, T)
+    if not bool(answer.any(1).all()):
+        raise ValueError("a training row has no answer tokens: the follow loss needs prompts built with a target")
+    return answer.int().argmax(1).tolist()  # the first True of each row
 
 
 def answer_logprobs(model: Any, out: Any, batch: Batch, candidates: torch.Tensor | None = None) -> torch.Tensor:
@@ -80,13 +77,12 @@ def answer_logprobs(model: Any, out: Any, batch: Batch, candidates: torch.Tensor
     return first + later
 
 
-def follow_loss(model: Any, out: Any, batch: Batch, top: int = 0) -> torch.Tensor:
-    """``KL(softmax(head) || softmax(answer log-likelihoods))`` over each prompt's candidates, averaged: ``()``.
-    ``out.item_logits`` ``(B, N)`` are the next-item head's scores from the same pass (the teacher, detached).
+def head_and_answers(model: Any, out: Any, batch: Batch, top: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher and the student of the follow loss, ``(B, K)`` each: the next-item head's scores
+    (``out.item_logits`` ``(B, N)``, detached) of each prompt's candidates and their answers' log-likelihoods.
 
-    ``top > 0`` scores only the head's ``top`` best candidates per prompt (the KL over that subset): the answers
-    that decide what greedy decoding writes, at ``top / C`` of the continuation cost. The target's answer is
-    trained by the title loss either way."""
+    ``top > 0`` keeps only the head's ``top`` best candidates per prompt: the answers that decide what greedy decoding
+    writes, at ``top / C`` of the continuation cost. The target's answer is trained by the title loss either way."""
     cands = batch.candidates
     if cands is None:
         raise ValueError("the follow loss needs equal-size candidate sets")
@@ -94,7 +90,13 @@ def follow_loss(model: Any, out: Any, batch: Batch, top: int = 0) -> torch.Tenso
     if 0 < top < cands.shape[1]:
         keep = teacher.topk(top, dim=1).indices  # (B, K)
         teacher, cands = teacher.gather(1, keep), cands.gather(1, keep.to(cands.device))
-    return distillation_loss(answer_logprobs(model, out, batch, cands), teacher)
+    return teacher, answer_logprobs(model, out, batch, cands)
+
+
+def follow_loss(model: Any, out: Any, batch: Batch, top: int = 0) -> torch.Tensor:
+    """``KL(softmax(head) || softmax(answer log-likelihoods))`` over each prompt's (top) candidates, averaged: ``()``."""
+    teacher, student = head_and_answers(model, out, batch, top)
+    return distillation_loss(student, teacher)
 
 
 def written_agrees(chosen: list, ranked_first: list) -> float:
@@ -102,7 +104,6 @@ def written_agrees(chosen: list, ranked_first: list) -> float:
     if len(chosen) != len(ranked_first) or not chosen:
         raise ValueError("need the same, non-zero number of written answers and rankings")
     return sum(int(a is not None and a == b) for a, b in zip(chosen, ranked_first)) / len(chosen)
-
 
 
 @torch.no_grad()
@@ -120,17 +121,13 @@ def follow_check(model: Any, prompts: list, top: int = 8, batch_size: int = 4) -
                         device=model.device)
         out = model.llm(inputs_embeds=model.embed(batch), attention_mask=batch.attention_mask,
                         position_ids=batch.position_ids, labels=batch.labels, use_cache=True, output_hidden_states=True)
-        cands = batch.candidates
-        if cands is None:
-            raise ValueError("the follow check needs prompts with equal-size candidate sets")
         rows = torch.arange(batch.input_ids.shape[0], device=model.device)
-        teacher = model.next_head(out.hidden_states[-1][rows, batch.query_cols]).gather(1, cands)  # (B, C)
-        keep = teacher.topk(min(top, teacher.shape[1]), dim=1).indices
-        log_t = teacher.gather(1, keep).float().log_softmax(-1)
-        log_s = answer_logprobs(model, out, batch, cands.gather(1, keep)).log_softmax(-1)
+        out.item_logits = model.next_head(out.hidden_states[-1][rows, batch.query_cols])  # (B, N), as forward reads it
+        teacher, student = head_and_answers(model, out, batch, top)
+        log_t, log_s = teacher.float().log_softmax(-1), student.log_softmax(-1)
         p = log_t.exp()
         ent += (-(p * log_t).sum(-1)).tolist()
-        uniform += (p * (log_t + math.log(keep.shape[1]))).sum(-1).tolist()
+        uniform += (p * (log_t + math.log(teacher.shape[1]))).sum(-1).tolist()
         own += (p * (log_t - log_s)).sum(-1).tolist()
     n = len(ent)
     return {"prompts": n, "teacher_entropy": sum(ent) / n, "kl_uniform": sum(uniform) / n, "kl_model": sum(own) / n}

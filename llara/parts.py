@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import refuse_below, seeds_arg
+from .config import refuse_below
 from .constants import PRECISIONS
 from .data import Sample, SequenceDataset
+from .data.args import seeds_arg
 from .data.protocol import MAX_HISTORY, MIN_HISTORY, NUM_CANDIDATES, SPLIT_CODES, draw_candidates
 from .metrics import cluster_paired
 from .model import LLaRA

@@ -190,12 +190,12 @@ class Trainer:
     """One run's loop state, in named steps: ``step`` (one optimizer step), ``validate``, ``save``."""
 
     def __init__(self, accelerator, model: LLaRA, optimizer, stream: PromptStream, cfg: TrainConfig, ds: SequenceDataset,
-                 total: int, meta: dict, state: dict | None, sharded: bool) -> None:
+                 total: int, per_step: int, meta: dict, state: dict | None, sharded: bool) -> None:
         self.accelerator, self.model, self.cfg, self.ds, self.total = accelerator, model, cfg, ds, total
         self.stream, self.meta, self.state, self.sharded = stream, meta, state, sharded
         self.wrapped, self.optimizer = accelerator.prepare(model, optimizer)
         self.log: list[dict] = list(state["log"]) if state else []
-        self.per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+        self.per_step = per_step  # prompts per optimizer step, over all processes
         self.started, self.seen = time.perf_counter(), 0
 
     def step(self, step: int) -> dict:
@@ -283,7 +283,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
     total = cfg.max_steps or max(1, math.ceil(len(samples) * cfg.epochs / per_step))
     trainer = Trainer(accelerator, model, make_optimizer(model, cfg, state), PromptStream(model, samples, cfg, total),
-                      cfg, ds, total, run_meta(cfg, ds, args, total, start_step, accelerator.device, started_from),
+                      cfg, ds, total, per_step, run_meta(cfg, ds, args, total, start_step, accelerator.device, started_from),
                       state, sharded)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     accelerator.print(f"{len(samples)} training prompts, {total} steps of {per_step}, {trainable:,} trainable parameters, mode {cfg.mode}")

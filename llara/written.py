@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import refuse_below, seeds_arg
+from .config import refuse_below
 from .constants import PRECISIONS
+from .data.args import seeds_arg
 from .decoders import offered
 from .follow import written_agrees
 from .metrics import cluster_paired

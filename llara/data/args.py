@@ -73,3 +73,12 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"candidate seeds must be a non-empty list without repeats, got {text!r}")
     return seeds
+
+
+def seeds_arg(parser: argparse.ArgumentParser, text: str) -> list[int]:
+    """``--paper-seeds`` style text (``"0,1,7"``, ``"100-102"``) as seeds, or ``parser.error`` with the reason."""
+    try:
+        return parse_seeds(text)
+    except ValueError as err:
+        parser.error(str(err))
+        raise  # parser.error exits; this line only tells the type checker so

@@ -11,7 +11,7 @@ candidate by default, or any candidate the user names):
   variants run as one batch. A slot is ablated by splicing a neutral vector (see :func:`neutral_slot_vector`)
   instead of the item's projected embedding. The answer tokens are appended to every variant and scored in the
   same pass: one batched forward for ``1 + n_history * (2 if hybrid else 1)`` sequences.
-- **item level, whole item** (:func:`attribute_deletion`, ``deletion``): leave-one-out. Each watched item is
+- **item level, whole item** (``llara.deletion.attribute_deletion``, ``deletion``): leave-one-out. Each watched item is
   removed from the history and the prompt rebuilt (its title, its slot and, where the model has one, the user slot
   the recommender encodes from the history), then scored alone in the model's own precision, exactly as it answers:
   ``score(full) - score(without the item)``. One pass per watched item; no interaction between items is measured.
@@ -137,7 +137,7 @@ class Ablation:
 
 # ---- scoring -----------------------------------------------------------------------------------------------------
 
-def _check_target(model: LLaRA, prompt: Prompt, target: int | None) -> tuple[int, str, dict]:
+def check_target(model: LLaRA, prompt: Prompt, target: int | None) -> tuple[int, str, dict]:
     """The target and where it came from; ranking for the model's choice costs two calls (prefill + answers)."""
     if not prompt.history:
         raise ValueError("the prompt's history is empty: there is nothing to attribute")
@@ -205,7 +205,7 @@ def _target_score(model: LLaRA, prompt: Prompt, embeds: torch.Tensor, mask: torc
 @torch.no_grad()
 def _spliced(model: LLaRA, prompt: Prompt, target: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``inputs_embeds`` ``(1, L + m, D)`` of prompt + answer (slots spliced) and the answer ids ``(m,)``."""
-    answer = model.builder.answer_ids(target)
+    answer = model.builder.answer_for(prompt, target)
     batch = collate([replace(prompt, target=target, target_ids=tuple(answer))], model.pad_id, with_targets=True,
                     padding_side="right", device=model.device)
     return model.embed(batch), torch.tensor(answer, device=model.device)
@@ -238,7 +238,7 @@ def ablation_log_likelihoods(model: LLaRA, prompt: Prompt, target: int, ablation
     return scores[0], scores[1:], calls
 
 
-def _result(model: LLaRA, prompt: Prompt, layout: Layout, level: str, method: str, target: int, source: str,
+def attribution_result(model: LLaRA, prompt: Prompt, layout: Layout, level: str, method: str, target: int, source: str,
             full: float, raw: list[float], titles: list[float | None], slots: list[float | None], cost: dict, started: float,
             details: dict, totals: list[float] | None = None) -> Attribution:
     """Package per-token raw scores (normalised by the largest |raw|) and per-item title/slot scores (``totals``:
@@ -299,7 +299,7 @@ def attribute_items(model: LLaRA, prompt: Prompt, target: int | None = None, slo
     precision: about twice as fast on this CPU, but small scores are then mostly rounding noise."""
     started = time.perf_counter()
     layout = prompt_layout(model, prompt)
-    target, source, cost = _check_target(model, prompt, target)
+    target, source, cost = check_target(model, prompt, target)
     ablations = []  # per history item: its title (when listed), then its slot (hybrid)
     for k in range(len(prompt.history)):
         if prompt.titles:
@@ -322,56 +322,10 @@ def attribute_items(model: LLaRA, prompt: Prompt, target: int | None = None, slo
             raw[p] = title or 0.0
         if slot_score is not None and slot is not None:
             raw[slot] = slot_score
-    return _result(model, prompt, layout, "item", "ablation", target, source, full, raw, titles, slots,
+    return attribution_result(model, prompt, layout, "item", "ablation", target, source, full, raw, titles, slots,
                    {"forward_passes": cost["forward_passes"] + calls, "sequences": cost["sequences"] + len(ablations) + 1},
                    started, {"title_ablation": "attention mask (deletion)", "compute_dtype": compute,
                              "slot_baseline": slot_baseline if prompt.hybrid else None})
-
-
-@torch.inference_mode()
-def explained_score(model: LLaRA, prompt: Prompt, target: int) -> float:
-    """What the model ranks ``target`` by, for one prompt in its own precision: the log-softmax over the candidates
-    of the next-item head for a model that has one, else the answer's log-likelihood (``LLaRA.rank``)."""
-    ranked = model.rank_items(prompt) if model.next_head is not None else model.rank(prompt)
-    return dict(ranked)[target]
-
-
-def attribute_deletion(model: LLaRA, prompt: Prompt, target: int | None = None) -> Attribution:
-    """Item-level attribution by deletion (leave-one-out; see the module docstring): each watched item's score is
-    ``explained_score(full prompt) - explained_score(prompt rebuilt without it)``. Token scores spread an item's
-    score over its title tokens and its slot. Needs at least two watched items (removing the only one leaves no
-    history to prompt with)."""
-    started = time.perf_counter()
-    if len(prompt.history) < 2:
-        raise ValueError("deletion needs at least 2 watched items: without the only one there is no prompt to score")
-    layout = prompt_layout(model, prompt)
-    target, source, cost = _check_target(model, prompt, target)
-    was_training = model.training
-    model.eval()
-    try:
-        full = explained_score(model, prompt, target)
-        effects = []
-        for k in range(len(prompt.history)):
-            kept = [*prompt.history[:k], *prompt.history[k + 1:]]
-            reduced = model.builder.build(kept, list(prompt.candidates), hybrid=prompt.hybrid, template=prompt.template,
-                                          titles=prompt.titles)
-            effects.append(full - explained_score(model, reduced, target))
-    finally:
-        model.train(was_training)
-    raw = [0.0] * len(prompt.input_ids)
-    for k, effect in enumerate(effects):
-        for p in layout.history_titles[k]:
-            raw[p] = effect
-        slot = layout.history_slots[k]
-        if slot is not None:  # every watched item of a hybrid prompt has one
-            raw[slot] = effect
-    none: list[float | None] = [None] * len(effects)
-    calls = 1 + len(effects)
-    return _result(model, prompt, layout, "item", "deletion", target, source, full, raw, none, none,
-                   {"forward_passes": cost["forward_passes"] + calls, "sequences": cost["sequences"] + calls},
-                   started, {"deleted": "title, slot and user slot rebuilt without the item",
-                             "compute_dtype": str(model.llm.get_input_embeddings().weight.dtype).replace("torch.", "")},
-                   totals=effects)
 
 
 def attribute_tokens(model: LLaRA, prompt: Prompt, target: int | None = None, method: str = "ig", n_steps: int = 8,
@@ -398,7 +352,7 @@ def attribute_tokens(model: LLaRA, prompt: Prompt, target: int | None = None, me
         seq = torch.cat([inp.to(embeds.dtype), embeds[:, length:].expand(inp.shape[0], -1, -1)], dim=1)
         return _target_score(model, prompt, seq, torch.ones(seq.shape[:2], dtype=torch.long, device=seq.device), answer, explained)
 
-    target, source, cost = _check_target(model, prompt, target)
+    target, source, cost = check_target(model, prompt, target)
     explained: int = target  # what the closure below reads: a name that is never None
     with _attributing(model, upcast):
         embeds, answer = _spliced(model, prompt, target)  # (1, L + m, D); the answer part is held fixed
@@ -425,6 +379,6 @@ def attribute_tokens(model: LLaRA, prompt: Prompt, target: int | None = None, me
     raw = attr[0].float().sum(-1).tolist()  # (L,)
     titles = [float(sum(raw[p] for p in positions)) if prompt.titles else None for positions in layout.history_titles]
     slots = [None if p is None else raw[p] for p in layout.history_slots]
-    return _result(model, prompt, layout, "token", method, target, source, full, raw, titles, slots,
+    return attribution_result(model, prompt, layout, "token", method, target, source, full, raw, titles, slots,
                    {"forward_passes": cost["forward_passes"] + counter["calls"], "sequences": cost["sequences"] + counter["rows"]},
                    started, details)

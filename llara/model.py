@@ -201,7 +201,7 @@ class LLaRA(nn.Module):
         labels = batch.labels if self.weights["title"] > 0 else None
         # the follow loss scores every candidate's answer from this pass's KV cache (llara/follow.py)
         follow = self.weights["follow"] > 0 and labels is not None and use_next and batch.candidates is not None
-        if follow:
+        if follow and self.builder.answer != "index":  # titles are scored as continuations of this pass's cache
             kwargs = {**kwargs, "use_cache": True}
         # the LM's output, to which the heads' logits and losses are added as attributes (transformers' output
         # classes declare only the LM's own fields)
@@ -359,7 +359,7 @@ class LLaRA(nn.Module):
     @autocast_method
     def constrained(self, prompt: Prompt) -> int:
         """Greedy decoding over the candidate answers only; returns the chosen item."""
-        trie = AnswerTrie({c: self.builder.answer_ids(c) for c in prompt.candidates})
+        trie = AnswerTrie({c: self.builder.answer_for(prompt, c) for c in prompt.candidates})
         logp, past, length = self._prefill(prompt)
         prefix: list[int] = []
         while True:
@@ -383,7 +383,7 @@ class LLaRA(nn.Module):
         batch (causal attention: a real token never sees the padding after it). ``normalize`` divides by the
         number of answer tokens.
         """
-        answers = [self.builder.answer_ids(c) for c in prompt.candidates]
+        answers = [self.builder.answer_for(prompt, c) for c in prompt.candidates]
         logp0, past, length = self._prefill(prompt)
         width = max(len(a) for a in answers)
         cont = torch.tensor([a + [self.pad_id] * (width - len(a)) for a in answers], device=self.device)  # (C, W)
@@ -404,7 +404,7 @@ class LLaRA(nn.Module):
         """The same scores as ``rank``, each candidate run from scratch: the reference for tests and benchmarks."""
         scores = []
         for c in prompt.candidates:
-            answer = self.builder.answer_ids(c)
+            answer = self.builder.answer_for(prompt, c)
             full = dataclasses.replace(prompt, target=c, target_ids=tuple(answer))
             batch = collate([full], self.pad_id, with_targets=True, device=self.device)
             logits = self.llm(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask,

@@ -4,6 +4,11 @@ A hybrid prompt lists each item as ``title <HistoryEmb>`` / ``title <CansEmb>``;
 embedding at each slot by the projected recommender embedding of the item behind it. The text-only prompt uses
 ``title <PH>`` so both kinds have the same layout (and almost the same token positions).
 
+With ``answer="index"`` each candidate is listed behind a letter (``C: title <CansEmb>``) and the answer is the
+letter, then the title it labels (`` C: title`` + newline): the letter is one token, so the LM head's logits at the
+answer position rank every candidate in the prompt's own pass (as LlamaRec scores its index), and the title after
+it is a copy from the list, which is what makes the written answer follow that ranking.
+
 The whole prompt is tokenized in one call (placeholders are special tokens, so they never merge with their
 neighbours) and slots are found by token id; the count is checked against the items, so a title can never shift
 an embedding onto the wrong position.
@@ -49,6 +54,9 @@ SEPARATOR = ", "
 # The user slot follows the history list, so with causal attention no history slot can see it (the dense
 # next-item loss at history slot k must not see the items after k, which the user token summarises).
 USER_SLOT = " (profile {token})"
+# how the answer names the pick: the candidate's title, or its letter in the list and then the title
+ANSWERS = ("title", "index")
+INDEX_LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def clean_history(items: list[int], max_items: int = MAX_HISTORY, noun: str = "items") -> tuple[list[int], str]:
@@ -94,6 +102,7 @@ class Prompt:
     # layout but carry the model's neutral vector (``LLaRA.neutral_slot``) instead of their item / user vector
     blank_items: bool = False
     blank_user: bool = False
+    indexed: bool = False  # candidates listed behind letters; the answer is the letter, then the title
 
     def without(self, parts) -> Prompt:
         """This prompt with item slots (``"items"``) and / or the user slot (``"user"``) blanked; titles are removed by
@@ -144,9 +153,12 @@ def safe_title(title: str) -> str:
 class PromptBuilder:
     """Builds prompts for one catalog and tokenizer (which must already know the placeholder tokens)."""
 
-    def __init__(self, tokenizer, catalog: Catalog, max_length: int | None = None, user_token: bool = False) -> None:
+    def __init__(self, tokenizer, catalog: Catalog, max_length: int | None = None, user_token: bool = False,
+                 answer: str = "title") -> None:
         if catalog.domain not in TEMPLATES:
             raise ValueError(f"no prompt templates for domain {catalog.domain!r}; valid: {', '.join(TEMPLATES)}")
+        if answer not in ANSWERS:
+            raise ValueError(f"answer must be one of {', '.join(ANSWERS)}, got {answer!r}")
         ids = tokenizer.convert_tokens_to_ids(list(PLACEHOLDER_TOKENS))
         unk = getattr(tokenizer, "unk_token_id", None)
         if any(i is None or i == unk for i in ids):
@@ -159,6 +171,15 @@ class PromptBuilder:
         self.max_length = max_length
         self.terminator_id = self._terminator()
         self._answers: dict[int, list[int]] = {}
+        self.answer = answer
+        # the answer's first token for each letter (" A", " B", ...): what the LM head scores at the answer position
+        self.index_ids: tuple[int, ...] = ()
+        if answer == "index":
+            labels = [tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in INDEX_LABELS]
+            if any(len(ids) != 1 for ids in labels) or len({ids[0] for ids in labels}) != len(labels):
+                raise ValueError("answer='index' needs a tokenizer that spells each of ' A'..' Z' as one token")
+            self.index_ids = tuple(ids[0] for ids in labels)
+        self._colon = list(tokenizer(":", add_special_tokens=False)["input_ids"])
 
     def text(self, history: tuple[int, ...], candidates: tuple[int, ...], hybrid: bool, template: int = 0,
              titles: bool = True) -> str:
@@ -169,13 +190,15 @@ class PromptBuilder:
         hist_tok = HISTORY_TOKEN if hybrid else PLACEHOLDER_TOKEN
         cand_tok = CANDIDATE_TOKEN if hybrid else PLACEHOLDER_TOKEN
 
-        def listed(items: tuple[int, ...], token: str) -> str:
-            return SEPARATOR.join(f"{self.titles[i]} {token}" if titles else token for i in items)
+        def listed(items: tuple[int, ...], token: str, labels: str = "") -> str:
+            entries = [f"{self.titles[i]} {token}" if titles else token for i in items]
+            return SEPARATOR.join(f"{label}: {e}" for label, e in zip(labels, entries)) if labels else SEPARATOR.join(entries)
 
         listed_history = listed(history, hist_tok)
         if self.user_token:
             listed_history += USER_SLOT.format(token=USER_TOKEN if hybrid else PLACEHOLDER_TOKEN)
-        return self.templates[template].format(history=listed_history, candidates=listed(candidates, cand_tok),
+        labels = INDEX_LABELS if self.answer == "index" else ""
+        return self.templates[template].format(history=listed_history, candidates=listed(candidates, cand_tok, labels),
                                                n=len(candidates))
 
     def build(
@@ -197,6 +220,8 @@ class PromptBuilder:
             raise ValueError(f"need at least 2 candidates, got {len(candidates)}")
         if len(set(candidates)) != len(candidates):
             raise ValueError("candidates contain duplicates")
+        if self.answer == "index" and len(candidates) > len(INDEX_LABELS):
+            raise ValueError(f"answer='index' labels at most {len(INDEX_LABELS)} candidates, got {len(candidates)}")
         self.catalog.check_ids(history, "history item id")
         self.catalog.check_ids(candidates, "candidate item id")
         if target is not None and target not in candidates:
@@ -228,7 +253,7 @@ class PromptBuilder:
             user_pos = marks[len(history)] if n_user else None
         target_ids: tuple[int, ...] = ()
         if target is not None:
-            target_ids = tuple(self.answer_ids(target))
+            target_ids = tuple(self._answer(target, candidates))
         if self.max_length is not None and len(input_ids) + len(target_ids) > self.max_length:
             over = len(input_ids) + len(target_ids) - self.max_length
             raise ValueError(
@@ -237,7 +262,27 @@ class PromptBuilder:
             )
         return Prompt(text, input_ids, positions, items, hybrid, history, candidates, template, target, target_ids,
                       candidate_positions=tuple(cand_pos), history_positions=tuple(hist_pos), user_position=user_pos,
-                      titles=titles)
+                      titles=titles, indexed=self.answer == "index")
+
+    def with_answer(self, answer: str) -> PromptBuilder:
+        """This builder (same tokenizer, catalog, context and user slot) with another answer format."""
+        if answer == self.answer:
+            return self
+        return PromptBuilder(self.tokenizer, self.catalog, self.max_length, self.user_token, answer=answer)
+
+    def answer_for(self, prompt: Prompt, item: int) -> list[int]:
+        """Token ids of the answer naming candidate ``item`` of ``prompt``: ``answer_ids(item)``, or for an indexed
+        prompt its letter first (`` C: title`` + terminator)."""
+        if prompt.indexed != (self.answer == "index"):
+            raise ValueError("the prompt was built for another answer format than this builder's")
+        return self._answer(item, prompt.candidates)
+
+    def _answer(self, item: int, candidates: tuple[int, ...]) -> list[int]:
+        if self.answer != "index":
+            return self.answer_ids(item)
+        if item not in candidates:
+            raise ValueError(f"item {item} is not among the prompt's candidates")
+        return [self.index_ids[candidates.index(item)], *self._colon, *self.answer_ids(item)]
 
     def answer_ids(self, item: int) -> list[int]:
         """Token ids of the answer: ``" <title>"`` then one terminator token (the newline, or EOS).

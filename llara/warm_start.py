@@ -49,6 +49,8 @@ def warm_start(cfg: Any, dataset, device: str | torch.device | None = None):
     opts = model_options(dataclasses.asdict(cfg))
     model.weights = {**model.weights, **opts["weights"]}
     model.head_weight = opts["head_weight"]
+    # the answer format is the prompt's, not the weights': a warm start may change it (title -> index)
+    model.builder = model.builder.with_answer(opts["answer"])
     record = {"path": portable_path(cfg.init_from), "step": meta.get("step"),
               "adapter_sha256": meta.get("files", {}).get("adapter/adapter_model.safetensors")}
     return model, record

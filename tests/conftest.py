@@ -122,10 +122,11 @@ def make_prompt_tokenizer(extra_text: str = ""):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from llara.prompts import TEMPLATES
+    from llara.prompts import INDEX_LABELS, TEMPLATES
 
     pre = pre_tokenizers.Whitespace()
-    texts = [*sum(TEMPLATES.values(), ()), " ".join(TOY_TITLES), "20 10", extra_text]
+    # the letters label candidates in indexed prompts (--answer index)
+    texts = [*sum(TEMPLATES.values(), ()), " ".join(TOY_TITLES), "20 10", " ".join(INDEX_LABELS), extra_text]
     words = sorted({w for text in texts for w, _ in pre.pre_tokenize_str(text)})
     vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *words])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))

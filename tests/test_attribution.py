@@ -15,13 +15,13 @@ import torch
 from llara.attribution import (
     Ablation,
     ablation_log_likelihoods,
-    attribute_deletion,
     attribute_items,
     attribute_tokens,
     neutral_slot_vector,
 )
 from llara.build import attach_lora
 from llara.data import Catalog
+from llara.deletion import attribute_deletion
 from llara.explain import main as cli_main
 from llara.llm import add_placeholder_tokens, ensure_pad_token, load_base_model
 from llara.model import LLaRA

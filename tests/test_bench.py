@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from llara import bench
+from llara import bench, bench_table
 
 
 def _t(p50: float) -> dict:
@@ -17,7 +17,7 @@ def test_table_shows_targets_and_ratios():
            "train": [{"precision": "bf16", "gradient_checkpointing": True, "samples_per_s": 0.8, "step": _t(5.0), "peak_rss_mb": 3000}],
            "llamacpp": {"prompt_tokens": 200, "prefill": _t(0.2), "prompt+16 tokens": _t(0.5), "quant": "Q4_1"},
            "forward": {"precision": "bf16", "prompt_tokens": 230, "forward": _t(0.46)}}
-    table = bench.format_table(res)
+    table = bench_table.format_table(res)
     assert "| nf4 | nf4, LoRA unmerged | target |" in table
     assert "8.0x faster than 20 independent passes (target ≥ 3x)" in table
     assert "bf16 ≤ 1,000, nf4 ≤ 2,000" in table and "≤ 30 s" in table
@@ -30,7 +30,7 @@ def test_llamacpp_absent_is_a_note(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # import fails as when not installed
     result = bench.bench_llamacpp("x", 1, 1)
     assert "make bench-deps" in result["skipped"]
-    assert "llama.cpp reference: skipped: pip" in bench.format_table({"llamacpp": {"skipped": "pip ..."}})
+    assert "llama.cpp reference: skipped: pip" in bench_table.format_table({"llamacpp": {"skipped": "pip ..."}})
 
 
 @pytest.mark.parametrize("argv", [["--parts", "gpu"], ["--precisions", "int3"], ["--repeats", "0"],
@@ -52,7 +52,7 @@ def test_llamacpp_crash_is_a_note_not_a_lost_table(monkeypatch):
 def test_app_start_rows_name_the_cache_and_targets():
     starts = [{"precision": "nf4", "empty_cache": True, "ready_s": 31.4, "rss_mb": 930.2},
               {"precision": "nf4", "empty_cache": False, "ready_s": 17.0, "rss_mb": 899.6}]
-    table = bench.format_table({"app": starts})
+    table = bench_table.format_table({"app": starts})
     assert "| nf4, empty cache (first start) | 31.4 | 930 | ≤ 30 s; ≤ 1,000 MB |" in table
     assert "| nf4, warm cache | 17.0 | 900 | ≤ 1,000 MB |" in table
 
@@ -79,11 +79,11 @@ def test_every_demo_column_and_the_table_name_their_cpu_path():
     res = {"machine": {**avx512, "torch": "2.13.0", "device": "cpu", "threads": 2},
            "demo": [{**demo, "machine": avx512, "matmul": {"bf16_over_fp32": 0.6}},
                     {**demo, "machine": limited, "matmul": {"bf16_over_fp32": 7.4}}]}
-    table = bench.format_table(res)
+    table = bench_table.format_table(res)
     assert table.splitlines()[0] == "CPU: Intel Xeon, 2 cores, torch AVX512, native bf16 (compute bfloat16)"
     assert "| nf4, bfloat16 compute | nf4, float32 compute, AVX2 limit | target |" in table
     assert "| bf16 / fp32 time of one matmul in that process | 0.6x | 7.4x |" in table
-    assert bench.format_table({}).startswith("CPU: not recorded")
+    assert bench_table.format_table({}).startswith("CPU: not recorded")
 
 
 def test_demo_children_run_on_each_path_and_compute_dtype(monkeypatch, tmp_path, capsys):

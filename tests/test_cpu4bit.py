@@ -113,7 +113,7 @@ def test_detach_from_file_releases_the_mapped_safetensors(tmp_path):
 
 def test_gguf_is_parsed_once_inside_the_block(monkeypatch):
     gguf = pytest.importorskip("gguf")
-    from llara.llm import _gguf_parsed_once
+    from llara.gguf_convert import gguf_parsed_once
 
     made = []
 
@@ -122,7 +122,7 @@ def test_gguf_is_parsed_once_inside_the_block(monkeypatch):
             made.append(path)
 
     monkeypatch.setattr(gguf, "GGUFReader", Reader)
-    with _gguf_parsed_once():
+    with gguf_parsed_once():
         first, second = gguf.GGUFReader("a.gguf"), gguf.GGUFReader("a.gguf")
         other = gguf.GGUFReader("b.gguf")
         assert first is second and other is not first

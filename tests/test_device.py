@@ -383,16 +383,16 @@ def test_an_explicit_device_accelerate_does_not_give_is_an_error(monkeypatch):
 
 
 def test_the_benchmark_names_its_device_and_gpu_memory(monkeypatch, capsys):
-    from llara import bench
+    from llara import bench, bench_table
 
     timing = {"p50": 0.1, "p95": 0.2, "n": 3}
     demo = {"precision": "nf4", "cold_start_s": 3.0, "rss_after_load_mb": 900, "peak_rss_mb": 1000,
             "latency": {"hybrid rank": timing, "hybrid rank, 20 independent passes": timing}}
     on_gpu = {**demo, "gpu_mb_after_load": 300.0, "gpu_peak_mb": 512.0}
-    table = bench.format_table({"machine": {"device": "cuda:0 (NVIDIA H200, 140 GiB)"}, "demo": [on_gpu]})
+    table = bench_table.format_table({"machine": {"device": "cuda:0 (NVIDIA H200, 140 GiB)"}, "demo": [on_gpu]})
     assert "cuda:0 (NVIDIA H200, 140 GiB)" in table.splitlines()[1]  # after the line naming the CPU
     assert "| GPU memory in tensors after load / peak (MB) | 300 / 512 |" in table
-    assert "GPU memory" not in bench.format_table({"machine": {"device": "cpu"}, "demo": [demo]})
+    assert "GPU memory" not in bench_table.format_table({"machine": {"device": "cpu"}, "demo": [demo]})
     assert bench._gpu_mb(torch.device("cpu")) is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit):

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from llara.answers import ATTRIBUTION_METHODS, PROMPT_KINDS
-from llara.attribution import explained_score
+from llara.deletion import explained_score
 from llara.faithfulness import deletion_curves, format_curves, meets_target
 
 pytestmark = pytest.mark.usefixtures("llara_cache")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llara import llm
+from llara import gguf_convert
 from llara.constants import BASE_MODELS, CACHE_ENV, PLACEHOLDER_TOKENS
 from llara.llm import (
     add_placeholder_tokens,
@@ -179,7 +179,7 @@ def test_conversion_runs_once_and_is_atomic(monkeypatch, tmp_path):
         Path(out).mkdir(parents=True)
         (Path(out) / "config.json").write_text("{}")
 
-    monkeypatch.setattr(llm, "convert_gguf", fake_convert)
+    monkeypatch.setattr(gguf_convert, "convert_gguf", fake_convert)
     cache = tmp_path / "cache"
     with pytest.raises(KeyboardInterrupt):
         resolve_base_model(str(gguf), cache_dir=cache)

@@ -1,0 +1,127 @@
+"""Indexed answers (``--answer index``): candidates listed behind letters, the answer is the letter then the title,
+and the follow loss reads the letters' logits from the training pass (tiny in-memory models)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import llara.train as train_mod
+from llara.batch import collate
+from llara.checkpoint import read_llara_meta
+from llara.follow import follow_loss, letter_logits
+from llara.loader import load_llara
+from llara.metrics import match_answer
+from llara.next_item import distillation_loss
+from llara.prompts import INDEX_LABELS, PromptBuilder
+
+from .conftest import toy_train_args
+from .test_next_item import CANDS, HIST, LONG, randomize_head, tiny_llara
+
+TARGET = CANDS[2]
+
+
+def indexed(weights: dict | None = None):
+    model = tiny_llara(weights=weights, user_token=False)
+    model.builder = model.builder.with_answer("index")
+    return model
+
+
+def test_an_indexed_prompt_labels_each_candidate_and_answers_with_letter_then_title():
+    model = indexed()
+    b = model.builder
+    p = b.build(HIST, CANDS, hybrid=True, target=TARGET)
+    assert p.indexed and not b.with_answer("title").build(HIST, CANDS, hybrid=True).indexed
+    for label, item in zip(INDEX_LABELS, CANDS):
+        assert f"{label}: {b.titles[item]}" in p.text
+    letter = b.index_ids[CANDS.index(TARGET)]
+    assert list(p.target_ids) == [letter, *b._colon, *b.answer_ids(TARGET)]
+    assert b.answer_for(p, CANDS[0])[0] == b.index_ids[0]
+    # slots stay one per item, so the splice is unchanged by the labels
+    assert len(p.candidate_positions) == len(CANDS) and len(p.slot_positions) == len(HIST) + len(CANDS)
+    # the written answer names its candidate by title, as the paper's ValidRatio reads it
+    written = b.tokenizer.decode(list(p.target_ids)[:-1])
+    assert match_answer(written, [b.titles[c] for c in CANDS]) == CANDS.index(TARGET)
+
+
+def test_indexed_prompts_refuse_what_they_cannot_label():
+    model = indexed()
+    b = model.builder
+    with pytest.raises(ValueError, match="not among the prompt's candidates"):
+        b.answer_for(b.build(HIST, CANDS, hybrid=True), 30)
+    with pytest.raises(ValueError, match="another answer format"):
+        b.answer_for(b.with_answer("title").build(HIST, CANDS, hybrid=True), CANDS[0])
+    with pytest.raises(ValueError, match="at most 26 candidates"):
+        b.build((0,), tuple(range(1, 28)), hybrid=True)
+    with pytest.raises(ValueError, match="answer must be one of"):
+        b.with_answer("letters")
+
+
+def test_a_tokenizer_without_single_token_letters_is_refused():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+
+    model = tiny_llara(user_token=False)
+    words = [w for w in model.builder.tokenizer.get_vocab() if w not in INDEX_LABELS]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>")
+    with pytest.raises(ValueError, match="one token"):
+        PromptBuilder(tok, model.builder.catalog, answer="index")
+
+
+def test_letter_logits_are_what_the_rank_decode_scores_first():
+    """The follow loss's student for indexed prompts: each candidate's letter logit at the answer position. Its
+    log-softmax over the whole vocabulary is the first term of the ``rank`` decode's answer log-likelihood."""
+    model = indexed()
+    ps = [model.builder.build(h, CANDS, hybrid=True, target=TARGET) for h in (HIST, LONG)]
+    batch = collate(ps, model.pad_id, with_targets=True, padding_side="right")
+    with torch.no_grad():
+        out = model.llm(inputs_embeds=model.embed(batch), attention_mask=batch.attention_mask,
+                        position_ids=batch.position_ids)
+        letters = letter_logits(model, out, batch)  # (B, C)
+        for row, p in zip(range(2), ps):
+            one = collate([p], model.pad_id, device=model.device)
+            logp = model.llm(inputs_embeds=model.embed(one), attention_mask=one.attention_mask,
+                             position_ids=one.position_ids).logits[0, -1].float().log_softmax(-1)
+            assert letters[row].tolist() == pytest.approx(
+                (out.logits[row, len(p.input_ids) - 1].float()[list(model.builder.index_ids[:len(CANDS)])]).tolist())
+            assert (logp[list(model.builder.index_ids[: len(CANDS)])] - letters[row].log_softmax(-1)).std() < 1e-4
+
+
+def test_index_follow_loss_is_the_kl_to_the_letters_and_trains_only_the_words():
+    model = indexed({"title": 1.0, "next": 1.0, "follow": 1.0})
+    randomize_head(model)
+    ps = [model.builder.build(h, CANDS, hybrid=True, target=TARGET) for h in (HIST, LONG)]
+    batch = collate(ps, model.pad_id, with_targets=True, padding_side="right")
+    out = model(batch)
+    assert out.losses["follow"] > 0
+    with torch.no_grad():
+        teacher = out.item_logits.gather(1, batch.candidates)
+        expected = distillation_loss(letter_logits(model, out, batch), teacher)
+    assert float(follow_loss(model, out, batch)) == pytest.approx(float(expected), abs=1e-5)
+    model.zero_grad()
+    follow_loss(model, out, batch).backward()
+    assert model.next_head.query.weight.grad is None or not model.next_head.query.weight.grad.any()
+    # the teacher equal to the letters' own logits: nothing to learn
+    out.item_logits = torch.full_like(out.item_logits, -1e4).scatter(1, batch.candidates, letter_logits(model, out, batch))
+    assert float(follow_loss(model, out, batch)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_a_warm_start_switches_to_indexed_answers_and_the_checkpoint_keeps_them(toy_setup, tmp_path):
+    first = tmp_path / "first"
+    assert train_mod.main(toy_train_args(toy_setup, first, "--next-weight", "1", "--title-weight", "0",
+                                         "--max-train-samples", "4")) == 0
+    second = tmp_path / "second"
+    args = toy_train_args(toy_setup, second, "--init-from", str(first), "--next-weight", "1", "--title-weight", "1",
+                          "--follow-weight", "1", "--answer", "index", "--max-train-samples", "4")
+    args = [a for a in args if a not in ("--precision", "fp32")]
+    assert train_mod.main(args) == 0
+    meta = read_llara_meta(second)
+    assert meta["config"]["answer"] == "index" and "loss_follow" in meta["log"][0]
+    model, _, _ = load_llara(second)
+    assert model.builder.answer == "index"
+    p = model.builder.build((0, 1, 2), (3, 4, 5), hybrid=True)
+    assert p.indexed and "A:" in p.text
+    assert {c for c, _ in model.rank(p)} == {3, 4, 5}
+    assert model.constrained(p) in (3, 4, 5)

@@ -304,3 +304,24 @@ class PromptBuilder:
         if self.tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has neither a single newline token nor an EOS token to end answers")
         return int(self.tokenizer.eos_token_id)
+
+
+class AnswerTrie:
+    """Prefix trie over candidate answers' token ids, for constrained decoding."""
+
+    def __init__(self, answers: dict[int, list[int]]) -> None:
+        seen: dict[tuple[int, ...], int] = {}
+        for item, ids in answers.items():
+            if tuple(ids) in seen:
+                raise ValueError(f"candidates {seen[tuple(ids)]} and {item} tokenize to the same answer")
+            seen[tuple(ids)] = item
+        self.answers = answers  # item -> token ids, each ending with the terminator
+
+    def consistent(self, prefix: list[int]) -> list[int]:
+        """Items whose answer starts with ``prefix``."""
+        n = len(prefix)
+        return [item for item, ids in self.answers.items() if ids[:n] == prefix]
+
+    def next_tokens(self, prefix: list[int]) -> list[int]:
+        n = len(prefix)
+        return sorted({ids[n] for item, ids in self.answers.items() if ids[:n] == prefix and len(ids) > n})

@@ -8,9 +8,9 @@ from llara.batch import collate
 from llara.constants import IGNORE_INDEX
 from llara.data import Catalog
 from llara.llm import add_placeholder_tokens, ensure_pad_token
-from llara.model import AnswerTrie, LLaRA
+from llara.model import LLaRA
 from llara.projector import build_projector
-from llara.prompts import TEMPLATES, PromptBuilder, safe_title
+from llara.prompts import TEMPLATES, AnswerTrie, PromptBuilder, safe_title
 
 from .conftest import make_tiny_llama
 

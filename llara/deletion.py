@@ -11,17 +11,25 @@ import time
 import torch
 
 from .attribution import Attribution, attribution_result, check_target
-from .model import LLaRA
+from .model import LLaRA, rank_candidates
 from .prompt_layout import prompt_layout
 from .prompts import Prompt
 
 
 @torch.inference_mode()
+def explained_scores(model: LLaRA, prompts: list[Prompt], target: int) -> list[float]:
+    """What the model ranks ``target`` by, for each prompt in its own precision: the log-softmax over the candidates
+    of the next-item head for a model that has one, else the answer's log-likelihood (``LLaRA.rank``). With a head
+    the prompts (cut after their query slot, a few dozen tokens each) run as one batch: one pass for all of them."""
+    if model.next_head is None:
+        return [dict(model.rank(p))[target] for p in prompts]
+    scores = model.item_scores(prompts)  # (B, N)
+    return [dict(rank_candidates(row, p.candidates))[target] for row, p in zip(scores, prompts)]
+
+
 def explained_score(model: LLaRA, prompt: Prompt, target: int) -> float:
-    """What the model ranks ``target`` by, for one prompt in its own precision: the log-softmax over the candidates
-    of the next-item head for a model that has one, else the answer's log-likelihood (``LLaRA.rank``)."""
-    ranked = model.rank_items(prompt) if model.next_head is not None else model.rank(prompt)
-    return dict(ranked)[target]
+    """``explained_scores`` of one prompt."""
+    return explained_scores(model, [prompt], target)[0]
 
 
 def attribute_deletion(model: LLaRA, prompt: Prompt, target: int | None = None) -> Attribution:
@@ -37,13 +45,11 @@ def attribute_deletion(model: LLaRA, prompt: Prompt, target: int | None = None) 
     was_training = model.training
     model.eval()
     try:
-        full = explained_score(model, prompt, target)
-        effects = []
-        for k in range(len(prompt.history)):
-            kept = [*prompt.history[:k], *prompt.history[k + 1:]]
-            reduced = model.builder.build(kept, list(prompt.candidates), hybrid=prompt.hybrid, template=prompt.template,
-                                          titles=prompt.titles)
-            effects.append(full - explained_score(model, reduced, target))
+        reduced = [model.builder.build([*prompt.history[:k], *prompt.history[k + 1:]], list(prompt.candidates),
+                                       hybrid=prompt.hybrid, template=prompt.template, titles=prompt.titles)
+                   for k in range(len(prompt.history))]
+        full, *without = explained_scores(model, [prompt, *reduced], target)
+        effects = [full - w for w in without]
     finally:
         model.train(was_training)
     raw = [0.0] * len(prompt.input_ids)
@@ -54,9 +60,10 @@ def attribute_deletion(model: LLaRA, prompt: Prompt, target: int | None = None) 
         if slot is not None:  # every watched item of a hybrid prompt has one
             raw[slot] = effect
     none: list[float | None] = [None] * len(effects)
-    calls = 1 + len(effects)
+    sequences = 1 + len(effects)
+    passes = 1 if model.next_head is not None else sequences  # one batch, or one rank call per prompt
     return attribution_result(model, prompt, layout, "item", "deletion", target, source, full, raw, none, none,
-                   {"forward_passes": cost["forward_passes"] + calls, "sequences": cost["sequences"] + calls},
+                   {"forward_passes": cost["forward_passes"] + passes, "sequences": cost["sequences"] + sequences},
                    started, {"deleted": "title, slot and user slot rebuilt without the item",
                              "compute_dtype": str(model.llm.get_input_embeddings().weight.dtype).replace("torch.", "")},
                    totals=effects)

@@ -181,6 +181,26 @@ def test_deletion_scores_are_the_rebuilt_prompts_score_changes(model, hybrid):
     json.dumps(att.to_dict())
 
 
+def test_deletion_of_a_next_item_model_is_one_batched_pass_with_the_single_prompt_scores():
+    """A model with a next-item head scores the full prompt and every leave-one-out prompt in one batch; each effect
+    equals the difference of the prompts' scores taken one at a time (``rank_items``)."""
+    from .test_next_item import CANDS as NCANDS
+    from .test_next_item import LONG, randomize_head, tiny_llara
+
+    model = tiny_llara(user_token=False)
+    randomize_head(model)
+    prompt = model.builder.build(LONG, NCANDS, hybrid=True)
+    target = NCANDS[1]
+    att = attribute_deletion(model, prompt, target)
+    full = dict(model.rank_items(prompt))[target]
+    assert att.log_likelihood == pytest.approx(full, abs=1e-4)
+    for k, it in enumerate(att.items):
+        without = model.builder.build([h for j, h in enumerate(LONG) if j != k], NCANDS, hybrid=True)
+        assert it.total == pytest.approx(full - dict(model.rank_items(without))[target], abs=1e-4)
+    assert len({round(it.total, 5) for it in att.items}) > 1
+    assert att.cost["forward_passes"] == 1 and att.cost["sequences"] == 1 + len(LONG)
+
+
 def test_deletion_finds_the_only_signal():
     model, item = engineered("slot")
     att = attribute_deletion(model, model.builder.build(HIST, CANDS, hybrid=True), TARGET)

@@ -59,5 +59,5 @@ DEMO_TEXT_CHECKPOINT = LLARA_DIR / "movielens-text-minilm-5k"
 # The LastFM pair the demo serves beside it (trained on the release's split; docs/results.md): the hybrid model (titles
 # + GRU4Rec item slots) and its text-only twin at the same budget. Offered only where both exist and LastFM's data
 # resolves (llara/demo_datasets.py).
-LASTFM_CHECKPOINT = LLARA_DIR / "lastfm-gru4rec-lang-1k"
-LASTFM_TEXT_CHECKPOINT = LLARA_DIR / "lastfm-text-minilm-1k"
+LASTFM_CHECKPOINT = LLARA_DIR / "lastfm-gru4rec-lang-5k"
+LASTFM_TEXT_CHECKPOINT = LLARA_DIR / "lastfm-text-minilm-5k"

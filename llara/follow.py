@@ -134,7 +134,7 @@ def follow_check(model: Any, prompts: list, top: int = 8, batch_size: int = 4) -
 
     from .batch import collate
 
-    ent, uniform, own = [], [], []
+    ent, uniform, own, scored = [], [], [], 0
     for start in range(0, len(prompts), batch_size):
         batch = collate(prompts[start : start + batch_size], model.pad_id, with_targets=True, padding_side="right",
                         device=model.device)
@@ -143,10 +143,12 @@ def follow_check(model: Any, prompts: list, top: int = 8, batch_size: int = 4) -
         rows = torch.arange(batch.input_ids.shape[0], device=model.device)
         out.item_logits = model.next_head(out.hidden_states[-1][rows, batch.query_cols])  # (B, N), as forward reads it
         teacher, student = head_and_answers(model, out, batch, top)
+        scored = teacher.shape[1]  # the candidates the loss compares (all of them for indexed answers)
         log_t, log_s = teacher.float().log_softmax(-1), student.log_softmax(-1)
         p = log_t.exp()
         ent += (-(p * log_t).sum(-1)).tolist()
         uniform += (p * (log_t + math.log(teacher.shape[1]))).sum(-1).tolist()
         own += (p * (log_t - log_s)).sum(-1).tolist()
     n = len(ent)
-    return {"prompts": n, "teacher_entropy": sum(ent) / n, "kl_uniform": sum(uniform) / n, "kl_model": sum(own) / n}
+    return {"prompts": n, "top": scored, "teacher_entropy": sum(ent) / n, "kl_uniform": sum(uniform) / n,
+            "kl_model": sum(own) / n}

@@ -179,7 +179,7 @@ class PromptBuilder:
             if any(len(ids) != 1 for ids in labels) or len({ids[0] for ids in labels}) != len(labels):
                 raise ValueError("answer='index' needs a tokenizer that spells each of ' A'..' Z' as one token")
             self.index_ids = tuple(ids[0] for ids in labels)
-        self._colon = list(tokenizer(":", add_special_tokens=False)["input_ids"])
+            self._colon = list(tokenizer(":", add_special_tokens=False)["input_ids"])
 
     def text(self, history: tuple[int, ...], candidates: tuple[int, ...], hybrid: bool, template: int = 0,
              titles: bool = True) -> str:
@@ -192,7 +192,9 @@ class PromptBuilder:
 
         def listed(items: tuple[int, ...], token: str, labels: str = "") -> str:
             entries = [f"{self.titles[i]} {token}" if titles else token for i in items]
-            return SEPARATOR.join(f"{label}: {e}" for label, e in zip(labels, entries)) if labels else SEPARATOR.join(entries)
+            if labels:  # "C: title <slot>"
+                entries = [f"{label}: {e}" for label, e in zip(labels, entries)]
+            return SEPARATOR.join(entries)
 
         listed_history = listed(history, hist_tok)
         if self.user_token:

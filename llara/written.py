@@ -75,11 +75,10 @@ def training_check(model, meta: dict, ds, n: int) -> dict:
     from .train_stream import PromptStream, select_samples
 
     cfg = TrainConfig(**meta["config"])
-    top = 0 if cfg.answer == "index" else (cfg.follow_top or 8)  # indexed answers: every letter was in the loss
     stream = PromptStream(model, select_samples(ds.train, cfg.max_train_samples, cfg.sample_strategy, cfg.seed), cfg,
                           meta["total_steps"])
     prompts = [stream.prompt(g, meta["total_steps"] - 1) for g in range(n)]
-    return {**follow_check(model, prompts, top), "top": top or len(prompts[0].candidates)}
+    return follow_check(model, prompts, cfg.follow_top or 8)
 
 
 def format_table(summary: dict[str, dict], reference: str = "") -> str:

@@ -17,6 +17,18 @@ import torch
 # same on every machine; tests of the automatic choice set it themselves.
 os.environ.setdefault("LLARA_COMPUTE_DTYPE", "bf16")
 
+
+@pytest.fixture(autouse=True)
+def _restore_compute_dtype():
+    """A CLI's ``--compute-dtype`` writes ``$LLARA_COMPUTE_DTYPE`` for the whole process (so child processes inherit
+    it): put back what the test found, so one test's flag never changes the dtype a later test computes in."""
+    saved = os.environ.get("LLARA_COMPUTE_DTYPE")
+    yield
+    if saved is None:
+        os.environ.pop("LLARA_COMPUTE_DTYPE", None)
+    else:
+        os.environ["LLARA_COMPUTE_DTYPE"] = saved
+
 # ---------------------------------------------------------------------------------------------------------------
 # tiny LLM (llara.llm, llara.projector, and later the LLaRA model wrapper)
 

@@ -104,7 +104,7 @@ def head_and_answers(model: Any, out: Any, batch: Batch, top: int = 0) -> tuple[
     if cands is None:
         raise ValueError("the follow loss needs equal-size candidate sets")
     teacher = out.item_logits.detach().gather(1, cands.to(out.item_logits.device))  # (B, C)
-    if model.builder.answer == "index":  # every letter is scored by the pass itself: no reason to keep fewer
+    if model.builder.indexed:  # every letter is scored by the pass itself: no reason to keep fewer
         return teacher, letter_logits(model, out, batch)
     if 0 < top < cands.shape[1]:
         keep = teacher.topk(top, dim=1).indices  # (B, K)

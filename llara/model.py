@@ -180,7 +180,7 @@ class LLaRA(nn.Module):
         labels = batch.labels if self.weights["title"] > 0 else None
         # the follow loss scores every candidate's answer from this pass's KV cache (llara/follow.py)
         follow = self.weights["follow"] > 0 and labels is not None and use_next and batch.candidates is not None
-        if follow and self.builder.answer != "index":  # titles are scored as continuations of this pass's cache
+        if follow and not self.builder.indexed:  # titles are scored as continuations of this pass's cache
             kwargs = {**kwargs, "use_cache": True}
         # the LM's output, to which the heads' logits and losses are added as attributes (transformers' output
         # classes declare only the LM's own fields)

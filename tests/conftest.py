@@ -29,6 +29,9 @@ def _restore_compute_dtype():
     else:
         os.environ["LLARA_COMPUTE_DTYPE"] = saved
 
+# the LastFM split as released with the paper, beside the repository on the project's machines (never needed to run)
+SHARED_LASTFM = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "lastfm"
+
 # ---------------------------------------------------------------------------------------------------------------
 # tiny LLM (llara.llm, llara.projector, and later the LLaRA model wrapper)
 

@@ -14,9 +14,10 @@ from llara.constants import LASTFM_CHECKPOINT, LASTFM_TEXT_CHECKPOINT
 from llara.demo_datasets import DEMO_DATASETS
 from tests import browser as b
 
+from .conftest import SHARED_LASTFM
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_LASTFM = ROOT.parent / "shared" / "datasets" / "lastfm"
 SHOTS = Path(__file__).resolve().parent / "screenshots"
 PANELS = ("text-panel", "hybrid-panel", "rec-panel")
 SWITCH_S, PREDICT_S = 600, 180  # the first switch also merges the LastFM adapters once, on a shared CPU

@@ -24,8 +24,9 @@ from llara.data import (
 from llara.data.catalog import UnknownTitle
 from llara.data.protocol import samples_from_sequence, split_users
 
+from .conftest import SHARED_LASTFM
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED_LASTFM = REPO.parent / "shared" / "datasets" / "lastfm"
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ import pytest
 
 from llara.constants import LASTFM_CHECKPOINT
 
+from .conftest import SHARED_LASTFM
+
 pytestmark = pytest.mark.integration
-SHARED_LASTFM = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "lastfm"
 
 
 @pytest.fixture(scope="module")

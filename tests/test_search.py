@@ -1,10 +1,15 @@
 """Description search over the catalog with the packaged all-MiniLM-L6-v2 encoder (real model, ~1 s to load)."""
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import pytest
 
 from llara.data import load_dataset
 from llara.search import CatalogSearch, item_text, main
+
+from .conftest import SHARED_LASTFM
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +50,45 @@ def test_cli(capsys):
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
     with pytest.raises(SystemExit):
         main(["", "--top", "3"])
+
+
+def test_the_shipped_vectors_match_the_catalog_and_a_fresh_encoding(search):
+    # the module's search encoded MovieLens into a temp cache: the committed copy holds the same vectors
+    from llara.search import SHIPPED_VECTORS
+
+    shipped = SHIPPED_VECTORS / search.cache_path.name
+    assert shipped.is_file(), f"refresh the shipped copy: cp {search.cache_path} {SHIPPED_VECTORS}/"
+    np.testing.assert_allclose(np.load(shipped), search.matrix, atol=1e-5)
+
+
+def test_a_first_start_reads_the_shipped_vectors_without_the_encoder(monkeypatch, tmp_path):
+    import sentence_transformers
+
+    from llara import search as search_mod
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the encoder was loaded although the vectors ship with the repository")
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", refuse)
+    monkeypatch.setenv("LLARA_CACHE", str(tmp_path))  # an empty cache: a first start
+    catalog = load_dataset("movielens").catalog
+    matrix, path = search_mod.catalog_vectors(catalog)
+    assert path.parent == search_mod.SHIPPED_VECTORS and matrix.shape == (len(catalog), 384)
+    assert not (tmp_path / "search").exists()  # nothing written: the shipped copy is read in place
+
+
+def test_the_lastfm_catalog_has_shipped_vectors(monkeypatch):
+    # LastFM's vectors are encoded from the release's artist names; its file name must match its texts' hash
+    from llara.data import DatasetUnavailable
+    from llara.search import SHIPPED_VECTORS, encoder_folder, vectors_file
+
+    if SHARED_LASTFM.is_dir() and not os.environ.get("LLARA_LASTFM_DIR"):
+        monkeypatch.setenv("LLARA_LASTFM_DIR", str(SHARED_LASTFM))
+    try:
+        catalog = load_dataset("lastfm").catalog
+    except DatasetUnavailable as err:
+        pytest.skip(f"LastFM is not available here: {err}")
+    texts = [item_text(catalog, i) for i in range(len(catalog))]
+    shipped = SHIPPED_VECTORS / vectors_file(texts, encoder_folder())
+    assert shipped.is_file()
+    assert np.load(shipped).shape == (len(catalog), 384)

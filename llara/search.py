@@ -7,8 +7,8 @@ Each item is embedded once from its title, year and genres (all MovieLens has to
 so later starts only load it. A query is one encoder call and one matrix-vector product.
 
 The committed catalogs' matrices ship in ``assets/item_vectors/`` under the same file names: a first start (the app's
-language item features) then encodes nothing and never loads the encoder, and every machine scores with the vectors
-the committed checkpoints were trained with. After a catalog's texts change, its file no longer matches (the name
+language item features) then encodes nothing and never loads the encoder, and every machine scores with the same
+vectors (an encoding differs in its last bits between CPUs). After a catalog's texts change, its file no longer matches (the name
 holds the texts' hash) and the vectors are computed as before; refresh the shipped copy from the cache with
 ``cp ~/.cache/llara-studio/search/<name>.npy assets/item_vectors/`` (tests/test_search.py checks both catalogs).
 """

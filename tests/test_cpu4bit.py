@@ -131,6 +131,30 @@ def test_gguf_is_parsed_once_inside_the_block(monkeypatch):
     assert gguf.GGUFReader is Reader  # restored afterwards
 
 
+def test_the_tensor_free_gguf_parse_runs_once_and_each_caller_gets_its_own_copy(monkeypatch):
+    pytest.importorskip("gguf")
+    import transformers.modeling_gguf_pytorch_utils as hf_gguf
+
+    from llara.gguf_convert import gguf_parsed_once
+
+    calls = []
+
+    def fake(path, return_tensors=False, model_to_load=None, torch_dtype=None):
+        calls.append((path, return_tensors))
+        return {"config": {"vocab": ["a", "b"]}, "tensors": return_tensors}
+
+    monkeypatch.setattr(hf_gguf, "load_gguf_checkpoint", fake)
+    with gguf_parsed_once():
+        first = hf_gguf.load_gguf_checkpoint("m.gguf", return_tensors=False)
+        first["config"]["vocab"].append("mutated by a caller")
+        second = hf_gguf.load_gguf_checkpoint("m.gguf")
+        weights = hf_gguf.load_gguf_checkpoint("m.gguf", return_tensors=True, model_to_load=object())
+    assert second == {"config": {"vocab": ["a", "b"]}, "tensors": False}  # a copy: the first caller's edit is not seen
+    assert weights["tensors"] is True
+    assert calls == [("m.gguf", False), ("m.gguf", True)]  # the weights call always goes through
+    assert hf_gguf.load_gguf_checkpoint is fake  # restored afterwards
+
+
 def test_kernel_table_cli_refuses_bad_rows(capsys):
     with pytest.raises(SystemExit):
         cpu4bit.main(["--rows", "a,b"])

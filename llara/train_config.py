@@ -51,8 +51,8 @@ class TrainConfig:
                                   "softmax of their answers' log-likelihoods, so the title the LLM writes is the head's "
                                   "pick (needs --next-weight > 0 and --title-weight > 0; llara/follow.py)")
     follow_top: int = option(8, "the follow loss scores the next-item head's this many best candidates per prompt "
-                             "(0 = all; each scored answer costs about a dozen tokens of compute; with --answer index "
-                             "every candidate's letter is scored from the training pass itself, at no extra cost)")
+                             "(0 = all; each scored answer costs about a dozen tokens of compute; with an indexed "
+                             "--answer every candidate's letter is scored from the training pass itself, at no extra cost)")
     answer: str = option("title", "how the answer names the pick: title (the paper's: the candidate's title), index "
                          "(candidates listed behind letters A, B, ...; the answer is the letter, then the title; the "
                          "follow loss then reads the letters' logits at the answer position) or index-after (the same "

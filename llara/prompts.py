@@ -10,7 +10,10 @@ answer position rank every candidate in the prompt's own pass (as LlamaRec score
 it is a copy from the list, which is what makes the written answer follow that ranking. ``answer="index-after"``
 puts each letter right after its candidate's slot instead (``title <CansEmb> C``): the letter's own position then
 sits next to the item vector it labels, so attention that finds the best candidate's slot can read the letter from
-the token beside it (a copy, as induction heads do) instead of from a label several tokens before the slot.
+the token beside it (a copy, as induction heads do) instead of from a label several tokens before the slot. But
+there the title the answer writes after its letter comes *before* that letter in the list, so it cannot be copied
+as "what followed this letter". ``answer="index-both"`` writes the letter on both sides (``C: title <CansEmb> C``):
+the letter after the slot is there to be picked, the one in front to have its title copied after it.
 
 The whole prompt is tokenized in one call (placeholders are special tokens, so they never merge with their
 neighbours) and slots are found by token id; the count is checked against the items, so a title can never shift
@@ -58,7 +61,7 @@ SEPARATOR = ", "
 # next-item loss at history slot k must not see the items after k, which the user token summarises).
 USER_SLOT = " (profile {token})"
 # how the answer names the pick: the candidate's title, or its letter in the list and then the title
-ANSWERS = ("title", "index", "index-after")  # the indexed formats list letters; see the module docstring
+ANSWERS = ("title", "index", "index-after", "index-both")  # the indexed formats list letters; see the module docstring
 INDEX_LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -186,7 +189,7 @@ class PromptBuilder:
 
     @property
     def indexed(self) -> bool:
-        """Whether candidates are listed with letters and the answer starts with one (``index``, ``index-after``)."""
+        """Whether candidates are listed with letters and the answer starts with one (every answer but ``title``)."""
         return self.answer != "title"
 
     def text(self, history: tuple[int, ...], candidates: tuple[int, ...], hybrid: bool, template: int = 0,
@@ -200,9 +203,9 @@ class PromptBuilder:
 
         def listed(items: tuple[int, ...], token: str, labels: str = "") -> str:
             entries = [f"{self.titles[i]} {token}" if titles else token for i in items]
-            if labels and self.answer == "index-after":  # "title <slot> C"
+            if labels and self.answer in ("index-after", "index-both"):  # "title <slot> C"
                 entries = [f"{e} {label}" for label, e in zip(labels, entries)]
-            elif labels:  # "C: title <slot>"
+            if labels and self.answer in ("index", "index-both"):  # "C: title <slot>"
                 entries = [f"{label}: {e}" for label, e in zip(labels, entries)]
             return SEPARATOR.join(entries)
 

@@ -56,7 +56,8 @@ class TrainConfig:
     answer: str = option("title", "how the answer names the pick: title (the paper's: the candidate's title), index "
                          "(candidates listed behind letters A, B, ...; the answer is the letter, then the title; the "
                          "follow loss then reads the letters' logits at the answer position) or index-after (the same "
-                         "with each letter right after its candidate's slot); llara/prompts.py",
+                         "with each letter right after its candidate's slot) or index-both (the letter in front of the "
+                         "title and after the slot); llara/prompts.py",
                          choices=list(ANSWERS))
     residual: bool = option(False, "also learn residual scoring: recommender score + gate * next-item score, gate from 0")
     text_items: bool = option(False, "next-item head over title features (mean title-token embedding) instead of the "

@@ -56,6 +56,21 @@ def test_index_after_puts_each_letter_right_after_its_candidate_slot():
     assert [text.input_ids[q + 1] for q in text.candidate_positions] == list(b.index_ids[: len(CANDS)])
 
 
+def test_index_both_writes_the_letter_in_front_of_the_title_and_after_the_slot():
+    b = tiny_llara(user_token=False).builder.with_answer("index-both")
+    p = b.build(HIST, CANDS, hybrid=True, target=TARGET)
+    assert p.indexed
+    for label, item in zip(INDEX_LABELS, CANDS):
+        assert f"{label}: {b.titles[item]} <CansEmb> {label}" in p.text
+    # the letter after each slot, as with index-after: the token the answer starts with
+    assert [p.input_ids[q + 1] for q in p.candidate_positions] == list(b.index_ids[: len(CANDS)])
+    # the written answer "C: title" is the list's own text in front of the slot, so its title can be copied
+    assert list(p.target_ids) == [b.index_ids[CANDS.index(TARGET)], *b._colon, *b.answer_ids(TARGET)]
+    body, ids = list(p.target_ids)[:-1], list(p.input_ids)  # the answer's tokens without the terminator
+    assert any(ids[i:i + len(body)] == body for i in range(len(ids)))
+    assert len(p.candidate_positions) == len(CANDS) and len(p.slot_positions) == len(HIST) + len(CANDS)
+
+
 def test_indexed_prompts_refuse_what_they_cannot_label():
     model = indexed()
     b = model.builder

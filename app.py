@@ -27,8 +27,8 @@ from llara.constants import MAX_BATCH, PRECISIONS
 
 def build_parser() -> argparse.ArgumentParser:
     from app.state import DEFAULT_TEXT_CHECKPOINT
-    from llara.demo_datasets import DEMO_DATASETS
     from llara.device import add_device_arg
+    from llara.serving.demo_datasets import DEMO_DATASETS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     on_spaces = bool(os.environ.get("SPACE_ID"))
@@ -80,10 +80,10 @@ def source_env(args: argparse.Namespace, checkpoints: list[str]) -> dict[str, st
 
     ``--base-model-dir`` stands in for the registry base model that ``checkpoints`` were trained on; a checkpoint
     trained on anything else (a folder, a Hub id) names its weights itself, so the flag is refused there."""
-    from llara.base_models import local_model_env
     from llara.checkpoint import read_llara_meta
     from llara.constants import BASE_MODELS
     from llara.data.grouplens import DIR_ENV
+    from llara.model.base_models import local_model_env
     from llara.sources import DOWNLOAD_ENV, PACKAGED_ENV
 
     env = {PACKAGED_ENV: "0"} if args.no_packaged else {}
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     for flag, folder in (("--ml100k-dir", args.ml100k_dir), ("--base-model-dir", args.base_model_dir)):
         if folder is not None and not Path(folder).expanduser().is_dir():
             parser.error(f"{flag} {folder} is not a folder")
-    from llara.demo_datasets import DEMO_DATASETS, parse_offered
+    from llara.serving.demo_datasets import DEMO_DATASETS, parse_offered
 
     try:
         names = parse_offered(args.datasets)

@@ -1,5 +1,5 @@
 """The explanation's charts: what the per-item bar chart shows for each attribution method, in the words of the
-dataset on screen (UI shaping only; the attributions come from ``llara.inference``)."""
+dataset on screen (UI shaping only; the attributions come from ``llara.serving.inference``)."""
 from __future__ import annotations
 
 import gradio as gr

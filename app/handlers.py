@@ -2,7 +2,7 @@
 
 Every user mistake becomes a ``gr.Error`` with a sentence the person can act on; library ``ValueError``s are
 passed through the same way (their messages are written for people). Nothing here decides anything about the
-model: that lives in ``llara.inference``.
+model: that lives in ``llara.serving.inference``.
 """
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import sys
 import gradio as gr
 import pandas as pd
 
-from llara.answers import ABLATIONS, ATTRIBUTION_METHODS, PROMPT_KINDS, Prediction
 from llara.constants import MAX_SEED, MAX_TITLE_CHARS
-from llara.decoders import DECODERS
-from llara.inference import CANDIDATE_KINDS
-from llara.part_view import NEEDS_NEXT_HEAD, PART_COLUMNS, part_summary, part_table_rows
-from llara.search import MAX_QUERY_CHARS
+from llara.data.search import MAX_QUERY_CHARS
+from llara.model.decoders import DECODERS
+from llara.serving.answers import ABLATIONS, ATTRIBUTION_METHODS, PROMPT_KINDS, Prediction
+from llara.serving.inference import CANDIDATE_KINDS
+from llara.serving.part_view import NEEDS_NEXT_HEAD, PART_COLUMNS, part_summary, part_table_rows
 
 from .charts import chart_label, item_chart
 from .state import Studio

@@ -11,11 +11,11 @@ import pandas as pd
 import app.charts as charts
 import app.handlers as handlers
 import app.wording as wording
-from llara.answers import ABLATIONS, ATTRIBUTION_METHODS, UNTRAINED_TITLES, writes_titles
 from llara.constants import REPO_ROOT
-from llara.decoders import DECODERS
-from llara.part_view import NEEDS_NEXT_HEAD, PART_COLUMNS
-from llara.parts import model_parts
+from llara.evaluation.parts import model_parts
+from llara.model.decoders import DECODERS
+from llara.serving.answers import ABLATIONS, ATTRIBUTION_METHODS, UNTRAINED_TITLES, writes_titles
+from llara.serving.part_view import NEEDS_NEXT_HEAD, PART_COLUMNS
 
 from .state import Studio, Studios
 

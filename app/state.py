@@ -11,8 +11,8 @@ from pathlib import Path
 from llara.checkpoint import CheckpointError
 from llara.constants import DEMO_CHECKPOINT, DEMO_TEXT_CHECKPOINT
 from llara.data import DATASETS, SequenceDataset
-from llara.demo_datasets import DEMO_DATASETS, OneAtATime, unavailable
-from llara.inference import Predictor
+from llara.serving.demo_datasets import DEMO_DATASETS, OneAtATime, unavailable
+from llara.serving.inference import Predictor
 from llara.sources import SourceUnavailable
 
 from .wording import Words, words_for
@@ -93,7 +93,7 @@ class Studio:
         """The description search, built on first use (it loads a second model: keep it out of the cold start)."""
         with self._search_lock:
             if self._search is None:
-                from llara.search import CatalogSearch
+                from llara.data.search import CatalogSearch
 
                 _say("loading the description search (all-MiniLM-L6-v2) ...")
                 self._search = CatalogSearch(self.dataset.catalog)
@@ -116,7 +116,7 @@ class Offer:
 
 class Studios:
     """The Studio of each offered dataset, loaded on first use; at most ``keep`` held at once, so the server's memory
-    is that of one pair of models by default (``llara.demo_datasets.OneAtATime``)."""
+    is that of one pair of models by default (``llara.serving.demo_datasets.OneAtATime``)."""
 
     def __init__(self, offers: list[Offer], load: Callable[[str], Studio], keep: int = 1) -> None:
         self.offers = {offer.name: offer for offer in offers}
@@ -137,7 +137,7 @@ class Studios:
     @classmethod
     def for_datasets(cls, names: list[str], precision: str = "nf4", threads: int = 0, device=None,
                      keep: int = 1) -> Studios:
-        """The demo's datasets ``names`` (``llara.demo_datasets.DEMO_DATASETS``), each checked for what it needs;
+        """The demo's datasets ``names`` (``llara.serving.demo_datasets.DEMO_DATASETS``), each checked for what it needs;
         none is loaded yet."""
         offers = [Offer(n, DEMO_DATASETS[n].label, DATASETS[n][0], unavailable(DEMO_DATASETS[n])) for n in names]
 

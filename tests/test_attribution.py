@@ -1,4 +1,4 @@
-"""Attributions (llara.attribution) and their command line (llara.explain) on tiny in-memory models.
+"""Attributions (llara.attribution.methods) and their command line (llara.measurement.explain) on tiny in-memory models.
 
 The "only signal" tests engineer a model whose input carries information at exactly one place: every token
 embedding is zero (RMSNorm maps zero to zero, so a zero token adds nothing), and either one history item's
@@ -12,22 +12,22 @@ from dataclasses import replace
 import pytest
 import torch
 
-from llara.attribution import (
+from llara.attribution.deletion import attribute_deletion
+from llara.attribution.methods import (
     Ablation,
     ablation_log_likelihoods,
     attribute_items,
     attribute_tokens,
     neutral_slot_vector,
 )
-from llara.build import attach_lora
+from llara.attribution.prompt_layout import build_prompt, prompt_layout
 from llara.data import Catalog
-from llara.deletion import attribute_deletion
-from llara.explain import main as cli_main
-from llara.llm import add_placeholder_tokens, ensure_pad_token, load_base_model
-from llara.model import LLaRA
-from llara.projector import build_projector
-from llara.prompt_layout import build_prompt, prompt_layout
-from llara.prompts import Prompt, PromptBuilder
+from llara.measurement.explain import main as cli_main
+from llara.model.build import attach_lora
+from llara.model.llara_model import LLaRA
+from llara.model.llm import add_placeholder_tokens, ensure_pad_token, load_base_model
+from llara.model.projector import build_projector
+from llara.prompt.prompts import Prompt, PromptBuilder
 
 from .conftest import make_tiny_llama
 from .test_model import D_REC, TITLES, make_word_tokenizer
@@ -378,7 +378,7 @@ def test_nf4_model_answers_the_same_after_an_attribution(tmp_path):
 
 
 def test_words_merge_sub_word_pieces_and_keep_slots_and_line_breaks():
-    from llara.attribution import Attribution, TokenScore
+    from llara.attribution.methods import Attribution, TokenScore
 
     def tok(text, raw, part="history title"):
         return TokenScore(text, 0.0, raw, part)

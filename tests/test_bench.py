@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from llara import bench, bench_table
+from llara.measurement import bench, bench_table
 
 
 def _t(p50: float) -> dict:
@@ -58,8 +58,9 @@ def test_app_start_rows_name_the_cache_and_targets():
 
 
 def test_app_start_reports_an_app_that_dies(tmp_path):
-    """``llara.concurrency.app_start`` launches a real process; one that exits before serving is an error, not a hang."""
-    from llara.concurrency import app_start
+    """``llara.measurement.concurrency.app_start`` launches a real process; one that exits before serving is an error,
+    not a hang."""
+    from llara.measurement.concurrency import app_start
 
     broken = tmp_path / "app.py"
     broken.write_text("raise SystemExit(3)\n")
@@ -90,7 +91,7 @@ def test_demo_children_run_on_each_path_and_compute_dtype(monkeypatch, tmp_path,
     import json
     from pathlib import Path
 
-    from llara import cpu_paths
+    from llara.measurement import cpu_paths
 
     seen, real_run = [], bench.subprocess.run
 
@@ -126,7 +127,7 @@ def test_unknown_cpu_paths_and_compute_dtypes_are_refused(argv, capsys):
 
 
 def test_the_avx2_path_takes_effect_in_a_fresh_process(monkeypatch):
-    from llara import cpu_paths
+    from llara.measurement import cpu_paths
 
     monkeypatch.setenv("LLARA_COMPUTE_DTYPE", "auto")
 

@@ -31,7 +31,7 @@ import pytest
 from app import RESULTS_PLOT
 from app.state import DEFAULT_CHECKPOINT
 from llara.checkpoint import read_json
-from llara.parts import variants
+from llara.evaluation.parts import variants
 from tests import browser as b
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llara.constants import LASTFM_CHECKPOINT, LASTFM_TEXT_CHECKPOINT
-from llara.demo_datasets import DEMO_DATASETS
+from llara.serving.demo_datasets import DEMO_DATASETS
 from tests import browser as b
 
 from .conftest import SHARED_LASTFM

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import llara.evaluate as evaluate_mod
-import llara.results as results_mod
+import llara.evaluation.evaluate as evaluate_mod
+import llara.evaluation.results as results_mod
 from llara.data import candidate_sets, load_dataset, sample_rng
-from llara.results_tables import group, paired_table, personalization_table
+from llara.evaluation.results_tables import group, paired_table, personalization_table
 
 from .conftest import TOY_DATASET
 
@@ -75,8 +75,8 @@ def test_committed_sasrec_rows_are_rebuilt_by_their_stream(movielens, stream, fo
     """docs/results/sasrec.json (default stream) and docs/results/shared/sasrec.json (the earlier one): the committed
     SASRec scores every candidate set of its stream as recorded, user by user."""
     from llara.constants import RECOMMENDER_DIR
+    from llara.evaluation.probes import recommender_scorer
     from llara.metrics import target_ranks
-    from llara.probes import recommender_scorer
     from llara.recommenders import load_recommender
 
     row = json.loads((folder / "sasrec.json").read_text())

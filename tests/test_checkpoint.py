@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import llara.evaluate as evaluate_mod
+import llara.evaluation.evaluate as evaluate_mod
 from llara.checkpoint import (
     CheckpointError,
     _atomic_write,
@@ -26,8 +26,8 @@ from llara.checkpoint import (
     write_json,
 )
 from llara.data import load_dataset
-from llara.loader import load_llara
-from llara.projector import build_projector
+from llara.model.loader import load_llara
+from llara.model.projector import build_projector
 from llara.recommenders import build_recommender, save_recommender
 
 from .conftest import TOY_DATASET, write_toy_dataset
@@ -246,7 +246,7 @@ def test_merged_inference_matches_the_adapter(toy_run, tmp_path, monkeypatch):
 def test_two_loaded_models_share_their_identical_frozen_weights(toy_run):
     """The demo's second model points at the first one's unchanged weights (e.g. token embeddings): held once, tied
     weights still tied, answers unchanged; a weight that differs keeps its own copy."""
-    from llara.loader import share_identical_weights
+    from llara.model.loader import share_identical_weights
 
     first, _, ds = load_llara(toy_run["output"], precision="fp32")
     second, _, _ = load_llara(toy_run["output"], dataset=ds, precision="fp32")
@@ -274,7 +274,7 @@ def test_two_loaded_models_share_their_identical_frozen_weights(toy_run):
 def test_int8_loads_merged_only_and_ranks_like_float32(toy_run, tmp_path, monkeypatch):
     """int8 (fbgemm) serves a checkpoint with its LoRA update merged in: scores within int8 rounding of float32, a
     merged cache in bf16 (what its name says), and a clear error where LoRA would have to wrap an int8 layer."""
-    from llara.cpu8bit import Int8Linear
+    from llara.model.cpu8bit import Int8Linear
 
     monkeypatch.setenv("LLARA_CACHE", str(tmp_path))
     ref, _, ds = load_llara(toy_run["output"], precision="fp32", merge=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from app.state import DEFAULT_CHECKPOINT, DEFAULT_TEXT_CHECKPOINT
-from llara.answers import UNTRAINED_TITLES
+from llara.serving.answers import UNTRAINED_TITLES
 
 from .conftest import served_client
 

@@ -1,4 +1,4 @@
-"""The 4-bit CPU path (llara/cpu4bit.py): both kernels give the same answer, gradients still flow, weights leave the
+"""The 4-bit CPU path (llara/model/cpu4bit.py): both kernels give the same answer, gradients still flow, weights leave the
 mapped file, and the GGUF conversion parses its file once."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from llara import cpu4bit
+from llara.model import cpu4bit
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -113,7 +113,7 @@ def test_detach_from_file_releases_the_mapped_safetensors(tmp_path):
 
 def test_gguf_is_parsed_once_inside_the_block(monkeypatch):
     gguf = pytest.importorskip("gguf")
-    from llara.gguf_convert import gguf_parsed_once
+    from llara.model.gguf_convert import gguf_parsed_once
 
     made = []
 
@@ -135,7 +135,7 @@ def test_the_tensor_free_gguf_parse_runs_once_and_each_caller_gets_its_own_copy(
     pytest.importorskip("gguf")
     import transformers.modeling_gguf_pytorch_utils as hf_gguf
 
-    from llara.gguf_convert import gguf_parsed_once
+    from llara.model.gguf_convert import gguf_parsed_once
 
     calls = []
 
@@ -174,7 +174,7 @@ def test_a_fresh_process_imports_bitsandbytes_without_the_compiler():
     import subprocess
     import sys
 
-    code = ("import sys, torch; from llara.cpu4bit import import_bitsandbytes; import_bitsandbytes(); import peft; "
+    code = ("import sys, torch; from llara.model.cpu4bit import import_bitsandbytes; import_bitsandbytes(); import peft; "
             "from bitsandbytes.backends.default import ops; "
             "print('torch._inductor.compile_fx' in sys.modules, type(ops._dequantize_4bit_compute).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)

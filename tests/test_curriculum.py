@@ -1,9 +1,9 @@
-"""llara.curriculum: the hybrid-prompt probability per mode and the deterministic per-sample decision."""
+"""llara.training.curriculum: the hybrid-prompt probability per mode and the deterministic per-sample decision."""
 from __future__ import annotations
 
 import pytest
 
-from llara.curriculum import CURRICULUM_MODES, hybrid_probability, use_hybrid
+from llara.training.curriculum import CURRICULUM_MODES, hybrid_probability, use_hybrid
 
 T = 1000
 

@@ -1,10 +1,10 @@
-"""The decode registry (llara/decoders.py): one entry per decode, read by the predictor, the evaluation and the app."""
+"""The decode registry (llara/model/decoders.py): one entry per decode, read by the predictor, the evaluation and the app."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from llara.answers import UNTRAINED_TITLES
-from llara.decoders import DECODERS, DECODES, SCORED_DECODES, TITLE_DECODES, Reply, available, offered
+from llara.model.decoders import DECODERS, DECODES, SCORED_DECODES, TITLE_DECODES, Reply, available, offered
+from llara.serving.answers import UNTRAINED_TITLES
 
 
 def _model(head: bool = False, next_head: bool = False, gate: bool = False) -> SimpleNamespace:

@@ -28,14 +28,14 @@ from torch.overrides import TorchFunctionMode
 
 import llara
 from llara import device as dev
-from llara.attribution import Ablation, ablation_log_likelihoods, attribute_items, attribute_tokens, neutral_slot_vector
-from llara.batch import collate
-from llara.build import attach_lora
+from llara.attribution.methods import Ablation, ablation_log_likelihoods, attribute_items, attribute_tokens, neutral_slot_vector
 from llara.checkpoint import read_llara_meta, save_llara
 from llara.data import Sample
-from llara.evaluate import evaluate_samples
-from llara.model import LLaRA
-from llara.probes import recommender_scorer
+from llara.evaluation.evaluate import evaluate_samples
+from llara.evaluation.probes import recommender_scorer
+from llara.model.build import attach_lora
+from llara.model.llara_model import LLaRA
+from llara.prompt.batch import collate
 from llara.recommenders.trainer import candidate_scores
 
 from .conftest import load_app_module, toy_train_args
@@ -171,8 +171,8 @@ def test_forward_decoders_scoring_and_attributions_create_tensors_on_the_models_
 def test_training_steps_and_the_served_predictor_create_tensors_on_the_models_device(toy_setup, tmp_path):
     """The training loop (its batches, every loss, the periodic validation, checkpointing) and the demo's predictor
     (every decode, the ablations, the recommender panel, the inspector, attributions), checked the same way."""
-    import llara.train as train
-    from llara.inference import Predictor
+    import llara.training.train as train
+    from llara.serving.inference import Predictor
 
     out = tmp_path / "run"
     with FactoryCheck() as check:
@@ -198,14 +198,14 @@ def test_training_steps_and_the_served_predictor_create_tensors_on_the_models_de
         assert check.violations == [], "\n".join(sorted(set(check.violations)))
 
 
-def _compiled_in_llara(source: str, name: str, filename: str = "model.py"):
+def _compiled_in_llara(source: str, name: str, filename: str = "model/llara_model.py"):
     """A function whose code claims to live in a llara source file (as an edit there would)."""
     namespace = {"torch": torch, "np": np}
     exec(compile(source, str(LLARA_DIR / filename), "exec"), namespace)  # noqa: S102 - test-only, fixed source
     return namespace[name]
 
 
-# the recommender batch as llara/model.py built it before batches followed the model's device
+# the recommender batch as llara/model/llara_model.py built it before batches followed the model's device
 OLD_PADDED = '''
 def _padded(self, histories):
     rec = self.recommender
@@ -226,11 +226,11 @@ def test_the_check_catches_device_less_factories(monkeypatch):
         model.recommender_scores([HISTORY])  # a real code path, now with the old device-less batch
     assert {v.split(" ", 1)[1] for v in check.violations} >= {"torch.full without device=", "torch.zeros without device=",
                                                               "torch.tensor without device="}
-    assert all(v.startswith("llara/model.py:") for v in check.violations)
-    leak = _compiled_in_llara("def leak(a):\n    return torch.from_numpy(a)\n", "leak", "probes.py")
+    assert all(v.startswith("llara/model/llara_model.py:") for v in check.violations)
+    leak = _compiled_in_llara("def leak(a):\n    return torch.from_numpy(a)\n", "leak", "evaluation/probes.py")
     with FactoryCheck() as check:
         leak(np.zeros(2))
-    assert check.violations == ["llara/probes.py:2 torch.from_numpy without device="]
+    assert check.violations == ["llara/evaluation/probes.py:2 torch.from_numpy without device="]
 
 
 def test_the_check_lets_device_aware_calls_through():
@@ -277,7 +277,7 @@ def test_a_gpu_index_past_the_last_gpu_is_refused(monkeypatch):
 
 
 def test_nf4_on_mps_says_what_to_use_instead(monkeypatch, tiny_llama_dir):
-    from llara.llm import load_base_model
+    from llara.model.llm import load_base_model
 
     with pytest.raises(ValueError, match="nf4 .* not supported on Apple's MPS: use --precision bf16 or fp32"):
         dev.check_precision("nf4", torch.device("mps"))
@@ -354,8 +354,8 @@ def test_a_bad_device_name_is_refused_by_the_parser(capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error a machine without CUDA gives")
 def test_a_command_asked_for_cuda_without_cuda_says_why(toy_setup, tmp_path, capsys):
-    import llara.evaluate as evaluate
-    import llara.train as train
+    import llara.evaluation.evaluate as evaluate
+    import llara.training.train as train
 
     assert train.main(toy_train_args(toy_setup, tmp_path / "run", "--device", "cuda")) == 2
     err = capsys.readouterr().err
@@ -383,7 +383,7 @@ def test_an_explicit_device_accelerate_does_not_give_is_an_error(monkeypatch):
 
 
 def test_the_benchmark_names_its_device_and_gpu_memory(monkeypatch, capsys):
-    from llara import bench, bench_table
+    from llara.measurement import bench, bench_table
 
     timing = {"p50": 0.1, "p95": 0.2, "n": 3}
     demo = {"precision": "nf4", "cold_start_s": 3.0, "rss_after_load_mb": 900, "peak_rss_mb": 1000,
@@ -463,7 +463,7 @@ def test_a_gathered_state_dict_writes_the_same_checkpoint(tmp_path):
 
 def test_gradient_checkpointing_trains_the_same_weights(toy_setup, tmp_path):
     """Recomputing activations changes memory, not the result: two toy steps with and without it."""
-    import llara.train as train
+    import llara.training.train as train
     from llara.checkpoint import load_tensors
 
     runs = {}
@@ -479,7 +479,7 @@ def test_gradient_checkpointing_trains_the_same_weights(toy_setup, tmp_path):
 
 def test_sharded_checkpoints_refuse_to_resume(toy_setup, tmp_path, capsys):
     """A sharded run keeps no optimizer state (it stays split across processes): resuming must say so."""
-    import llara.train as train
+    import llara.training.train as train
 
     out = tmp_path / "run"
     assert train.main(toy_train_args(toy_setup, out, "--max-steps", "1", "--val-samples", "0")) == 0
@@ -543,7 +543,7 @@ def test_the_compute_dtype_flag_sets_it_for_the_process_and_refuses_typos(monkey
 
 @pytest.mark.parametrize("spec,dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
 def test_bf16_weights_load_in_the_compute_dtype(monkeypatch, tiny_llama_dir, spec, dtype):
-    from llara.llm import load_base_model
+    from llara.model.llm import load_base_model
 
     monkeypatch.setenv(dev.COMPUTE_ENV, spec)
     model, _ = load_base_model(str(tiny_llama_dir), precision="bf16")
@@ -553,7 +553,7 @@ def test_bf16_weights_load_in_the_compute_dtype(monkeypatch, tiny_llama_dir, spe
 def test_nf4_weights_stay_4bit_and_compute_in_float32_where_asked(monkeypatch, tmp_path):
     import bitsandbytes as bnb
 
-    from llara.llm import load_base_model
+    from llara.model.llm import load_base_model
 
     from .conftest import make_tiny_llama, make_tiny_tokenizer
 
@@ -580,7 +580,7 @@ def test_auto_serves_int8_only_on_a_cpu_without_native_bf16(monkeypatch, native,
 
 
 def test_the_predictor_says_what_auto_resolved_to(monkeypatch, toy_run, tmp_path):
-    from llara.inference import Predictor
+    from llara.serving.inference import Predictor
 
     monkeypatch.setenv("LLARA_CACHE", str(tmp_path))
     monkeypatch.setattr(dev, "native_bf16", lambda device="cpu": False)

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-import llara.evaluate as evaluate_mod
+import llara.evaluation.evaluate as evaluate_mod
 from llara.data import load_dataset
-from llara.evaluate import summarize
+from llara.evaluation.evaluate import summarize
 
 from .conftest import TOY_DATASET
 

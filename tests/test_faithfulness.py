@@ -1,13 +1,13 @@
-"""Deletion curves (llara/faithfulness.py) on the toy checkpoint: what is deleted, what is measured, bad input."""
+"""Deletion curves (llara/measurement/faithfulness.py) on the toy checkpoint: what is deleted, what is measured, bad input."""
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from llara.answers import ATTRIBUTION_METHODS, PROMPT_KINDS
-from llara.deletion import explained_score
-from llara.faithfulness import deletion_curves, format_curves, meets_target
+from llara.attribution.deletion import explained_score
+from llara.measurement.faithfulness import deletion_curves, format_curves, meets_target
+from llara.serving.answers import ATTRIBUTION_METHODS, PROMPT_KINDS
 
 pytestmark = pytest.mark.usefixtures("llara_cache")
 
@@ -76,7 +76,7 @@ def test_bad_settings_are_refused(studio):
 
 
 def test_a_saved_run_reprints_with_reuse(curves, tmp_path, capsys):
-    import llara.explain as attribute_mod
+    import llara.measurement.explain as attribute_mod
     from llara.checkpoint import write_json
 
     saved = tmp_path / "faith.json"

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import llara.train as train_mod
-from llara.batch import collate
+import llara.training.train as train_mod
 from llara.checkpoint import read_llara_meta
-from llara.follow import answer_logprobs, follow_loss, prompt_lengths, written_agrees
-from llara.train_config import TrainConfig, config_problems
+from llara.model.follow import answer_logprobs, follow_loss, prompt_lengths, written_agrees
+from llara.prompt.batch import collate
+from llara.training.train_config import TrainConfig, config_problems
 
 from .conftest import toy_train_args
 from .test_next_item import CANDS, HIST, LONG, randomize_head, tiny_llara
@@ -128,7 +128,7 @@ def test_warm_start_refuses_a_different_architecture(toy_setup, tmp_path, capsys
 
 def test_follow_top_scores_the_heads_best_candidates_only():
     """``top=3``: the KL over the head's three best candidates, the same as computing all answers and keeping them."""
-    from llara.next_item import distillation_loss
+    from llara.model.next_item import distillation_loss
 
     model = tiny_llara(user_token=False)
     randomize_head(model)

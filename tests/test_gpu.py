@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from llara import device as dev
-from llara.attribution import attribute_items, attribute_tokens
-from llara.batch import collate
+from llara.attribution.methods import attribute_items, attribute_tokens
 from llara.data import Sample
-from llara.evaluate import evaluate_samples
+from llara.evaluation.evaluate import evaluate_samples
+from llara.prompt.batch import collate
 
 from .conftest import make_tiny_llama, make_tiny_tokenizer, toy_train_args
 from .test_device import CANDIDATES, HISTORY, full_model
@@ -108,7 +108,7 @@ def test_cuda_forward_passes_run_under_bf16_autocast():
     model.rank_items(prompt)
     assert seen and all(seen)
     seen.clear()
-    attribute_items(model, prompt, target=5)  # attributions compute in float32 on purpose (llara.attribution)
+    attribute_items(model, prompt, target=5)  # attributions compute in float32 on purpose (llara.attribution.methods)
     assert seen and not any(seen)
 
 
@@ -116,7 +116,7 @@ def test_cuda_forward_passes_run_under_bf16_autocast():
 def test_nf4_goes_through_bitsandbytes_on_cuda(tmp_path):
     import bitsandbytes as bnb
 
-    from llara.llm import load_base_model
+    from llara.model.llm import load_base_model
 
     tokenizer = make_tiny_tokenizer()
     make_tiny_llama(len(tokenizer), hidden_size=64).save_pretrained(tmp_path)
@@ -129,9 +129,9 @@ def test_nf4_goes_through_bitsandbytes_on_cuda(tmp_path):
 
 
 def test_train_evaluate_and_serve_the_toy_run_on_the_device(toy_setup, tmp_path, capsys):
-    import llara.evaluate as evaluate
-    import llara.train as train
-    from llara.inference import Predictor
+    import llara.evaluation.evaluate as evaluate
+    import llara.training.train as train
+    from llara.serving.inference import Predictor
 
     out = tmp_path / "run"
     assert train.main(toy_train_args(toy_setup, out, "--max-steps", "2", "--device", SPEC)) == 0

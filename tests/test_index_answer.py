@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-import llara.train as train_mod
-from llara.batch import collate
+import llara.training.train as train_mod
 from llara.checkpoint import read_llara_meta
-from llara.follow import follow_loss, letter_logits
-from llara.loader import load_llara
 from llara.metrics import match_answer
-from llara.next_item import distillation_loss
-from llara.prompts import INDEX_LABELS, PromptBuilder
+from llara.model.follow import follow_loss, letter_logits
+from llara.model.loader import load_llara
+from llara.model.next_item import distillation_loss
+from llara.prompt.batch import collate
+from llara.prompt.prompts import INDEX_LABELS, PromptBuilder
 
 from .conftest import toy_train_args
 from .test_next_item import CANDS, HIST, LONG, randomize_head, tiny_llara

@@ -9,7 +9,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_nf4_train_then_evaluate(tmp_path, real_llm_cache):
-    from llara import evaluate, train, train_rec
+    from llara.evaluation import evaluate
+    from llara.recommenders import train_rec
+    from llara.training import train
 
     rec_dir = tmp_path / "rec"
     # A one-epoch SASRec is enough to provide an item table; the committed one is not needed here.
@@ -34,7 +36,7 @@ def test_nf4_train_then_evaluate(tmp_path, real_llm_cache):
 def test_generate_equals_the_reference_loop_on_a_committed_checkpoint(real_llm_cache):
     """The committed paper-recipe checkpoint (it writes titles): transformers' generate gives the answers of the
     project's earlier greedy loop, for a ragged batch of real prompts."""
-    from llara.loader import load_llara
+    from llara.model.loader import load_llara
 
     from .test_model import reference_greedy
 

@@ -24,10 +24,10 @@ def lastfm_dir() -> Path:
 
 
 def test_training_on_lastfm_from_the_folder_writes_a_loadable_checkpoint(lastfm_dir, real_llm_cache, tmp_path):
-    import llara.train as train_mod
+    import llara.training.train as train_mod
     from llara.checkpoint import read_llara_meta
     from llara.data import load_dataset
-    from llara.loader import load_llara
+    from llara.model.loader import load_llara
 
     out = tmp_path / "lastfm-run"
     args = ["--dataset", "lastfm", "--data-dir", str(lastfm_dir), "--output", str(out), "--mode", "hybrid",
@@ -45,7 +45,7 @@ def test_training_on_lastfm_from_the_folder_writes_a_loadable_checkpoint(lastfm_
 
 
 def test_the_committed_lastfm_model_is_evaluated_with_baselines_and_the_swap(lastfm_dir, real_llm_cache, tmp_path):
-    from llara.evaluate import main as evaluate
+    from llara.evaluation.evaluate import main as evaluate
 
     if not (LASTFM_CHECKPOINT / "meta.json").is_file():
         pytest.skip(f"the LastFM checkpoint is not here: {LASTFM_CHECKPOINT}")

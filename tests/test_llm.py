@@ -1,4 +1,4 @@
-"""llara.llm: spec resolution, the one-time conversion cache, placeholder tokens and their embedding scale.
+"""llara.model.llm: spec resolution, the one-time conversion cache, placeholder tokens and their embedding scale.
 
 Unit tests use the tiny in-memory Llama from conftest; the integration test loads the real embedded SmolLM2."""
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from llara import gguf_convert
 from llara.constants import BASE_MODELS, CACHE_ENV, PLACEHOLDER_TOKENS
-from llara.llm import (
+from llara.model import gguf_convert
+from llara.model.llm import (
     add_placeholder_tokens,
     cache_root,
     ensure_pad_token,
@@ -269,8 +269,8 @@ def test_real_smollm2_loads_with_placeholders(real_llm_cache, precision):
 
 def test_nf4_lora_gradients_survive_a_no_grad_evaluation(tmp_path):
     """A no-grad eval pass may repack 4-bit weights into a form without autograd; unpacking restores gradients."""
-    from llara.build import attach_lora
-    from llara.llm import unpack_4bit_for_training
+    from llara.model.build import attach_lora
+    from llara.model.llm import unpack_4bit_for_training
 
     tokenizer = make_tiny_tokenizer()
     make_tiny_llama(len(tokenizer), hidden_size=64).save_pretrained(tmp_path)
@@ -296,7 +296,7 @@ def test_the_optional_hub_kernel_warning_is_not_printed():
     import subprocess
     import sys
 
-    code = "import llara.llm, bitsandbytes, bitsandbytes.backends.cpu.ops"
+    code = "import llara.model.llm, bitsandbytes, bitsandbytes.backends.cpu.ops"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -304,7 +304,7 @@ def test_the_optional_hub_kernel_warning_is_not_printed():
 
 
 def test_int8_keeps_the_lm_head_tied_and_answers_close_to_float32(tiny_llama_dir):
-    from llara.cpu8bit import Int8Linear
+    from llara.model.cpu8bit import Int8Linear
 
     ref, tokenizer = load_base_model(str(tiny_llama_dir), precision="fp32")
     model, _ = load_base_model(str(tiny_llama_dir), precision="int8")
@@ -320,7 +320,7 @@ def test_int8_keeps_the_lm_head_tied_and_answers_close_to_float32(tiny_llama_dir
 
 
 def test_int8_gives_input_gradients_through_the_dequantized_weight():
-    from llara.cpu8bit import Int8Linear
+    from llara.model.cpu8bit import Int8Linear
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 32)

@@ -9,18 +9,18 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from llara.batch import collate
-from llara.build import model_options
 from llara.checkpoint import load_tensors, read_llara_meta, save_llara
 from llara.constants import IGNORE_INDEX
 from llara.data import Catalog
-from llara.llm import add_placeholder_tokens, ensure_pad_token
-from llara.model import LLaRA
-from llara.next_item import NextItemHead, distillation_loss, next_item_loss, title_features
-from llara.projector import build_projector
-from llara.prompts import PromptBuilder
+from llara.model.build import model_options
+from llara.model.llara_model import LLaRA
+from llara.model.llm import add_placeholder_tokens, ensure_pad_token
+from llara.model.next_item import NextItemHead, distillation_loss, next_item_loss, title_features
+from llara.model.projector import build_projector
+from llara.prompt.batch import collate
+from llara.prompt.prompts import PromptBuilder
 from llara.recommenders import SASRec
-from llara.train_config import TrainConfig, config_problems, short_prompts
+from llara.training.train_config import TrainConfig, config_problems, short_prompts
 
 from .conftest import TOY_TITLES, make_prompt_llama, make_prompt_tokenizer
 
@@ -335,7 +335,7 @@ def test_a_heads_only_pass_skips_the_output_layer_and_matches_the_full_pass():
 
 def test_a_heads_only_pass_trains_the_lora_adapter():
     """The decoder-only pass goes through a peft-wrapped LLM too: its LoRA layers get gradients."""
-    from llara.build import attach_lora
+    from llara.model.build import attach_lora
 
     model = tiny_llara(weights={"title": 0.0, "next": 1.0, "dense": 1.0, "distill": 0.0})
     randomize_head(model)  # zero query weights would give every hidden state a zero gradient

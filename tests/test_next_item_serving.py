@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-import llara.evaluate as evaluate_mod
-import llara.train as train_mod
-from llara.attribution import Attribution
+import llara.evaluation.evaluate as evaluate_mod
+import llara.training.train as train_mod
+from llara.attribution.methods import Attribution
 from llara.constants import USER_TOKEN
-from llara.inference import Predictor
-from llara.loader import load_llara
+from llara.model.loader import load_llara
+from llara.serving.inference import Predictor
 
 from .conftest import TINY_HIDDEN, toy_train_args
 
@@ -151,7 +151,7 @@ def test_residual_needs_next_weight(toy_setup, tmp_path, capsys):
 
 @pytest.mark.parametrize("decode", ["residual", "next"])
 def test_requests_waiting_for_the_model_are_answered_in_one_batch(predictor, decode):
-    """Concurrent next-item predicts are batched (llara/combiner.py) and answer exactly as they do one by one."""
+    """Concurrent next-item predicts are batched (llara/serving/combiner.py) and answer exactly as they do one by one."""
     import threading
 
     samples = predictor.dataset.test[:6]
@@ -189,7 +189,7 @@ def test_requests_waiting_for_the_model_are_answered_in_one_batch(predictor, dec
 def test_a_failing_batch_raises_in_every_waiting_request():
     import threading
 
-    from llara.combiner import Combiner
+    from llara.serving.combiner import Combiner
 
     lock = threading.Lock()
 

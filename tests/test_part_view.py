@@ -1,15 +1,15 @@
-"""The part comparison (``llara.part_view``, ``Predictor.compare_parts``, the "Compare prompt parts" view) and the
+"""The part comparison (``llara.serving.part_view``, ``Predictor.compare_parts``, the "Compare prompt parts" view) and the
 decode default (``next``, the LLM alone, wherever the checkpoint has a next-item head), on tiny toy checkpoints."""
 from __future__ import annotations
 
 import gradio as gr
 import pytest
 
-import llara.train as train_mod
+import llara.training.train as train_mod
 from app import handlers
 from app.state import Studio
-from llara.inference import Predictor
-from llara.part_view import NEEDS_NEXT_HEAD, PART_COLUMNS, TEXT_ROW, changed_share
+from llara.serving.inference import Predictor
+from llara.serving.part_view import NEEDS_NEXT_HEAD, PART_COLUMNS, TEXT_ROW, changed_share
 
 from .conftest import served_client, toy_train_args
 
@@ -180,7 +180,7 @@ def test_the_ui_defaults_to_next_and_serves_the_comparison(user_predictor):
 
 
 def test_the_command_line_names_both_decodes(capsys):
-    from llara.inference import main
+    from llara.serving.inference import main
 
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -7,11 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from llara.batch import collate
 from llara.data import Sample
-from llara.metrics import cluster_paired
-from llara.next_item import NextItemHead
-from llara.parts import (
+from llara.evaluation.parts import (
     all_position_samples,
     build_variant,
     hits_and_top1,
@@ -21,7 +18,10 @@ from llara.parts import (
     variant_scores,
     variants,
 )
-from llara.train_stream import dropped_parts
+from llara.metrics import cluster_paired
+from llara.model.next_item import NextItemHead
+from llara.prompt.batch import collate
+from llara.training.train_stream import dropped_parts
 
 from .test_next_item import CANDS, HIST, tiny_llara
 
@@ -164,7 +164,7 @@ def test_cli_missing_checkpoint_is_one_line(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def dropout_run(toy_setup, tmp_path_factory):
     """A tiny next-item run with a user token and modality dropout, end to end through the CLI."""
-    import llara.train as train_mod
+    import llara.training.train as train_mod
 
     from .conftest import toy_train_args
 
@@ -190,7 +190,7 @@ def test_parts_cli_reports_every_variant_and_window_positions_without_sequences(
     assert users[: len(users) // 2] == users[len(users) // 2:] == list(range(len(users) // 2))
     # the release folder format keeps no full sequences: every position of each test user's last window instead
     assert saved["positions_from"] == "last windows"
-    from llara.loader import load_llara
+    from llara.model.loader import load_llara
 
     test = load_llara(str(dropout_run))[2].test
     windows = sum(max(0, len(s.history) + 1 - 3) for s in test)
@@ -204,7 +204,7 @@ def test_parts_cli_reports_every_variant_and_window_positions_without_sequences(
 def test_evaluate_parts_flag(dropout_run, tmp_path):
     import json
 
-    import llara.evaluate as evaluate_mod
+    import llara.evaluation.evaluate as evaluate_mod
 
     out = tmp_path / "eval.json"
     assert evaluate_mod.main(["--checkpoint", str(dropout_run), "--decode", "next", "--seeds", "1", "--swap-seed", "-1",
@@ -215,8 +215,8 @@ def test_evaluate_parts_flag(dropout_run, tmp_path):
 
 
 def test_training_prompts_drop_parts():
-    from llara.train_config import TrainConfig
-    from llara.train_stream import PromptStream
+    from llara.training.train_config import TrainConfig
+    from llara.training.train_stream import PromptStream
 
     model = tiny_llara(user_token=True)
     samples = [Sample(HIST, 5, 1), Sample((9, 10, 11, 12), 13, 2)]
@@ -242,7 +242,7 @@ def test_parts_cli_runs_only_the_rows_asked_for(dropout_run, tmp_path, capsys):
 
 
 def test_fit_gate_recovers_the_best_mix():
-    from llara.gate import fit_gate
+    from llara.evaluation.gate import fit_gate
 
     torch.manual_seed(0)
     rec, llm = torch.randn(400, 30), torch.randn(400, 30)
@@ -253,10 +253,10 @@ def test_fit_gate_recovers_the_best_mix():
 
 
 def test_gate_cli_adds_residual_scoring(toy_setup, tmp_path, capsys):
-    import llara.train as train_mod
+    import llara.training.train as train_mod
     from llara.checkpoint import read_json
-    from llara.gate import main as gate_main
-    from llara.loader import load_llara
+    from llara.evaluation.gate import main as gate_main
+    from llara.model.loader import load_llara
 
     from .conftest import toy_train_args
 

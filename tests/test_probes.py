@@ -1,4 +1,5 @@
-"""llara.probes and the probe helpers of llara.evaluate on small synthetic data (no checkpoints, no training)."""
+"""llara.evaluation.probes and the probe helpers of llara.evaluation.evaluate on small synthetic data (no checkpoints, no
+training)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -9,8 +10,8 @@ import pytest
 from llara.data import pad_histories
 from llara.data.catalog import Catalog
 from llara.data.protocol import Sample, SequenceDataset
-from llara.evaluate import parse_seeds, probe_row
-from llara.probes import (
+from llara.evaluation.evaluate import parse_seeds, probe_row
+from llara.evaluation.probes import (
     PROBE_GENRES,
     choices_and_hits,
     derangement,

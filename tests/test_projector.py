@@ -1,11 +1,11 @@
-"""llara.projector: spec parsing, shapes, and the optional fixed output norm."""
+"""llara.model.projector: spec parsing, shapes, and the optional fixed output norm."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from llara.projector import Projector, build_projector
+from llara.model.projector import Projector, build_projector
 
 
 @pytest.mark.parametrize("spec,n_linear", [("linear", 1), ("mlp1x_gelu", 1), ("mlp2x_gelu", 2), ("mlp3x_gelu", 3)])

@@ -133,8 +133,8 @@ def test_committed_movielens_checkpoints(name):
 
 
 def test_summarize_combines_saved_results(tmp_path, capsys):
-    from llara import train_rec
     from llara.checkpoint import write_json
+    from llara.recommenders import train_rec
 
     def per_seed(hr1):
         return [{"seed": i, "best_val_hr@1": 0.4, "best_epoch": 10,

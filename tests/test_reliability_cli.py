@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-import llara.evaluate as evaluate_mod
-import llara.explain as attribute_mod
-import llara.inference as inference_mod
-import llara.search as search_mod
-import llara.train as train_mod
+import llara.data.search as search_mod
+import llara.evaluation.evaluate as evaluate_mod
+import llara.measurement.explain as attribute_mod
+import llara.serving.inference as inference_mod
+import llara.training.train as train_mod
 
 from .conftest import TOY_TITLES, assert_refused, load_app_module, run_cli, toy_train_args
 

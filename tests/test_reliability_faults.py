@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import llara.checkpoint as checkpoint_mod
-import llara.train as train_mod
+import llara.training.train as train_mod
 from llara.checkpoint import CheckpointError, read_llara_meta
-from llara.inference import Predictor
+from llara.serving.inference import Predictor
 
 from .conftest import assert_refused, load_app_module, run_cli, toy_train_args, write_toy_dataset
 

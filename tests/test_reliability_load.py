@@ -174,8 +174,8 @@ def test_50_attributions_do_not_grow_memory(studio):
 
 
 def test_the_load_benchmark_counts_every_request(studio):
-    """``llara.concurrency.load_test`` (``python -m llara.bench --parts load``) on the toy model."""
-    from llara.concurrency import load_test
+    """``llara.measurement.concurrency.load_test`` (``python -m llara.bench --parts load``) on the toy model."""
+    from llara.measurement.concurrency import load_test
 
     out = load_test(studio.predictor, clients=4, per_client=3)
     assert out["requests"] == 12 and out["errors"] == [] and out["predicts_per_s"] > 0
@@ -185,10 +185,10 @@ def test_the_load_benchmark_counts_every_request(studio):
 
 
 def test_the_mixed_benchmark_runs_every_kind_of_request(studio):
-    """``llara.concurrency.mixed_load`` (the memory half of ``--parts load``): predicts with every decode and
+    """``llara.measurement.concurrency.mixed_load`` (the memory half of ``--parts load``): predicts with every decode and
     explanations with every method, all counted, none failing, and its table line."""
-    from llara.answers import ATTRIBUTION_METHODS
-    from llara.concurrency import format_load, mixed_load
+    from llara.measurement.concurrency import format_load, mixed_load
+    from llara.serving.answers import ATTRIBUTION_METHODS
 
     p = studio.predictor
     out = mixed_load(p, requests=len(p.decodes) * 2 + 4 * 2, clients=2, explain_every=2)

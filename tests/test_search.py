@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from llara.data import load_dataset
-from llara.search import CatalogSearch, item_text, main
+from llara.data.search import CatalogSearch, item_text, main
 
 from .conftest import SHARED_LASTFM
 
@@ -54,7 +54,7 @@ def test_cli(capsys):
 
 def test_the_shipped_vectors_match_the_catalog_and_a_fresh_encoding(search):
     # the module's search encoded MovieLens into a temp cache: the committed copy holds the same vectors
-    from llara.search import SHIPPED_VECTORS
+    from llara.data.search import SHIPPED_VECTORS
 
     shipped = SHIPPED_VECTORS / search.cache_path.name
     assert shipped.is_file(), f"refresh the shipped copy: cp {search.cache_path} {SHIPPED_VECTORS}/"
@@ -64,7 +64,7 @@ def test_the_shipped_vectors_match_the_catalog_and_a_fresh_encoding(search):
 def test_a_first_start_reads_the_shipped_vectors_without_the_encoder(monkeypatch, tmp_path):
     import sentence_transformers
 
-    from llara import search as search_mod
+    from llara.data import search as search_mod
 
     def refuse(*args, **kwargs):
         raise AssertionError("the encoder was loaded although the vectors ship with the repository")
@@ -80,7 +80,7 @@ def test_a_first_start_reads_the_shipped_vectors_without_the_encoder(monkeypatch
 def test_the_lastfm_catalog_has_shipped_vectors(monkeypatch):
     # LastFM's vectors are encoded from the release's artist names; its file name must match its texts' hash
     from llara.data import DatasetUnavailable
-    from llara.search import SHIPPED_VECTORS, encoder_folder, vectors_file
+    from llara.data.search import SHIPPED_VECTORS, encoder_folder, vectors_file
 
     if SHARED_LASTFM.is_dir() and not os.environ.get("LLARA_LASTFM_DIR"):
         monkeypatch.setenv("LLARA_LASTFM_DIR", str(SHARED_LASTFM))

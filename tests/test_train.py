@@ -1,4 +1,4 @@
-"""llara.train end to end on the tiny toy setup (conftest ``toy_setup``): what moves and what stays frozen, exact
+"""llara.training.train end to end on the tiny toy setup (conftest ``toy_setup``): what moves and what stays frozen, exact
 save -> load, bit-for-bit resume, the curriculum schedule as training sees it, and a 2-process CPU launch."""
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import llara.train as train_mod
-from llara.batch import collate
+import llara.training.train as train_mod
 from llara.checkpoint import read_llara_meta
-from llara.llm import load_base_model
-from llara.loader import load_llara
+from llara.model.llm import load_base_model
+from llara.model.loader import load_llara
+from llara.prompt.batch import collate
 
 from .conftest import toy_train_args, write_toy_dataset
 
@@ -31,7 +31,7 @@ def is_trainable_name(name: str) -> bool:
 
 
 def run_train(args: list[str], monkeypatch, kill_after_step: int | None = None) -> dict:
-    """``llara.train.main(args)`` in process; returns the built model, its parameters before training and every
+    """``llara.training.train.main(args)`` in process; returns the built model, its parameters before training and every
     training prompt (with the step it was built for). ``kill_after_step``: die right after that step's checkpoint."""
     seen: dict = {"prompts": []}
     real_build, real_prompt, real_save = REAL  # not the attributes: an earlier call may have patched them
@@ -267,10 +267,10 @@ def test_documented_accelerate_command_starts_two_processes(tmp_path, accelerate
     that silently runs one process would train with half the effective batch and no data parallelism)."""
     import shlex
 
-    import llara.evaluate
+    import llara.evaluation.evaluate
 
     documented = set()
-    for doc in (train_mod.__doc__, llara.evaluate.__doc__):
+    for doc in (train_mod.__doc__, llara.evaluation.evaluate.__doc__):
         for line in doc.splitlines():
             if "accelerate launch" in line:
                 tokens = shlex.split(line.split("#")[0])
@@ -292,7 +292,7 @@ def test_candidate_head_is_trained_saved_and_evaluated(toy_setup, toy_run, tmp_p
     """--head-weight adds the candidate head: it moves, is saved beside the projector and answers --decode head."""
     import json
 
-    import llara.evaluate as evaluate_mod
+    import llara.evaluation.evaluate as evaluate_mod
 
     out = tmp_path / "head"
     assert train_mod.main(toy_train_args(toy_setup, out, "--head-weight", "1.0", "--max-steps", "3")) == 0

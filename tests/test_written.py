@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-import llara.train as train_mod
-import llara.written as written
+import llara.evaluation.written as written
+import llara.training.train as train_mod
 
 from .conftest import toy_train_args
 

@@ -1,0 +1,3 @@
+"""The training layer: the curriculum, the run's configuration and batches, warm starts and the training command
+(train). Imports nothing above llara.model.
+"""

@@ -51,8 +51,8 @@ def test_collate_is_imported_from_its_home():
 
 # ---- the layers ------------------------------------------------------------------------------------------------------
 
-# llara's layers, lowest first, in the order README.md's Layout section lists them: a module imports modules of its
-# own layer and of the layers below it, never one above. The shared leaves are top-level modules; each other layer is
+# llara's layers, lowest first (README.md's Layout section states this order): a module imports modules of its own
+# layer and of the layers below it, never one above. The shared leaves are top-level modules; each other layer is
 # a package. The commands (``python -m llara.<cmd>``: top-level files that only call their module's main) sit above
 # the library, and the app above everything.
 LEAVES = {"llara", "llara.constants", "llara.config", "llara.checkpoint", "llara.device", "llara.sources", "llara.memory",

@@ -120,8 +120,8 @@ def test_projected_vectors_exactly_at_slots(llara):
     batch = collate(prompts, llara.pad_id, padding_side="left")
     with torch.no_grad():
         embeds = llara.embed(batch)
-        plain = llara.model.llm.get_input_embeddings()(batch.input_ids)
-        projected = llara.model.projector(llara.item_table[batch.slot_items])
+        plain = llara.llm.get_input_embeddings()(batch.input_ids)
+        projected = llara.projector(llara.item_table[batch.slot_items])
     changed = (embeds != plain).any(-1)  # (B, T)
     expected = torch.zeros_like(changed)
     expected[batch.slot_rows, batch.slot_cols] = True
@@ -133,7 +133,7 @@ def test_projected_vectors_exactly_at_slots(llara):
 def test_text_only_prompt_has_no_projected_vectors(llara):
     batch = collate([llara.builder.build(HIST, CANDS, hybrid=False)], llara.pad_id)
     with torch.no_grad():
-        assert torch.equal(llara.embed(batch), llara.model.llm.get_input_embeddings()(batch.input_ids))
+        assert torch.equal(llara.embed(batch), llara.llm.get_input_embeddings()(batch.input_ids))
     assert batch.slot_items.numel() == 0
 
 
@@ -160,7 +160,7 @@ def test_rank_matches_uncached_scoring(llara):
 def test_constrained_always_returns_a_candidate(llara):
     for seed in range(4):
         torch.manual_seed(seed)
-        llara.model.projector.net[0].weight.data.normal_()  # other weights, other answers: always a candidate
+        llara.projector.net[0].weight.data.normal_()  # other weights, other answers: always a candidate
         for hybrid in (True, False):
             prompt = llara.builder.build(HIST, CANDS, hybrid=hybrid)
             choice = llara.constrained(prompt)
@@ -201,7 +201,7 @@ def test_item_table_must_fit(catalog):
 def test_candidate_head_scores_every_candidate_and_trains(llara):
     from torch import nn
 
-    llara.head = nn.Linear(llara.model.llm.config.hidden_size, 1)
+    llara.head = nn.Linear(llara.llm.config.hidden_size, 1)
     llara.head_weight = 1.0
     for hybrid in (True, False):
         prompt = llara.builder.build(HIST, CANDS, hybrid=hybrid, target=5)
@@ -212,7 +212,7 @@ def test_candidate_head_scores_every_candidate_and_trains(llara):
     batch = collate(prompts, llara.pad_id, with_targets=True, padding_side="right")
     assert batch.cand_targets.tolist() == [CANDS.index(5), CANDS.index(7)]
     out = llara(batch)
-    lm_only = llara.model.llm(inputs_embeds=llara.embed(batch), attention_mask=batch.attention_mask,
+    lm_only = llara.llm(inputs_embeds=llara.embed(batch), attention_mask=batch.attention_mask,
                         position_ids=batch.position_ids, labels=batch.labels).loss
     assert torch.isclose(out.loss, lm_only + out.head_loss)
     out.loss.backward()
@@ -222,7 +222,7 @@ def test_candidate_head_scores_every_candidate_and_trains(llara):
 def test_head_positions_survive_left_padding(llara):
     from torch import nn
 
-    llara.head = nn.Linear(llara.model.llm.config.hidden_size, 1)
+    llara.head = nn.Linear(llara.llm.config.hidden_size, 1)
     short = llara.builder.build(HIST, CANDS, hybrid=True)
     long = llara.builder.build(HIST + (9, 10), CANDS, hybrid=True)
     alone = llara.rank_head(short)
@@ -241,7 +241,7 @@ def reference_greedy(llara, prompts, max_new_tokens):
         tokens, done = [[] for _ in prompts], [False] * len(prompts)
         stop = llara._newline_ids() | {llara.tokenizer.eos_token_id}
         for _ in range(max_new_tokens):
-            result = llara.model.llm(**step_input, attention_mask=mask, position_ids=position, cache=past, use_cache=True)
+            result = llara.llm(**step_input, attention_mask=mask, position_ids=position, cache=past, use_cache=True)
             past, nxt = result.cache, result.logits[:, -1].argmax(-1)
             for b, tok in enumerate(nxt.tolist()):
                 if not done[b]:
@@ -260,7 +260,7 @@ def reference_greedy(llara, prompts, max_new_tokens):
 def test_generate_equals_the_reference_greedy_loop(llara, seed):
     """Ragged left-padded batches, hybrid and text prompts, several random projectors: the same answers."""
     torch.manual_seed(seed)
-    llara.model.projector.net[0].weight.data.normal_()
+    llara.projector.net[0].weight.data.normal_()
     prompts = [llara.builder.build(HIST, CANDS, hybrid=True), llara.builder.build(HIST[:2] + (9,), CANDS, hybrid=False),
                llara.builder.build(HIST[:1], CANDS[:5], hybrid=True)]
     assert llara.generate(prompts, max_new_tokens=6) == reference_greedy(llara, prompts, 6)

@@ -13,7 +13,7 @@ epoch kept is the best by HR@1 on the val users (``--select val``) or the last. 
 ``recommender+minilm`` (as ``build_item_features`` builds them) and ``random``: seeded random 384-d unit vectors,
 unique and meaningless, the control for what identity alone buys.
 
-Measured as ``llara.evaluation.parts`` measures: the paper's protocol (each test user's last interaction; ``--seeds``), all
+Measured as ``llara.parts`` measures: the paper's protocol (each test user's last interaction; ``--seeds``), all
 positions of the test users (``--positions``) and their cold slice (targets with <= ``--cold`` training
 interactions), each with a per-user cluster-bootstrap 95% interval and paired differences against the recommender
 itself and recent popularity on the same samples and candidates.

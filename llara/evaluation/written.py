@@ -13,7 +13,7 @@ next-item head's own top-1 ("same as next"). ``--reference`` adds the paired dif
 ``next`` HR@1 against another checkpoint's (e.g. the ranking-only model it was trained from) on the same samples,
 to show that learning to write did not cost ranking quality.
 
-Samples (``llara.evaluation.parts``): ``paper``, each test user's last interaction once per candidate seed; ``positions``,
+Samples (``llara.parts``): ``paper``, each test user's last interaction once per candidate seed; ``positions``,
 up to ``--positions`` positions per test user with one candidate seed (users never seen in training).
 """
 from __future__ import annotations

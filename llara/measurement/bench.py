@@ -16,7 +16,7 @@ says so when it is not. Every latency is the median (p50) and p95 of ``--repeats
 comparisons are ratios taken in the same run, because timings on shared machines drift.
 
 CPU paths: every demo figure is measured in a fresh process per CPU path (``--cpu-paths``: ``native``, and ``avx2``,
-which holds torch and oneDNN to AVX2 as on a CPU without native bf16; see ``llara.measurement.cpu_paths``) and compute dtype
+which holds torch and oneDNN to AVX2 as on a CPU without native bf16; see ``llara.cpu_paths``) and compute dtype
 (``--compute-dtypes``: ``auto`` picks float32 where bf16 is emulated), and records the CPU it ran on
 (``llara.device.cpu_info``) with a bf16-vs-float32 matmul probe that shows whether the path's limit took effect. The
 in-process parts (``train``, ``load``) run on the path the command was started on: prefix the command with

@@ -12,7 +12,8 @@ and resident memory are clean) and times every request kind; ``train`` times LoR
 loss vs prompts cut after the user slot with the next-item losses) in fresh processes: tokens per prompt,
 samples/s, and resident memory after each phase; ``llamacpp`` runs the same SmolLM2 GGUF with llama-cpp-python when
 it is installed (``pip install llama-cpp-python``, a C++ build: benchmark-only, never a runtime dependency) and
-says so when it is not. Every latency is the median (p50) and p95 of ``--repeats`` timed runs after one warm-up;
+says so when it is not; ``switch`` (not in the default) loads the demo's datasets in turn through the app's registry
+and records resident memory after each load (``llara.measurement.switching``). Every latency is the median (p50) and p95 of ``--repeats`` timed runs after one warm-up;
 comparisons are ratios taken in the same run, because timings on shared machines drift.
 
 CPU paths: every demo figure is measured in a fresh process per CPU path (``--cpu-paths``: ``native``, and ``avx2``,
@@ -46,6 +47,7 @@ from ..device import COMPUTE_ENV, add_device_arg, cpu_info, device_name, resolve
 from .bench_table import format_table
 from .concurrency import app_start, load_test, mixed_load, rss_mb
 from .cpu_paths import CPU_PATHS, matmul_probe, path_env, redundant_path
+from .switching import demo_switch
 
 _GPU = resolve_device("auto")  # timers wait for this device's queued kernels (a no-op on the CPU)
 
@@ -277,16 +279,18 @@ def bench_forward(checkpoint: str, precision: str, repeats: int, device: str = "
             "text": " ".join(prompt.text.replace(PLACEHOLDER_TOKEN, "").split())}
 
 
-PARTS = ("demo", "train", "recipes", "llamacpp", "load", "app")
+PARTS = ("demo", "train", "recipes", "llamacpp", "load", "app", "switch")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llara.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="demo,train,recipes,llamacpp",
                         help="comma-separated parts: demo, train, recipes, llamacpp; not in the default: load (20 clients "
-                             "x 5 predicts on the first precision, then 100 mixed predicts and explanations) and app "
+                             "x 5 predicts on the first precision, then 100 mixed predicts and explanations), app "
                              "(`python app.py` launched on an empty cache, then on the user's cache, timed until it "
-                             "serves) (default: %(default)s)")
+                             "serves) and switch (the demo's datasets loaded in turn, MovieLens - LastFM - MovieLens - "
+                             "LastFM - MovieLens, as the dataset switch loads them; resident memory after each) "
+                             "(default: %(default)s)")
     parser.add_argument("--precisions", default="bf16,nf4", help="demo precisions (default: %(default)s; fp32 and int8 also valid)")
     parser.add_argument("--cpu-paths", default="native",
                         help=f"comma-separated CPU paths of the demo part, each in fresh processes: {', '.join(CPU_PATHS)} "
@@ -356,6 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         res["load"] = [{**load_test(p, max_batch=1), "precision": precisions[0]},  # one at a time, then batched
                        {**load_test(p), "precision": precisions[0]}]
         res["mixed"] = mixed_load(p)
+    if "switch" in parts:
+        try:
+            res["switch"] = demo_switch(["movielens", "lastfm"], precision=precisions[0], device=device)
+        except ValueError as err:
+            parser.error(str(err))
     if "train" in parts:
         res["train"] = [bench_train(p, max(2, args.repeats // 2), ckpt, device=device, compute=c) for c in computes
                         for p in ("bf16", "nf4") for ckpt in (False, True)]

@@ -9,6 +9,7 @@ import torch
 
 from .concurrency import format_load
 from .cpu_paths import cpu_label
+from .switching import format_switch
 
 # Targets (2 cores, embedded model), printed beside the measurements.
 TARGETS = {"predict_bf16_s": 1.0, "predict_nf4_s": 2.0, "nf4_rss_gb": 1.0, "vs_llamacpp": 2.0, "rank_cache_speedup": 3.0}
@@ -70,6 +71,7 @@ def format_table(res: dict) -> str:
             lines.append(f"| {r['recipe']}: {r['what']} | {r['tokens_per_prompt']:.0f} | {r['samples_per_s']:.2f} | "
                          f"{r['step']['p50'] * 1000:,.0f} | " + " | ".join(f"{r['rss_mb'][p]:,.0f}" for p in phases) + " |")
     lines += format_load(res.get("load") or [], res.get("mixed"), res.get("app"))
+    lines += format_switch(res.get("switch"))
     ref = res.get("llamacpp")
     if ref:
         lines.append("")

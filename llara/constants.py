@@ -52,10 +52,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RECOMMENDER_DIR = REPO_ROOT / "checkpoints" / "recommenders"
 # Committed LLaRA runs, and the two the demo serves (5,000 prompts each; docs/results.md): the hybrid model (titles +
 # GRU4Rec item slots, no user token, modality dropout, next-item keys over GRU4Rec + MiniLM item vectors,
-# distillation; residual gate fitted afterwards) and the text-only model of its text panel (MiniLM item keys).
+# distillation; residual gate fitted afterwards) and the text-only model of its text panel (MiniLM item keys; its
+# 5,000 prompts drawn at random from all training windows, chosen over the most recent ones on the validation users).
 LLARA_DIR = REPO_ROOT / "checkpoints" / "llara"
 DEMO_CHECKPOINT = LLARA_DIR / "movielens-gru4rec-lang-drop-5k"
-DEMO_TEXT_CHECKPOINT = LLARA_DIR / "movielens-text-minilm-5k"
+DEMO_TEXT_CHECKPOINT = LLARA_DIR / "movielens-text-minilm-5k-random"
 # The LastFM pair the demo serves beside it (trained on the release's split; docs/results.md): the hybrid model (titles
 # + GRU4Rec item slots) and its text-only twin at the same budget. Offered only where both exist and LastFM's data
 # resolves (llara/serving/demo_datasets.py).

@@ -44,6 +44,7 @@ import torch
 from ..checkpoint import write_json
 from ..constants import DEMO_CHECKPOINT, DEMO_TEXT_CHECKPOINT, PLACEHOLDER_TOKEN, PRECISIONS, RECOMMENDER_DIR, REPO_ROOT
 from ..device import COMPUTE_ENV, add_device_arg, cpu_info, device_name, resolve_device, synchronize
+from ..serving.demo_datasets import DEMO_DATASETS
 from .bench_table import format_table
 from .concurrency import app_start, load_test, mixed_load, rss_mb
 from .cpu_paths import CPU_PATHS, matmul_probe, path_env, redundant_path
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         res["mixed"] = mixed_load(p)
     if "switch" in parts:
         try:
-            res["switch"] = demo_switch(["movielens", "lastfm"], precision=precisions[0], device=device)
+            res["switch"] = demo_switch(list(DEMO_DATASETS), precision=precisions[0], device=device)
         except ValueError as err:
             parser.error(str(err))
     if "train" in parts:

@@ -38,6 +38,13 @@ def rss_mb(pid: int | str = "self") -> float:
     return float("nan")
 
 
+def sample_requests(predictor: Predictor, n: int) -> list[tuple[list[int], list[int]]]:
+    """The first ``n`` test users' histories, each with its seeded candidate set (target included): the inputs the
+    load and switch benches send."""
+    return [(list(s.history), predictor.draw_candidates(list(s.history), 0, include=s.target))
+            for s in predictor.dataset.test[:n]]
+
+
 def load_test(predictor: Predictor, clients: int = 20, per_client: int = 5, decode: str | None = None,
               max_batch: int | None = None) -> dict:
     """Run ``clients`` x ``per_client`` predicts concurrently; returns latencies (p50/p95/max), predicts per second,
@@ -46,10 +53,7 @@ def load_test(predictor: Predictor, clients: int = 20, per_client: int = 5, deco
     if clients < 1 or per_client < 1 or (max_batch is not None and max_batch < 1):
         raise ValueError("clients, per_client and max_batch must be >= 1")
     decode = decode or predictor.decodes[0]
-    inputs = []
-    for sample in predictor.dataset.test[:per_client]:
-        history = list(sample.history)
-        inputs.append((history, predictor.draw_candidates(history, 0, include=sample.target)))
+    inputs = sample_requests(predictor, per_client)
     predictor.predict(*inputs[0], decode)  # warm-up: first-call allocations are not a user's wait
     latencies: list[float] = []
     waits: list[float] = []

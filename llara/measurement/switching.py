@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..serving.demo_datasets import DEMO_DATASETS, OneAtATime, unavailable
-from .concurrency import rss_mb
+from ..serving.demo_datasets import DEMO_DATASETS, OneAtATime, release_memory, unavailable
+from .concurrency import rss_mb, sample_requests
 
 
 def switch_order(names: list[str], cycles: int) -> list[str]:
@@ -26,11 +26,11 @@ def switch_order(names: list[str], cycles: int) -> list[str]:
 
 
 def switch_memory(load: Callable[[str], Any], order: list[str], ask: Callable[[Any], None], keep: int = 1,
-                  release: Callable[[], None] | None = None) -> dict:
+                  release: Callable[[], None] = release_memory) -> dict:
     """Load ``order``'s datasets one after another through a ``OneAtATime(load, keep)`` registry, calling
     ``ask(value)`` after each load; returns the seconds and RSS (MB) of every step and what the registry held.
     Nothing here keeps a reference to a loaded value past its step, so a dropped pair can really be freed."""
-    registry: OneAtATime[Any] = OneAtATime(load, keep) if release is None else OneAtATime(load, keep, release)
+    registry: OneAtATime[Any] = OneAtATime(load, keep, release)
     start = rss_mb()
     steps: list[dict[str, Any]] = []
     for name in order:
@@ -67,10 +67,8 @@ def demo_switch(names: list[str], precision: str = "nf4", cycles: int = 2, predi
         return Predictor.load(str(spec.checkpoint), precision=precision, text_checkpoint=text, device=device)
 
     def ask(predictor: Predictor) -> None:
-        samples = predictor.dataset.test[:predicts]
-        for sample in samples:
-            history = list(sample.history)
-            predictor.predict(history, predictor.draw_candidates(history, 0, include=sample.target), predictor.decodes[0])
+        for history, candidates in sample_requests(predictor, predicts):
+            predictor.predict(history, candidates, predictor.decodes[0])
 
     return {**switch_memory(load, switch_order(names, cycles), ask), "precision": precision, "predicts": predicts}
 

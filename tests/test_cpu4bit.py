@@ -131,6 +131,39 @@ def test_gguf_is_parsed_once_inside_the_block(monkeypatch):
     assert gguf.GGUFReader is Reader  # restored afterwards
 
 
+def test_the_shared_reader_reads_a_real_gguf_like_gguf_does_without_memmap_slices(tmp_path):
+    """A small GGUF with a vocabulary array and a tensor: the reader inside the block gives the same fields and
+    tensor bytes as gguf's own reader, over a plain array (the memmap's per-slice bookkeeping is what it avoids)."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    from llara.model.gguf_convert import gguf_parsed_once
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_token_list([f"tok{i}" for i in range(300)])
+    writer.add_uint32("llama.context_length", 64)
+    writer.add_tensor("token_embd.weight", np.arange(24, dtype=np.float32).reshape(4, 6))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    plain = gguf.GGUFReader(str(path))
+    with gguf_parsed_once():
+        shared = gguf.GGUFReader(str(path))
+    assert type(shared.data) is np.ndarray and isinstance(plain.data, np.memmap)
+    assert list(shared.fields) == list(plain.fields)
+    for name, field in plain.fields.items():
+        assert all(np.array_equal(a, b) for a, b in zip(field.parts, shared.fields[name].parts)), name
+    tokens = shared.fields["tokenizer.ggml.tokens"]
+    assert bytes(tokens.parts[tokens.data[-1]]).decode() == "tok299"
+    assert np.array_equal(shared.tensors[0].data, plain.tensors[0].data)
+    with pytest.raises(ValueError, match="magic"):  # a file that is not GGUF still gets gguf's own error
+        (tmp_path / "bad.gguf").write_bytes(b"nope" * 8)
+        with gguf_parsed_once():
+            gguf.GGUFReader(str(tmp_path / "bad.gguf"))
+
+
 def test_the_tensor_free_gguf_parse_runs_once_and_each_caller_gets_its_own_copy(monkeypatch):
     pytest.importorskip("gguf")
     import transformers.modeling_gguf_pytorch_utils as hf_gguf

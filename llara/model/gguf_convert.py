@@ -96,8 +96,12 @@ def gguf_parsed_once() -> Iterator[None]:
     vocabulary) and rebuilds the name table for every tensor (~16 ms x 400): 21 of the conversion's 29 s on 2 cores.
     Both are read-only, so sharing them changes nothing in the result (tested: same weights and tokenizer). On top
     of one reader, transformers' tensor-free parse of the fields (config and tokenizer: the same call twice, ~2 s
-    each on an AVX2-only 2-core EPYC) runs once, each caller getting its own deep copy."""
+    each on an AVX2-only 2-core EPYC) runs once, each caller getting its own deep copy. The reader itself slices a
+    plain array over the file's memory map instead of the ``np.memmap`` object: gguf cuts the file into ~250k small
+    views (one per string of the vocabulary), and every slice of an ``np.memmap`` runs numpy's Python-level memmap
+    bookkeeping; the plain view holds the same bytes (its ``base`` keeps the map open), 2.4x faster to parse."""
     import gguf
+    import numpy as np
     import transformers.modeling_gguf_pytorch_utils as hf_gguf
 
     readers: dict[tuple, object] = {}
@@ -112,10 +116,20 @@ def gguf_parsed_once() -> Iterator[None]:
             parsed[str(path)] = load_checkpoint(path, return_tensors=False)
         return copy.deepcopy(parsed[str(path)])  # callers pop and update the dicts they get
 
+    class PlainArrayReader(reader_cls):  # type: ignore[misc, valid-type]
+        # the reader's __init__ assigns self.data = np.memmap(...); the property stores a plain ndarray view of it
+        @property
+        def data(self) -> np.ndarray:
+            return self._plain
+
+        @data.setter
+        def data(self, value: np.ndarray) -> None:
+            self._plain = value.view(np.ndarray) if isinstance(value, np.memmap) else value
+
     def reader(path, *args, **kwargs):
         key = (str(path), args, tuple(sorted(kwargs.items())))
         if key not in readers:
-            readers[key] = reader_cls(path, *args, **kwargs)
+            readers[key] = PlainArrayReader(path, *args, **kwargs)
         return readers[key]
 
     # through the module's namespace: gguf's names are typed as its own class and function, not as stand-ins

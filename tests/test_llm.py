@@ -117,6 +117,22 @@ def test_token_embedding_norm_is_mean_row_norm_and_skips_zero_rows(tiny_llama):
     assert token_embedding_norm(tiny_llama) == pytest.approx(_row_norms(weight[:-2]).mean().item(), rel=1e-5)
 
 
+def test_row_stats_skip_zero_and_listed_rows_across_chunks(monkeypatch):
+    """The statistics new placeholder rows are drawn from: over the non-zero rows not listed, whatever the chunking."""
+    from llara.model import llm
+
+    weight = torch.randn(50, 6, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    weight[7] = 0  # a padding row
+    skip = {3, 19, 49}  # in the first, second and last chunk
+    monkeypatch.setattr(llm, "_CHUNK", 16)
+    mean, std, norm = llm._row_stats(weight, skip)
+    kept = weight.double()[[i for i in range(50) if i not in skip | {7}]]
+    assert torch.allclose(mean, kept.mean(0)) and torch.allclose(std, kept.std(0, unbiased=False))
+    assert norm == pytest.approx(kept.norm(dim=1).mean().item())
+    with pytest.raises(ValueError, match="no non-zero rows"):
+        llm._row_stats(torch.zeros(4, 6), set())
+
+
 def test_token_embedding_norm_follows_gemma_embed_scale(tiny_llama):
     from transformers.models.gemma3.modeling_gemma3 import Gemma3TextScaledWordEmbedding
 

@@ -220,15 +220,18 @@ def _row_stats(weight: torch.Tensor, skip: set[int]) -> tuple[torch.Tensor, torc
     norm_sum, count = 0.0, 0
     for start in range(0, weight.shape[0], _CHUNK):
         rows = weight[start:start + _CHUNK].detach().to("cpu", torch.float64)  # (c, d)
-        keep = rows.norm(dim=1) > 0  # unused padding rows of a rounded-up vocabulary are all zero
-        for i in skip:
-            if start <= i < start + rows.shape[0]:
-                keep[i - start] = False
-        rows = rows[keep]
-        total += rows.sum(0)
-        total_sq += (rows * rows).sum(0)
-        norm_sum += float(rows.norm(dim=1).sum())
-        count += rows.shape[0]
+        squares = rows * rows  # (c, d)
+        norms_sq = squares.sum(dim=1)  # (c,)
+        keep = norms_sq > 0  # unused padding rows of a rounded-up vocabulary are all zero
+        skipped = [i - start for i in skip if start <= i < start + rows.shape[0]]
+        if skipped:
+            keep[skipped] = False
+        # sums over the kept rows as a (c,) @ (c, d) product: no gathered copy of the chunk, one pass for the norms
+        weights = keep.to(torch.float64)  # (c,)
+        total += weights @ rows
+        total_sq += weights @ squares
+        norm_sum += float(norms_sq[keep].sqrt().sum())
+        count += int(keep.sum())
     if count == 0:
         raise ValueError("embedding matrix has no non-zero rows to take statistics from")
     mean = total / count  # (d,)

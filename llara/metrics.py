@@ -48,6 +48,18 @@ def match_answer(answer: str, titles: list[str]) -> int | None:
     return hits[0] if len(hits) == 1 else None
 
 
+def match_letter(answer: str, labels: str, n: int) -> int | None:
+    """Index of the candidate whose list label the answer starts with (`` C: ...`` names the third), else ``None``.
+
+    The verbalized-index reading (LlamaRec): a model trained to answer with a candidate's label names its pick by
+    that label alone, whatever it writes after it. Valid when the first line opens with one of the first ``n``
+    labels, alone or followed by a colon or a space."""
+    line = answer.split("\n", 1)[0].strip()
+    if not line or line[0] not in labels[:n] or (len(line) > 1 and line[1] not in ": "):
+        return None
+    return labels.index(line[0])
+
+
 def valid_and_hit(choices: list[int | None], targets: list[int]) -> dict[str, float]:
     """ValidRatio = valid / all and HitRatio@1 = correct / all, exactly as the paper defines them: ``choices`` holds
     each sample's chosen item, ``None`` for an answer that names no candidate (invalid, so also a miss)."""

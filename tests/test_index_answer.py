@@ -7,7 +7,7 @@ import torch
 
 import llara.training.train as train_mod
 from llara.checkpoint import read_llara_meta
-from llara.metrics import match_answer
+from llara.metrics import match_answer, match_letter
 from llara.model.follow import follow_loss, letter_logits
 from llara.model.loader import load_llara
 from llara.model.next_item import distillation_loss
@@ -52,6 +52,8 @@ def test_index_after_puts_each_letter_right_after_its_candidate_slot():
     # the token after each candidate's slot is its letter: the token the answer starts with when it names that one
     assert [p.input_ids[q + 1] for q in p.candidate_positions] == list(b.index_ids[: len(CANDS)])
     assert list(p.target_ids) == [b.index_ids[CANDS.index(TARGET)], *b._colon, *b.answer_ids(TARGET)]
+    # the trained answer, read by its letter, names the target (the `letter` row of llara.written)
+    assert match_letter(b.tokenizer.decode(list(p.target_ids)[:-1]), INDEX_LABELS, len(CANDS)) == CANDS.index(TARGET)
     text = b.build(HIST, CANDS, hybrid=False)  # the text-only prompt: the letter after each <PH>
     assert [text.input_ids[q + 1] for q in text.candidate_positions] == list(b.index_ids[: len(CANDS)])
 

@@ -8,6 +8,7 @@ from llara.metrics import (
     bootstrap_ci,
     hit_ratio,
     match_answer,
+    match_letter,
     mean_std,
     ndcg,
     ranking_metrics,
@@ -83,3 +84,13 @@ def test_bootstrap_ci_brackets_the_mean(seed):
 def test_bootstrap_ci_degenerate():
     assert bootstrap_ci(np.ones(10)) == (1.0, 1.0)
     assert bootstrap_ci(np.array([])) == (0.0, 0.0)
+
+
+def test_match_letter_reads_the_label_an_answer_opens_with():
+    labels = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    assert match_letter(" C: Crimson Tide", labels, 20) == 2
+    assert match_letter("T", labels, 20) == 19 and match_letter("B Heat", labels, 20) == 1
+    assert match_letter("U: Heat", labels, 20) is None  # only 20 candidates are labelled
+    assert match_letter("Crimson Tide", labels, 20) is None  # a title, not a label
+    assert match_letter("c: Heat", labels, 20) is None and match_letter("", labels, 20) is None
+    assert match_letter("\nA: Heat", labels, 20) is None  # the paper reads the first line only

@@ -37,6 +37,21 @@ def test_rows_and_json(writer, tmp_path, capsys):
         # the model compared with itself: no difference at all
         assert rows["next"]["minus_reference"]["diff"] == 0.0
         assert len(data["choices"][set_name]["generate"]) == len(data["targets"][set_name])
+        # the generated texts are kept, so other readings of the same answers can be derived later
+        assert len(data["answers"][set_name]) == len(data["targets"][set_name])
+        assert all(isinstance(a, str) for a in data["answers"][set_name])
+
+
+def test_the_letter_reading_picks_the_candidate_its_opening_letter_labels():
+    """Answers of a model trained to answer by letter, read by the letter: the title after it does not count."""
+    from llara.data.protocol import Sample
+
+    cands = [(10, 11, 12), (20, 21, 22), (30, 31, 32), (40, 41, 42)]
+    samples = [Sample((1, 2), 12, 0), Sample((1, 2), 20, 1), Sample((1, 2), 31, 2), Sample((1, 2), 40, 3)]
+    answers = [" C: Heat", "A", "D: Heat", "the one I like"]  # D is past the third candidate: invalid
+    row = written.letter_row(answers, cands, samples)
+    assert row["choice"] == [12, 20, None, None]
+    assert row["hit"].tolist() == [1.0, 1.0, 0.0, 0.0] and row["valid"].tolist() == [1.0, 1.0, 0.0, 0.0]
 
 
 def test_follow_check_compares_the_model_with_a_uniform_student(writer, tmp_path, capsys):

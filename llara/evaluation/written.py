@@ -8,7 +8,9 @@ every position of the test users.
 The paper's LLaRA answers in words: greedy generation (``generate``) writes a title, valid when it names a
 candidate. Rows, one per decode the checkpoint offers: ``next`` (the next-item head, the LLM alone), ``generate``,
 ``constrained`` (greedy over the candidate titles only) and ``rank`` (the candidates ordered by their titles'
-likelihood). Each row: HR@1 with a 95% interval (users resampled), ValidRatio, and how often its answer is the
+likelihood). A checkpoint that answers with a candidate's letter (``--answer index*``) also gets ``letter``: the
+same unconstrained greedy answers as ``generate``, read by the letter they open with instead of the title they
+write (LlamaRec's verbalized index), so the two readings of one answer can disagree. Each row: HR@1 with a 95% interval (users resampled), ValidRatio, and how often its answer is the
 next-item head's own top-1 ("same as next"). ``--reference`` adds the paired difference of this checkpoint's
 ``next`` HR@1 against another checkpoint's (e.g. the ranking-only model it was trained from) on the same samples,
 to show that learning to write did not cost ranking quality.
@@ -28,7 +30,7 @@ import torch
 from ..config import refuse_below
 from ..constants import PRECISIONS
 from ..data.args import seeds_arg
-from ..metrics import cluster_paired
+from ..metrics import cluster_paired, match_letter
 from ..model.decoders import offered
 from ..model.follow import written_agrees
 
@@ -48,7 +50,21 @@ def decode_rows(model, sets: dict, hybrid: bool, decodes: tuple[str, ...], batch
             out[set_name][decode] = {"choice": [r["choice"] for r in records],
                                      "hit": np.array([r["hit"] for r in records], dtype=float),
                                      "valid": np.array([r["valid"] for r in records], dtype=float)}
+            if decode == "generate":
+                out[set_name][decode]["answer"] = [r.get("answer", "") for r in records]
+                if getattr(model.builder, "indexed", False):
+                    out[set_name]["letter"] = letter_row(out[set_name][decode]["answer"], cands, samples)
     return out
+
+
+def letter_row(answers: list[str], cands: list[tuple[int, ...]], samples: list) -> dict:
+    """The ``letter`` reading of generated answers: the candidate each answer's opening letter labels."""
+    from ..prompt.prompts import INDEX_LABELS
+
+    picks = [match_letter(a, INDEX_LABELS, len(c)) for a, c in zip(answers, cands)]
+    choice = [None if i is None else c[i] for i, c in zip(picks, cands)]
+    return {"choice": choice, "hit": np.array([c is not None and c == s.target for c, s in zip(choice, samples)], dtype=float),
+            "valid": np.array([c is not None for c in choice], dtype=float)}
 
 
 def summarize(rows: dict[str, dict], users: np.ndarray, reference: dict | None = None) -> dict[str, dict]:
@@ -161,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": cpu_info(), "paper_seeds": seeds, "candidate_seed": args.candidate_seed,
             "positions": args.positions, "split": args.split, "summary": summary, "follow_check": check,
             "choices": {k: {d: r["choice"] for d, r in v.items()} for k, v in rows.items()},
+            "answers": {k: v["generate"]["answer"] for k, v in rows.items() if "generate" in v},
             "targets": {k: [s.target for s in samples] for k, (samples, _) in sets.items()},
             "users": {k: [s.user for s in samples] for k, (samples, _) in sets.items()}})
     return 0

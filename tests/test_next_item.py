@@ -288,6 +288,8 @@ def test_model_options_from_saved_configs():
     ({"item_features": "minilm"}, "--item-features"),  # no next-item head to use them
     ({"next_weight": 1.0, "item_features": "minilm", "user_token": True}, "--item-features"),
     ({"modality_dropout": 1.0}, "--modality-dropout"),
+    ({"item_dropout": 0.5}, "--item-dropout"),  # without --modality-dropout it would do nothing
+    ({"modality_dropout": 0.25, "item_dropout": 1.0}, "--item-dropout"),
 ])
 def test_config_problems_name_the_flag(changes, flag):
     problems = config_problems(TrainConfig(**changes))

@@ -135,6 +135,17 @@ def test_modality_dropout_never_drops_every_part():
     assert all("user" not in dropped_parts(0.9, True, False, rng) for _ in range(50))
 
 
+def test_item_dropout_sets_the_slots_own_rate_and_leaves_other_draws_alone():
+    draws = [dropped_parts(0.25, True, False, np.random.default_rng(i), items=0.6) for i in range(3000)]
+    freq = Counter(p for d in draws for p in d)
+    # both drawn with probability 0.25 * 0.6, then one of the two kept at random: items 0.525, titles 0.175
+    assert abs(freq["items"] / len(draws) - 0.525) < 0.03 and abs(freq["titles"] / len(draws) - 0.175) < 0.03, freq
+    # without it, the same generator state gives the draws it always gave
+    same = [dropped_parts(0.25, True, False, np.random.default_rng(i)) == dropped_parts(0.25, True, False, np.random.default_rng(i), items=0.25)
+            for i in range(200)]
+    assert all(same)
+
+
 def test_language_keys_start_beside_the_recommender_keys():
     feats = torch.randn(7, 8 + 12)
     head = NextItemHead(feats, d_model=16, d_key=8 + 4, identity_dims=8)

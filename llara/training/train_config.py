@@ -68,6 +68,8 @@ class TrainConfig:
                                 choices=["auto", "recommender", "titles", "minilm", "recommender+minilm"])
     modality_dropout: float = option(0.0, "hybrid training prompts: each part (titles, item slots, user token) is dropped "
                                      "with this probability, at least one kept, so no part can stand in for the rest")
+    item_dropout: float = option(-1.0, "the item slots' own drop probability under --modality-dropout (-1 = the same "
+                                 "as --modality-dropout): higher makes the titles carry the prompt more often")
     init_from: str = option("", "start from this trained checkpoint's weights (its architecture flags are inherited; "
                             "a new run: fresh optimizer and schedule; llara/training/warm_start.py)")
     lr: float = option(8e-4, "peak learning rate of the LoRA weights")
@@ -121,6 +123,8 @@ def config_problems(cfg: TrainConfig) -> list[str]:
          (cfg.next_weight > 0 and not (cfg.item_features in ("titles", "minilm") and (cfg.user_token or cfg.residual))),
          "used with --next-weight > 0; titles / minilm (no recommender) without --user-token or --residual"),
         ("--modality-dropout", cfg.modality_dropout, 0 <= cfg.modality_dropout < 1, "in [0, 1)"),
+        ("--item-dropout", cfg.item_dropout, cfg.item_dropout == -1 or (0 <= cfg.item_dropout < 1 and cfg.modality_dropout > 0),
+         "-1, or in [0, 1) with --modality-dropout > 0"),
         ("the losses", "all 0", cfg.title_weight + cfg.head_weight + cfg.next_weight > 0,
          "not all 0 (--title-weight, --head-weight, --next-weight)"),
         ("--warmup-ratio", cfg.warmup_ratio, 0 <= cfg.warmup_ratio < 1, "in [0, 1)"),

@@ -60,21 +60,25 @@ class PromptStream:
         candidates = draw_candidates(s.history, s.target, self.model.builder.catalog, rng)
         hybrid = use_hybrid(self.cfg.mode, step, self.total, sample_key=g, seed=self.cfg.seed, switch_fraction=self.cfg.switch_fraction)
         dropped = dropped_parts(self.cfg.modality_dropout, hybrid, self.model.builder.user_token,
-                                np.random.default_rng([self.cfg.seed, 3, g])) if self.cfg.modality_dropout else set()
+                                np.random.default_rng([self.cfg.seed, 3, g]),
+                                items=None if self.cfg.item_dropout < 0 else self.cfg.item_dropout) if self.cfg.modality_dropout else set()
         prompt = self.model.builder.build(s.history, candidates, hybrid=hybrid, target=s.target,
                                           rng=random.Random(int(rng.integers(2**31))), titles="titles" not in dropped)
         prompt = prompt.without(dropped - {"titles"})
         return prompt.truncated() if short_prompts(self.cfg) else prompt
 
 
-def dropped_parts(p: float, hybrid: bool, user_token: bool, rng: np.random.Generator) -> set[str]:
-    """Modality dropout: the parts of one hybrid training prompt to remove, each with probability ``p``, never all
-    of them (one part, drawn at random, is kept), so every part has to carry the answer on its own some of the time.
-    Text-only prompts have one part (the titles) and keep it."""
+def dropped_parts(p: float, hybrid: bool, user_token: bool, rng: np.random.Generator,
+                  items: float | None = None) -> set[str]:
+    """Modality dropout: the parts of one hybrid training prompt to remove, each with probability ``p`` (the item
+    slots with ``items`` where given), never all of them (one part, drawn at random, is kept), so every part has to
+    carry the answer on its own some of the time. Text-only prompts have one part (the titles) and keep it. The
+    draws are the same whatever ``items`` is, so a run without it makes the choices it always made."""
     parts = ["titles", "items"] + (["user"] if user_token else [])
     if not hybrid or p <= 0:
         return set()
-    drop = [part for part, u in zip(parts, rng.random(len(parts))) if u < p]
+    probs = {part: p for part in parts} | ({} if items is None else {"items": items})
+    drop = [part for part, u in zip(parts, rng.random(len(parts))) if u < probs[part]]
     if len(drop) == len(parts):
         drop.remove(parts[int(rng.integers(len(parts)))])
     return set(drop)

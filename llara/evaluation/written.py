@@ -10,8 +10,8 @@ candidate. Rows, one per decode the checkpoint offers: ``next`` (the next-item h
 ``constrained`` (greedy over the candidate titles only) and ``rank`` (the candidates ordered by their titles'
 likelihood). A checkpoint that answers with a candidate's letter (``--answer index*``) also gets ``letter``: the
 same unconstrained greedy answers as ``generate``, read by the letter they open with instead of the title they
-write (LlamaRec's verbalized index), so the two readings of one answer can disagree. Each row: HR@1 with a 95% interval (users resampled), ValidRatio, and how often its answer is the
-next-item head's own top-1 ("same as next"). ``--reference`` adds the paired difference of this checkpoint's
+write (LlamaRec's verbalized index), so the two readings of one answer can disagree. Each row: HR@1 with a 95%
+interval (users resampled), ValidRatio, and how often its answer is the next-item head's own top-1 ("same as next"). ``--reference`` adds the paired difference of this checkpoint's
 ``next`` HR@1 against another checkpoint's (e.g. the ranking-only model it was trained from) on the same samples,
 to show that learning to write did not cost ranking quality.
 
@@ -47,9 +47,7 @@ def decode_rows(model, sets: dict, hybrid: bool, decodes: tuple[str, ...], batch
         for decode in decodes:
             records = evaluate_samples(model, samples, cands, hybrid, decode, batch_size, progress=True,
                                        desc=f"{set_name}: {decode}")
-            out[set_name][decode] = {"choice": [r["choice"] for r in records],
-                                     "hit": np.array([r["hit"] for r in records], dtype=float),
-                                     "valid": np.array([r["valid"] for r in records], dtype=float)}
+            out[set_name][decode] = choice_row([r["choice"] for r in records], samples)
             if decode == "generate":
                 out[set_name][decode]["answer"] = [r.get("answer", "") for r in records]
                 if getattr(model.builder, "indexed", False):
@@ -57,14 +55,18 @@ def decode_rows(model, sets: dict, hybrid: bool, decodes: tuple[str, ...], batch
     return out
 
 
+def choice_row(choice: list[int | None], samples: list) -> dict:
+    """A decode's row from its per-sample choices (None = invalid): ``{"choice", "hit": (n,), "valid": (n,)}``."""
+    return {"choice": choice, "hit": np.array([c is not None and c == s.target for c, s in zip(choice, samples)], dtype=float),
+            "valid": np.array([c is not None for c in choice], dtype=float)}
+
+
 def letter_row(answers: list[str], cands: list[tuple[int, ...]], samples: list) -> dict:
     """The ``letter`` reading of generated answers: the candidate each answer's opening letter labels."""
     from ..prompt.prompts import INDEX_LABELS
 
     picks = [match_letter(a, INDEX_LABELS, len(c)) for a, c in zip(answers, cands)]
-    choice = [None if i is None else c[i] for i, c in zip(picks, cands)]
-    return {"choice": choice, "hit": np.array([c is not None and c == s.target for c, s in zip(choice, samples)], dtype=float),
-            "valid": np.array([c is not None for c in choice], dtype=float)}
+    return choice_row([None if i is None else c[i] for i, c in zip(picks, cands)], samples)
 
 
 def summarize(rows: dict[str, dict], users: np.ndarray, reference: dict | None = None) -> dict[str, dict]:

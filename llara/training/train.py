@@ -86,7 +86,10 @@ def quick_validation(model: LLaRA, ds: SequenceDataset, n: int, hybrid: bool) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llara.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # A short usage line: the full one lists ~60 flags and buries the one-line error under it; --help has them all.
+    parser = argparse.ArgumentParser(prog="python -m llara.train", description=__doc__,
+                                     usage="%(prog)s --output DIR [--mode MODE] [options]  (--help lists every flag)",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(parser, TrainConfig)
     add_dataset_args(parser)
     add_device_arg(parser)

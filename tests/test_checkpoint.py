@@ -285,7 +285,26 @@ def test_int8_loads_merged_only_and_ranks_like_float32(toy_run, tmp_path, monkey
         prompt = ref.builder.build(sample.history, cands, hybrid=True)
         a, b = dict(ref.rank(prompt)), dict(int8.rank(prompt))
         assert max(abs(a[k] - b[k]) for k in a) < 0.05 * max(abs(v) for v in a.values()) + 0.05
-    with pytest.raises(ValueError, match="int8 is for inference with the LoRA update merged"):
-        load_llara(toy_run["output"], precision="int8", merge=False)
-    with pytest.raises(ValueError, match="int8 is for inference"):
+    with pytest.raises(ValueError, match="int8 is for inference only"):
         load_llara(toy_run["output"], precision="int8", trainable=True)
+
+
+def test_int8_unmerged_runs_lora_beside_shared_int8_layers(toy_run, tmp_path, monkeypatch):
+    """Unmerged int8: the LoRA update runs beside the int8 base layers (no merged cache is built), scores stay within
+    int8 rounding of float32, and a second model over the same base holds the same int8 layers, not a copy."""
+    from llara.model.cpu8bit import Int8Linear
+    from llara.model.lora_side import SideLoRA
+
+    monkeypatch.setenv("LLARA_CACHE", str(tmp_path))
+    ref, _, ds = load_llara(toy_run["output"], precision="fp32", merge=False)
+    first, _, _ = load_llara(toy_run["output"], precision="int8", merge=False)
+    second, _, _ = load_llara(toy_run["output"], precision="int8", merge=False)
+    assert not list(tmp_path.glob("merged/*"))
+    sides = {n: m for n, m in first.llm.named_modules() if isinstance(m, SideLoRA)}
+    assert sides and all(isinstance(m.base, Int8Linear) for m in sides.values())
+    others = dict(second.llm.named_modules())
+    assert all(others[n].base is m.base and others[n] is not m for n, m in sides.items())
+    for sample, cands in zip(ds.test[:3], ds.candidates("test", seed=0)):
+        prompt = ref.builder.build(sample.history, cands, hybrid=True)
+        a, b = dict(ref.rank(prompt)), dict(first.rank(prompt))
+        assert max(abs(a[k] - b[k]) for k in a) < 0.05 * max(abs(v) for v in a.values()) + 0.05

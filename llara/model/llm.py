@@ -148,7 +148,7 @@ def load_base_model(
         # read at the folder's bf16 (views of the file, no float32 copy of the whole model), quantize each linear from
         # it, then the rest (embeddings, norms) to float32, the dtype the int8 kernel takes and gives
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
-        quantize_int8(model)
+        quantize_int8(model, share_key=_weights_key(path))
         model.float()
         detach_from_file(model)
     else:
@@ -160,6 +160,16 @@ def load_base_model(
     if add_special_tokens:
         add_placeholder_tokens(model, tokenizer, seed=seed)
     return model, tokenizer
+
+
+def _weights_key(path: str) -> str:
+    """What identifies the weights at ``path`` within this process: the folder and each weight file's size and
+    modification time (a rebuilt cache gets a new key), or the Hub id as given."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return path
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    return str(folder.resolve()) + "".join(f":{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
 
 
 @functools.cache

@@ -29,6 +29,7 @@ from ..sources import cache_root, say
 from .base_models import base_model_origin
 from .build import build_llara, model_options
 from .cpu4bit import detach_from_file, import_bitsandbytes
+from .lora_side import attach_side_lora
 
 
 def load_llara(folder: str | Path, dataset=None, precision: str | None = None, trainable: bool = False, merge: bool = False,
@@ -38,7 +39,9 @@ def load_llara(folder: str | Path, dataset=None, precision: str | None = None, t
     Checks every file against ``meta.json`` and the recommender and dataset against what the checkpoint was
     trained with, so a mismatch fails here with a clear message rather than as garbage predictions.
     ``merge`` (inference only): run on the base model with the LoRA update folded into its weights (see
-    ``merged_base``): no adapter overhead per layer, and for nf4 the merged weights are what gets quantized.
+    ``merged_base``): no adapter overhead per layer, and for nf4 and int8 the merged weights are what gets quantized.
+    Unmerged int8 keeps the update as a side pass beside the int8 base layers (``lora_side``), which models over
+    the same base then share.
     ``device``: where the model is loaded (default CPU; the merge itself is built on the CPU once).
     """
     import_bitsandbytes()  # before peft, which imports it (see there)
@@ -68,9 +71,8 @@ def load_llara(folder: str | Path, dataset=None, precision: str | None = None, t
     proj = meta["projector"]
     precision = precision or meta["precision"]
     merged = merge and not trainable and (folder / "adapter").is_dir()
-    if precision == "int8" and (trainable or ((folder / "adapter").is_dir() and not merged)):
-        raise ValueError("int8 is for inference with the LoRA update merged into the weights (LoRA layers cannot wrap "
-                         "an int8 layer): load with merge (the default of the app and llara.serving.inference), or use nf4")
+    if precision == "int8" and trainable:
+        raise ValueError("int8 is for inference only: load with --precision nf4, bf16 or fp32 to train")
     base = str(merged_base(folder, meta, dataset, precision)) if merged else meta["base_model"]
     model = build_llara(dataset, str(rec_stem), base_model=base, precision=precision, projector_spec=proj["spec"],
                         norm_to_tokens=False, device=device, **model_options(meta.get("config", {})))
@@ -89,7 +91,10 @@ def load_llara(folder: str | Path, dataset=None, precision: str | None = None, t
             model.load_placeholder_rows(load_tensors(folder / "token_rows.safetensors"))
         except ValueError as err:
             raise CheckpointError(f"{folder}: {err} (a different base model or tokenizer?)") from err
-    if (folder / "adapter").is_dir() and not merged:
+    if (folder / "adapter").is_dir() and not merged and precision == "int8":
+        # peft cannot wrap int8 layers: the update runs beside them, and the layers stay shareable (lora_side.py)
+        attach_side_lora(model.llm, folder / "adapter")
+    elif (folder / "adapter").is_dir() and not merged:
         # torch_device: peft would otherwise read the adapter onto whatever device it finds first (a GPU)
         model.llm = PeftModel.from_pretrained(model.llm, str(folder / "adapter"), is_trainable=trainable,
                                               torch_device=str(model.device))

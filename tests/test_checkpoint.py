@@ -26,7 +26,7 @@ from llara.checkpoint import (
     write_json,
 )
 from llara.data import load_dataset
-from llara.model.loader import load_llara
+from llara.model.loader import load_llara, share_identical_weights
 from llara.model.projector import build_projector
 from llara.recommenders import build_recommender, save_recommender
 
@@ -246,7 +246,6 @@ def test_merged_inference_matches_the_adapter(toy_run, tmp_path, monkeypatch):
 def test_two_loaded_models_share_their_identical_frozen_weights(toy_run):
     """The demo's second model points at the first one's unchanged weights (e.g. token embeddings): held once, tied
     weights still tied, answers unchanged; a weight that differs keeps its own copy."""
-    from llara.model.loader import share_identical_weights
 
     first, _, ds = load_llara(toy_run["output"], precision="fp32")
     second, _, _ = load_llara(toy_run["output"], dataset=ds, precision="fp32")
@@ -304,6 +303,8 @@ def test_int8_unmerged_runs_lora_beside_shared_int8_layers(toy_run, tmp_path, mo
     assert sides and all(isinstance(m.base, Int8Linear) for m in sides.values())
     others = dict(second.llm.named_modules())
     assert all(others[n].base is m.base and others[n] is not m for n, m in sides.items())
+    embedding = first.llm.get_input_embeddings().weight
+    assert share_identical_weights(second, first) >= embedding.numel() * 4  # the float32 embedding, held once
     for sample, cands in zip(ds.test[:3], ds.candidates("test", seed=0)):
         prompt = ref.builder.build(sample.history, cands, hybrid=True)
         a, b = dict(ref.rank(prompt)), dict(first.rank(prompt))

@@ -87,8 +87,11 @@ def load_llara(folder: str | Path, dataset=None, precision: str | None = None, t
     if model.user_projector is not None:
         model.user_projector.target_norm = model.projector.target_norm
     if (folder / "token_rows.safetensors").is_file() and not merged:  # merged: the rows are in the saved embedding
+        rows = load_tensors(folder / "token_rows.safetensors")
+        if precision == "int8":  # int8 serves a bf16 base: rows rounded as the merged path's saved embedding rounds
+            rows["rows"] = rows["rows"].to(torch.bfloat16)  # them, so two models' equal rows can be held once
         try:
-            model.load_placeholder_rows(load_tensors(folder / "token_rows.safetensors"))
+            model.load_placeholder_rows(rows)
         except ValueError as err:
             raise CheckpointError(f"{folder}: {err} (a different base model or tokenizer?)") from err
     if (folder / "adapter").is_dir() and not merged and precision == "int8":

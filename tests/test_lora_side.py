@@ -93,3 +93,29 @@ def test_side_lora_refuses_what_it_cannot_apply_exactly(tmp_path):
     assert repr(smaller) == before  # nothing wrapped
     with pytest.raises(ValueError, match=r"maps 64 -> 32 features, the layer 128 -> 64 \(a different base model"):
         attach_side_lora(make_tiny_llama(40, hidden_size=64), folder)
+
+
+@pytest.mark.usefixtures("llara_cache")
+def test_predictor_serves_the_int8_pair_on_one_base(toy_setup, tmp_path):
+    """At int8 the demo's pair is loaded unmerged by default and holds one set of int8 layers; other precisions
+    merge by default, and an explicit choice is kept."""
+    import llara.training.train as train_mod
+    from llara.serving.inference import Predictor
+
+    from .conftest import toy_train_args
+
+    flags = ("--title-weight", "0", "--next-weight", "1", "--max-steps", "2")
+    hybrid, text = tmp_path / "hybrid", tmp_path / "text"
+    assert train_mod.main(toy_train_args(toy_setup, hybrid, "--mode", "hybrid", *flags)) == 0
+    assert train_mod.main(toy_train_args(toy_setup, text, "--mode", "text", "--text-items", *flags)) == 0
+    pair = Predictor.load(str(hybrid), precision="int8", text_checkpoint=str(text))
+    assert pair.merged is False
+    assert pair.text_model is not None
+    ours = {n: m for n, m in pair.model.llm.named_modules() if isinstance(m, Int8Linear)}
+    theirs = {n: m for n, m in pair.text_model.llm.named_modules() if isinstance(m, Int8Linear)}
+    assert ours and ours.keys() == theirs.keys() and all(ours[n] is theirs[n] for n in ours)
+    sample = pair.dataset.test[0]
+    answer = pair.predict(list(sample.history), list(pair.dataset.candidates("test", seed=0)[0]), decode="next")
+    assert answer.answers["hybrid"].ranked and answer.answers["text"].ranked
+    assert Predictor.load(str(hybrid), precision="fp32").merged is True
+    assert Predictor.load(str(hybrid), precision="int8", merge=True).merged is True

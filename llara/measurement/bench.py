@@ -74,7 +74,10 @@ def _timed(fn, repeats: int) -> dict:
 
 # ---- the demo path (run in a child process per precision) ------------------------------------------------------
 
-def bench_demo(checkpoint: str, precision: str, repeats: int, merge: bool = True, device: str = "cpu") -> dict:
+LORA_FORMS: dict[bool | None, str] = {None: "auto", True: "merged", False: "unmerged"}
+
+
+def bench_demo(checkpoint: str, precision: str, repeats: int, merge: bool | None = None, device: str = "cpu") -> dict:
     from ..serving.inference import Predictor
 
     rss0 = rss_mb()
@@ -89,7 +92,7 @@ def bench_demo(checkpoint: str, precision: str, repeats: int, merge: bool = True
     history = list(sample.history)
     prompts = p.prompts(history, cands)
     decodes = list(dict.fromkeys([p.decodes[0], "rank"]))  # the model's default, and title likelihood
-    out: dict = {"precision": precision, "merged": merge, "cold_start_s": cold, "text_checkpoint": text, "rss_after_load_mb": rss_mb(),
+    out: dict = {"precision": precision, "merged": p.merged, "cold_start_s": cold, "text_checkpoint": text, "rss_after_load_mb": rss_mb(),
                  "rss_before_load_mb": rss0, "prompt_tokens": len(prompts["hybrid"].input_ids), "latency": {},
                  "device": device_name(dev), "gpu_mb_after_load": _gpu_mb(dev)}
     lat = out["latency"]
@@ -111,14 +114,14 @@ def bench_demo(checkpoint: str, precision: str, repeats: int, merge: bool = True
     return out
 
 
-def run_demo_child(checkpoint: str, precision: str, repeats: int, merge: bool, device: str = "cpu",
+def run_demo_child(checkpoint: str, precision: str, repeats: int, merge: bool | None, device: str = "cpu",
                    path: str = "native", compute: str = "auto") -> dict:
     """``bench_demo`` in a fresh interpreter on CPU ``path`` with ``compute`` dtype: cold start and memory are not
     flattered by an earlier load, and the ISA limits of a path only take effect in a new process."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "demo.json"
         cmd = [sys.executable, "-m", "llara.bench", "--child-demo", precision, "--checkpoint", str(checkpoint),
-               "--repeats", str(repeats), "--json", str(out), "--device", str(device), *([] if merge else ["--no-merge"])]
+               "--repeats", str(repeats), "--json", str(out), "--device", str(device), "--lora", LORA_FORMS[merge]]
         subprocess.run(cmd, check=True, env=path_env(path, compute))
         return {**json.loads(out.read_text()), "cpu_path": path, "compute": compute}
 
@@ -302,9 +305,14 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: %(default)s)")
     parser.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT), help="LLaRA checkpoint of the demo (default: the committed one)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per figure after one warm-up (default: %(default)s)")
-    parser.add_argument("--no-merge", action="store_true", help="keep LoRA unmerged in the demo path")
+    parser.add_argument("--lora", choices=list(LORA_FORMS.values()), default="auto",
+                        help="how the demo path applies the LoRA update: merged into the weights, unmerged (int8: beside "
+                             "int8 layers the two models share), or auto, as the app serves it (merged; unmerged at "
+                             "int8) (default: %(default)s)")
+    parser.add_argument("--no-merge", action="store_true", help="the same as --lora unmerged")
     parser.add_argument("--merge-ablation", action="store_true",
-                        help="also run the first precision with LoRA unmerged, in the same run: what merging buys")
+                        help="also run the first precision with the LoRA update applied the other way than --lora "
+                             "gives it, in the same run and on the first CPU path: what merging buys")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
     add_device_arg(parser)
@@ -314,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    if args.no_merge and args.lora == "merged":
+        parser.error("--no-merge contradicts --lora merged")
+    merge = False if args.no_merge else {form: key for key, form in LORA_FORMS.items()}[args.lora]
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -328,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.json, bench_recipe(args.child_recipe, args.repeats, device=device))
         return 0
     if args.child_demo:
-        write_json(args.json, bench_demo(args.checkpoint, args.child_demo, args.repeats, merge=not args.no_merge, device=device))
+        write_json(args.json, bench_demo(args.checkpoint, args.child_demo, args.repeats, merge=merge, device=device))
         return 0
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
@@ -347,10 +358,12 @@ def main(argv: list[str] | None = None) -> int:
                 if p not in ("fp32", "int8") or c == computes[0]]  # these compute in fp32 whatever is asked
         if any(redundant_path(path) for path in paths):
             print("the avx2 path is skipped: this CPU's native path already is AVX2 without native bf16", file=sys.stderr)
-        res["demo"] = [run_demo_child(args.checkpoint, p, args.repeats, not args.no_merge, device, path, c) for path, c, p in runs]
-        if args.merge_ablation and not args.no_merge:
-            res["demo"].append(run_demo_child(args.checkpoint, precisions[0], args.repeats, merge=False, device=device,
-                                              compute=computes[0]))
+        res["demo"] = [run_demo_child(args.checkpoint, p, args.repeats, merge, device, path, c) for path, c, p in runs]
+        if args.merge_ablation:  # on the first path measured, so the two columns compare
+            first = next((path for path, _, _ in runs), "native")
+            served = merge if merge is not None else res["demo"][0]["merged"]
+            res["demo"].append(run_demo_child(args.checkpoint, precisions[0], args.repeats, merge=not served,
+                                              device=device, path=first, compute=computes[0]))
     if "app" in parts:  # the first start ever, then a start from the cache it leaves (in the user's cache: warm)
         res["app"] = [app_start(precisions[0], empty_cache=True), app_start(precisions[0], empty_cache=False)]
     if "load" in parts:

@@ -57,6 +57,7 @@ class Predictor:
                  text_model: LLaRA | None = None, text_meta: dict | None = None) -> None:
         self.model, self.recommender, self.dataset, self.meta = model, recommender, dataset, meta
         self.precision = "as trained"  # set by load: the precision the weights were loaded at
+        self.merged: bool | None = None  # set by load: whether the LoRA update was merged into the weights
         # The text-only panel: a model trained on text-only prompts with the same levers and budget, when given;
         # else the main model answers its text-only prompt too.
         self.text_model, self.text_meta = text_model, text_meta
@@ -70,10 +71,13 @@ class Predictor:
             self._unit_items = torch.nn.functional.normalize(model.item_table.float(), dim=-1)
 
     @classmethod
-    def load(cls, checkpoint: str, precision: str = "nf4", threads: int = 0, merge: bool = True,
+    def load(cls, checkpoint: str, precision: str = "nf4", threads: int = 0, merge: bool | None = None,
              text_checkpoint: str | None = None, device: str | torch.device | None = None) -> Predictor:
         """``merge``: fold the LoRA update into the base weights once (cached), which roughly halves the cost of
-        every forward pass on a CPU; ``False`` keeps the adapter separate (bit-for-bit what training saw).
+        every forward pass on a CPU; ``False`` keeps the adapter separate (bit-for-bit what training saw). ``None``
+        (default): merged, except at int8, where the update runs beside int8 base layers that the text-only and
+        hybrid models then share (llara/model/lora_side.py; docs/performance.md: ~130 MB less, no merge to build,
+        ~12% more per prediction).
         ``text_checkpoint``: a text-only model for the text-only panel (same dataset). ``device``: where the models
         and the recommender run (default CPU; see llara.device)."""
         from ..checkpoint import resolve_path
@@ -83,6 +87,8 @@ class Predictor:
         if threads > 0:
             torch.set_num_threads(threads)
         precision = serving_precision(precision, resolve_device(device or "cpu"))
+        if merge is None:
+            merge = precision != "int8"
         model, meta, dataset = load_llara(checkpoint, precision=precision, merge=merge, device=device)
         # the model holds its (frozen, checked) recommender already: the same weights, loaded once
         recommender = model.recommender
@@ -99,6 +105,7 @@ class Predictor:
             share_identical_weights(text_model, model)  # e.g. the base model's token embeddings, held once
         predictor = cls(model, recommender, dataset, meta, text_model, text_meta)
         predictor.precision = precision  # what "auto" resolved to
+        predictor.merged = merge  # and how the LoRA update is applied
         trim_heap()  # the conversion and copies of loading are garbage now
         return predictor
 

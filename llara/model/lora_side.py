@@ -25,9 +25,10 @@ from torch import nn
 from torch.nn import functional as F
 
 # adapter_config.json keys whose non-default values change what the update computes: refused, never ignored
-_UNSUPPORTED: dict[str, object] = {"use_dora": False, "modules_to_save": None, "trainable_token_indices": None, "rank_pattern": {},
-                "alpha_pattern": {}, "fan_in_fan_out": False, "layer_replication": None, "lora_bias": False,
-                "target_parameters": None}
+_UNSUPPORTED: dict[str, object] = {
+    "use_dora": False, "modules_to_save": None, "trainable_token_indices": None, "rank_pattern": {}, "alpha_pattern": {},
+    "fan_in_fan_out": False, "layer_replication": None, "lora_bias": False, "target_parameters": None,
+}
 
 
 class SideLoRA(nn.Module):
@@ -54,7 +55,8 @@ class SideLoRA(nn.Module):
 
 
 def read_adapter(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """``(config, {module name: (r, in) A, ... })`` of a saved peft LoRA adapter, checked to be a plain LoRA."""
+    """``(adapter_config.json, {saved key: tensor})`` of a saved peft adapter, checked to be a plain LoRA (each
+    layer's ``lora_A`` ``(r, in)`` and ``lora_B`` ``(out, r)``)."""
     folder = Path(folder)
     config = json.loads((folder / "adapter_config.json").read_text())
     if config.get("peft_type") != "LORA":

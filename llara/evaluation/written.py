@@ -11,9 +11,10 @@ candidate. Rows, one per decode the checkpoint offers: ``next`` (the next-item h
 likelihood). A checkpoint that answers with a candidate's letter (``--answer index*``) also gets ``letter``: the
 same unconstrained greedy answers as ``generate``, read by the letter they open with instead of the title they
 write (LlamaRec's verbalized index), so the two readings of one answer can disagree. Each row: HR@1 with a 95%
-interval (users resampled), ValidRatio, and how often its answer is the next-item head's own top-1 ("same as next"). ``--reference`` adds the paired difference of this checkpoint's
-``next`` HR@1 against another checkpoint's (e.g. the ranking-only model it was trained from) on the same samples,
-to show that learning to write did not cost ranking quality.
+interval (users resampled), ValidRatio, and how often its answer is the next-item head's own top-1 ("same as
+next"). ``--reference`` adds the paired difference of this checkpoint's ``next`` HR@1 against another checkpoint's
+(e.g. the ranking-only model it was trained from) on the same samples, to show that learning to write did not cost
+ranking quality.
 
 Samples (``llara.parts``): ``paper``, each test user's last interaction once per candidate seed; ``positions``,
 up to ``--positions`` positions per test user with one candidate seed (users never seen in training).

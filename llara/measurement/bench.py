@@ -360,8 +360,10 @@ def main(argv: list[str] | None = None) -> int:
             print("the avx2 path is skipped: this CPU's native path already is AVX2 without native bf16", file=sys.stderr)
         res["demo"] = [run_demo_child(args.checkpoint, p, args.repeats, merge, device, path, c) for path, c, p in runs]
         if args.merge_ablation:  # on the first path measured, so the two columns compare
+            from ..serving.inference import merged_by_default
+
             first = next((path for path, _, _ in runs), "native")
-            served = merge if merge is not None else res["demo"][0]["merged"]
+            served = merge if merge is not None else merged_by_default(precisions[0])
             res["demo"].append(run_demo_child(args.checkpoint, precisions[0], args.repeats, merge=not served,
                                               device=device, path=first, compute=computes[0]))
     if "app" in parts:  # the first start ever, then a start from the cache it leaves (in the user's cache: warm)

@@ -82,8 +82,8 @@ def quantize_int8(model: nn.Module, skip: tuple[str, ...] = ("lm_head",), share_
     (one copy for both) and scores every vocabulary token, where int8 rounding would move the title likelihoods.
 
     ``share_key`` names the weights ``model`` was loaded from (a file and its version): layers already built from
-    the same key by a model still alive are reused, so models over one base hold its int8 layers once (~200 MB for
-    SmolLM2-135M, fbgemm's packing included). Layers are frozen, so sharing them changes no answer."""
+    the same key by a model still alive are reused, so models over one base hold its int8 layers once (the demo's
+    pair: 131 MB less after load, docs/performance.md). Layers are frozen, so sharing them changes no answer."""
     if "fbgemm" not in torch.backends.quantized.supported_engines and "x86" not in torch.backends.quantized.supported_engines:
         raise RuntimeError("int8 needs torch's fbgemm/x86 quantized engine (x86 CPUs); use --precision nf4 or fp32 here")
     targets = [(name, module) for name, module in model.named_modules()

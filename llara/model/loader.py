@@ -94,13 +94,12 @@ def load_llara(folder: str | Path, dataset=None, precision: str | None = None, t
             model.load_placeholder_rows(rows)
         except ValueError as err:
             raise CheckpointError(f"{folder}: {err} (a different base model or tokenizer?)") from err
-    if (folder / "adapter").is_dir() and not merged and precision == "int8":
-        # peft cannot wrap int8 layers: the update runs beside them, and the layers stay shareable (lora_side.py)
-        attach_side_lora(model.llm, folder / "adapter")
-    elif (folder / "adapter").is_dir() and not merged:
-        # torch_device: peft would otherwise read the adapter onto whatever device it finds first (a GPU)
-        model.llm = PeftModel.from_pretrained(model.llm, str(folder / "adapter"), is_trainable=trainable,
-                                              torch_device=str(model.device))
+    if (folder / "adapter").is_dir() and not merged:
+        if precision == "int8":  # peft cannot wrap int8 layers: the update runs beside them, and they stay shareable
+            attach_side_lora(model.llm, folder / "adapter")
+        else:  # torch_device: peft would otherwise read the adapter onto whatever device it finds first (a GPU)
+            model.llm = PeftModel.from_pretrained(model.llm, str(folder / "adapter"), is_trainable=trainable,
+                                                  torch_device=str(model.device))
     # an inference model is never differentiated with respect to its weights (attributions differentiate inputs)
     return (model if trainable else model.requires_grad_(False).eval()), meta, dataset
 

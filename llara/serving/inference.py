@@ -50,6 +50,12 @@ CANDIDATE_KINDS = ("random", "hard")  # see Predictor.draw_candidates
 HARD_POOL = 30  # the recommender's best-scored unseen items a "hard" set draws half its candidates from
 
 
+def merged_by_default(precision: str) -> bool:
+    """Whether ``Predictor.load`` merges the LoRA update when not told: always, except at int8, where the update runs
+    beside int8 base layers the text-only and hybrid models share (llara/model/lora_side.py)."""
+    return precision != "int8"
+
+
 class Predictor:
     """A loaded LLaRA checkpoint plus its recommender, safe to share between threads."""
 
@@ -88,7 +94,7 @@ class Predictor:
             torch.set_num_threads(threads)
         precision = serving_precision(precision, resolve_device(device or "cpu"))
         if merge is None:
-            merge = precision != "int8"
+            merge = merged_by_default(precision)
         model, meta, dataset = load_llara(checkpoint, precision=precision, merge=merge, device=device)
         # the model holds its (frozen, checked) recommender already: the same weights, loaded once
         recommender = model.recommender

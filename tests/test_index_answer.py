@@ -73,6 +73,30 @@ def test_index_both_writes_the_letter_in_front_of_the_title_and_after_the_slot()
     assert len(p.candidate_positions) == len(CANDS) and len(p.slot_positions) == len(HIST) + len(CANDS)
 
 
+def test_slot_first_puts_one_letter_between_the_slot_and_the_title_it_labels():
+    b = tiny_llara(user_token=False).builder.with_answer("slot-first")
+    p = b.build(HIST, CANDS, hybrid=True, target=TARGET)
+    assert p.indexed
+    for label, item in zip(INDEX_LABELS, CANDS):
+        assert f"<CansEmb> {label}: {b.titles[item]}" in p.text
+    assert p.text.count(f" {INDEX_LABELS[0]}: ") == 1  # one letter per candidate, not two as in index-both
+    # the token after each slot is its letter, as with index-after: what the answer's first token picks by
+    assert [p.input_ids[q + 1] for q in p.candidate_positions] == list(b.index_ids[: len(CANDS)])
+    # and the answer "C: title" is the list's own text after the slot, so the title is a copy of what follows the letter
+    assert list(p.target_ids) == [b.index_ids[CANDS.index(TARGET)], *b._colon, *b.answer_ids(TARGET)]
+    body, ids = list(p.target_ids)[:-1], list(p.input_ids)
+    at = [i for i in range(len(ids)) if ids[i:i + len(body)] == body]
+    assert len(at) == 1 and at[0] - 1 == p.candidate_positions[CANDS.index(TARGET)]
+    assert match_letter(b.tokenizer.decode(body), INDEX_LABELS, len(CANDS)) == CANDS.index(TARGET)
+    assert match_answer(b.tokenizer.decode(body), [b.titles[c] for c in CANDS]) == CANDS.index(TARGET)
+    # the slots-only ablation keeps the letters; the text-only prompt puts them after each <PH>
+    bare = b.build(HIST, CANDS, hybrid=True, titles=False)
+    assert [bare.input_ids[q + 1] for q in bare.candidate_positions] == list(b.index_ids[: len(CANDS)])
+    assert all(b.titles[c] not in bare.text for c in CANDS)
+    text = b.build(HIST, CANDS, hybrid=False)
+    assert [text.input_ids[q + 1] for q in text.candidate_positions] == list(b.index_ids[: len(CANDS)])
+
+
 def test_indexed_prompts_refuse_what_they_cannot_label():
     model = indexed()
     b = model.builder

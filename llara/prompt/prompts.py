@@ -14,6 +14,9 @@ the token beside it (a copy, as induction heads do) instead of from a label seve
 there the title the answer writes after its letter comes *before* that letter in the list, so it cannot be copied
 as "what followed this letter". ``answer="index-both"`` writes the letter on both sides (``C: title <CansEmb> C``):
 the letter after the slot is there to be picked, the one in front to have its title copied after it.
+``answer="slot-first"`` lists each candidate as ``<CansEmb> C: title``: one letter, right after the slot (so its
+position sees the item vector it labels, as with ``index-after``) and right before the title (so the answer's title
+is "what followed this letter", as with ``index``).
 
 The whole prompt is tokenized in one call (placeholders are special tokens, so they never merge with their
 neighbours) and slots are found by token id; the count is checked against the items, so a title can never shift
@@ -61,7 +64,7 @@ SEPARATOR = ", "
 # next-item loss at history slot k must not see the items after k, which the user token summarises).
 USER_SLOT = " (profile {token})"
 # how the answer names the pick: the candidate's title, or its letter in the list and then the title
-ANSWERS = ("title", "index", "index-after", "index-both")  # the indexed formats list letters; see the module docstring
+ANSWERS = ("title", "index", "index-after", "index-both", "slot-first")  # the indexed formats list letters; see the module docstring
 INDEX_LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -202,6 +205,9 @@ class PromptBuilder:
         cand_tok = CANDIDATE_TOKEN if hybrid else PLACEHOLDER_TOKEN
 
         def listed(items: tuple[int, ...], token: str, labels: str = "") -> str:
+            if labels and self.answer == "slot-first":  # "<slot> C: title"
+                return SEPARATOR.join(f"{token} {label}: {self.titles[i]}" if titles else f"{token} {label}"
+                                      for label, i in zip(labels, items))
             entries = [f"{self.titles[i]} {token}" if titles else token for i in items]
             if labels and self.answer in ("index-after", "index-both"):  # "title <slot> C"
                 entries = [f"{e} {label}" for label, e in zip(labels, entries)]

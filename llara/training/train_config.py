@@ -57,7 +57,8 @@ class TrainConfig:
                          "(candidates listed behind letters A, B, ...; the answer is the letter, then the title; the "
                          "follow loss then reads the letters' logits at the answer position) or index-after (the same "
                          "with each letter right after its candidate's slot) or index-both (the letter in front of the "
-                         "title and after the slot); llara/prompt/prompts.py",
+                         "title and after the slot) or slot-first (each candidate as '<slot> C: title': the letter after "
+                         "the slot and before the title); llara/prompt/prompts.py",
                          choices=list(ANSWERS))
     residual: bool = option(False, "also learn residual scoring: recommender score + gate * next-item score, gate from 0")
     text_items: bool = option(False, "next-item head over title features (mean title-token embedding) instead of the "

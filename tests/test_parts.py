@@ -241,6 +241,41 @@ def test_training_prompts_drop_parts():
     assert all(p.titles and not p.blank_items and not p.blank_user for p in (plain.prompt(g, 0) for g in range(50)))
 
 
+def test_slot_dropout_blanks_single_history_slots_and_keeps_their_titles():
+    from llara.training.train_config import TrainConfig, config_problems
+    from llara.training.train_stream import PromptStream
+
+    model = tiny_llara(user_token=False)
+    base = model.builder.build(HIST, CANDS, hybrid=True)
+    prompt = base.without_history_slots([0, 2])
+    embeds, full = model.embed(collate([prompt], model.pad_id))[0], model.embed(collate([base], model.pad_id))[0]
+    neutral = model.neutral_slot()
+    for k, pos in enumerate(prompt.history_positions):
+        assert torch.allclose(embeds[pos], neutral) == (k in (0, 2))
+    assert all(not torch.allclose(embeds[pos], neutral) for pos in prompt.candidate_positions)
+    assert all(model.builder.titles[i] in prompt.text for i in HIST)  # the titles stay
+    assert torch.allclose(embeds[prompt.history_positions[1]], full[prompt.history_positions[1]])
+    with pytest.raises(ValueError, match="history slot indices"):
+        prompt.without_history_slots([len(HIST)])
+    with pytest.raises(ValueError, match="text-only"):
+        model.builder.build(HIST, CANDS, hybrid=False).without_history_slots([0])
+
+    samples = [Sample(HIST, 5, 1), Sample((9, 10, 11, 12), 13, 2)]
+    cfg = TrainConfig(mode="hybrid", next_weight=1.0, title_weight=0.0, modality_dropout=0.3, slot_dropout=0.4)
+    stream = PromptStream(model, samples, cfg, total_steps=10)
+    prompts = [stream.prompt(g, 0) for g in range(300)]
+    with_slots = [p for p in prompts if p.titles and not p.blank_items]
+    share = sum(len(p.blank_history) for p in with_slots) / sum(len(p.history) for p in with_slots)
+    assert 0.33 < share < 0.47, share
+    # only where the titles and the slots are both kept: no item is left with neither
+    assert all(not p.blank_history for p in prompts if not p.titles or p.blank_items)
+    assert [stream.prompt(g, 0) for g in range(20)] == prompts[:20]  # still a pure function of (seed, g)
+    # the other draws are the ones a run without slot dropout makes
+    plain = PromptStream(model, samples, TrainConfig(mode="hybrid", next_weight=1.0, title_weight=0.0, modality_dropout=0.3), 10)
+    assert [(p.titles, p.blank_items) for p in prompts] == [(q.titles, q.blank_items) for q in (plain.prompt(g, 0) for g in range(300))]
+    assert config_problems(TrainConfig(slot_dropout=1.0)) == ["--slot-dropout must be in [0, 1), got 1.0"]
+
+
 def test_parts_cli_runs_only_the_rows_asked_for(dropout_run, tmp_path, capsys):
     import json
 

@@ -61,7 +61,8 @@ def collate(prompts: list[Prompt], pad_id: int, with_targets: bool = False, padd
         rows += [b] * len(p.slot_positions)
         cols += [o + c for c in p.slot_positions]
         items += list(p.slot_items)
-        blank += [p.blank_items] * len(p.slot_positions)
+        # hybrid slots list the history first (see PromptBuilder.build), so slot k < len(history) is history item k
+        blank += [p.blank_items or k in p.blank_history for k in range(len(p.slot_positions))]
     as_long = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
     mask = as_long(mask_rows)  # (B, T)
     position_ids = (mask.cumsum(1) - 1).clamp(min=0)

@@ -111,6 +111,9 @@ class Prompt:
     # layout but carry the model's neutral vector (``LLaRA.neutral_slot``) instead of their item / user vector
     blank_items: bool = False
     blank_user: bool = False
+    # single history slots blanked (indices into ``history``): slot dropout in training, where the item is then known
+    # by its title alone while the rest of the prompt keeps its slots
+    blank_history: tuple[int, ...] = ()
     indexed: bool = False  # candidates listed behind letters; the answer is the letter, then the title
 
     def without(self, parts) -> Prompt:
@@ -121,6 +124,15 @@ class Prompt:
             raise ValueError(f"only item slots and the user slot are blanked in place, not {sorted(unknown)}")
         return dataclasses.replace(self, blank_items=self.blank_items or "items" in parts,
                                    blank_user=self.blank_user or "user" in parts)
+
+    def without_history_slots(self, indices) -> Prompt:
+        """This hybrid prompt with the slots of the history items at ``indices`` blanked (their titles stay)."""
+        indices = tuple(sorted({int(i) for i in indices}))
+        if not self.hybrid:
+            raise ValueError("a text-only prompt has no item slots to blank")
+        if indices and not 0 <= indices[0] <= indices[-1] < len(self.history):
+            raise ValueError(f"history slot indices must be in 0..{len(self.history) - 1}, got {list(indices)}")
+        return dataclasses.replace(self, blank_history=tuple(sorted(set(self.blank_history) | set(indices))))
 
     @property
     def query_position(self) -> int:

@@ -71,6 +71,9 @@ class TrainConfig:
                                      "with this probability, at least one kept, so no part can stand in for the rest")
     item_dropout: float = option(-1.0, "the item slots' own drop probability under --modality-dropout (-1 = the same "
                                  "as --modality-dropout): higher makes the titles carry the prompt more often")
+    slot_dropout: float = option(0.0, "hybrid training prompts that keep their item slots: each history item's slot is "
+                                 "blanked with this probability (its title stays), so the prompt must be read item by "
+                                 "item from whichever of slot and title it has")
     init_from: str = option("", "start from this trained checkpoint's weights (its architecture flags are inherited; "
                             "a new run: fresh optimizer and schedule; llara/training/warm_start.py)")
     lr: float = option(8e-4, "peak learning rate of the LoRA weights")
@@ -132,6 +135,7 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         ("--min-lr-ratio", cfg.min_lr_ratio, 0 <= cfg.min_lr_ratio <= 1, "in [0, 1]"),
         ("--switch-fraction", cfg.switch_fraction, 0 <= cfg.switch_fraction <= 1, "in [0, 1]"),
         ("--lora-r", cfg.lora_r, cfg.lora_r >= 1, ">= 1"),
+        ("--slot-dropout", cfg.slot_dropout, 0 <= cfg.slot_dropout < 1, "in [0, 1)"),
         ("--lora-dropout", cfg.lora_dropout, 0 <= cfg.lora_dropout < 1, "in [0, 1)"),
         ("--seed", cfg.seed, 0 <= cfg.seed < 2**32, "in 0..4294967295"),
         ("--threads", cfg.threads, cfg.threads >= 0, ">= 0 (0 = torch's default)"),

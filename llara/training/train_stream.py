@@ -65,6 +65,9 @@ class PromptStream:
         prompt = self.model.builder.build(s.history, candidates, hybrid=hybrid, target=s.target,
                                           rng=random.Random(int(rng.integers(2**31))), titles="titles" not in dropped)
         prompt = prompt.without(dropped - {"titles"})
+        if self.cfg.slot_dropout > 0 and hybrid and not dropped & {"items", "titles"}:  # an item keeps its title
+            draws = np.random.default_rng([self.cfg.seed, 4, g]).random(len(prompt.history))
+            prompt = prompt.without_history_slots(np.flatnonzero(draws < self.cfg.slot_dropout))
         return prompt.truncated() if short_prompts(self.cfg) else prompt
 
 

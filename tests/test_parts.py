@@ -333,3 +333,11 @@ def test_pair_stored_rows(tmp_path, capsys):
     assert main(["--pair", f"{a}:full", f"{c}:full"]) == 2 and "different samples" in capsys.readouterr().err
     assert main(["--pair", f"{a}:full", f"{tmp_path / 'none.json'}:full"]) == 2
     assert main(["--pair", f"{a}:nope", f"{b}:full"]) == 2 and "no row 'nope'" in capsys.readouterr().err
+    # a llara.written file: its decodes are rows, a hit a choice naming the target (None: no candidate named)
+    written = tmp_path / "written.json"
+    written.write_text(json.dumps({"checkpoint": "w", "choices": {"paper": {"next": [3, 4, 5, 6], "generate": [3, None, 5, 1]}},
+                                   "targets": {"paper": [3, 4, 7, 6]}, "users": {"paper": [1, 1, 2, 2]}}))
+    assert main(["--pair", f"{written}:generate", f"{written}:next", "--pair-set", "paper"]) == 0
+    assert "(0.250)" in (out := capsys.readouterr().out) and "(0.750)" in out and "-0.500" in out
+    assert main(["--pair", f"{written}:generate", f"{written}:next"]) == 2  # it has no every-position set
+    assert "no row 'generate' on the positions samples" in capsys.readouterr().err

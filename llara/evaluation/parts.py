@@ -284,12 +284,17 @@ def overview_table(stored: list[dict], set_name: str = "positions") -> str:
 
 
 def stored_hits(path: Path, row: str, set_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(hits, users, targets)`` of one row of a stored ``llara.evaluation.parts`` or ``llara.evaluation.small_model``
-    JSON file."""
+    """``(hits, users, targets)`` of one row of a stored ``llara.evaluation.parts``, ``llara.evaluation.small_model``
+    or ``llara.evaluation.written`` JSON file (a written file's rows are its decodes: a hit is a choice that names the
+    target)."""
     from ..checkpoint import read_json
 
     d = read_json(path)
-    hits = d["hits"].get(set_name, {}).get(row) if "checkpoint" in d else d["hits"].get(row, {}).get(set_name)
+    if "choices" in d:  # llara.written: per-sample choices (null where an answer named no candidate) and targets
+        choices, targets = d["choices"].get(set_name, {}).get(row), d["targets"].get(set_name)
+        hits = None if choices is None else [c == t for c, t in zip(choices, targets)]
+    else:
+        hits = d["hits"].get(set_name, {}).get(row) if "checkpoint" in d else d["hits"].get(row, {}).get(set_name)
     if hits is None:
         raise ValueError(f"{path} has no row {row!r} on the {set_name} samples")
     users = d["users"][set_name] if "checkpoint" in d else d["samples"][set_name]["users"]
@@ -313,7 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a LLaRA checkpoint with a next-item head (python -m llara.train --next-weight > 0)")
     source.add_argument("--pair", nargs=2, metavar="FILE.json:ROW", help="instead: the paired difference of two stored "
-                        "rows (this command's or python -m llara.small_model's --json) on the same samples")
+                        "rows (this command's, python -m llara.small_model's or python -m llara.written's --json) on "
+                        "the same samples")
+    parser.add_argument("--pair-set", default="positions", choices=["positions", "paper"], help="with --pair: the "
+                        "sample set to compare, every position or the paper's protocol (default: %(default)s)")
     parser.add_argument("--prompt", default="auto", choices=["auto", "hybrid", "text"],
                         help="prompt kind; auto = the kind the checkpoint was trained on (default: %(default)s)")
     parser.add_argument("--positions", type=int, default=0, help="all-position samples per test user (0 = every position; default: %(default)s)")
@@ -334,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pair:
         try:
             first, second = args.pair  # nargs=2
-            d = pair_stored(first, second, set_name="positions")  # every-position samples of whichever split they hold
+            d = pair_stored(first, second, set_name=args.pair_set)  # of whichever split the files hold
         except (ValueError, OSError, KeyError, RuntimeError) as err:  # RuntimeError: CheckpointError, a missing file
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -68,6 +68,15 @@ def test_follow_loss_is_zero_when_the_words_already_follow():
         out.item_logits = torch.full((2, model.item_table.shape[0]), -1e4)
         out.item_logits.scatter_(1, batch.candidates, scores)
         assert float(follow_loss(model, out, batch)) == pytest.approx(0.0, abs=1e-4)
+        # a sharper teacher no longer equals the answers' distribution; the temperature scales the head's scores
+        # (each loss consumes its pass's cache: a fresh pass per call)
+        for temperature, scale, zero in ((0.5, 1.0, False), (2.0, 2.0, True)):
+            again = full_pass(model, batch)
+            again.item_logits = out.item_logits * scale
+            loss = float(follow_loss(model, again, batch, temperature=temperature))
+            assert loss == pytest.approx(0.0, abs=1e-4) if zero else loss > 1e-3
+        with pytest.raises(ValueError, match="temperature must be > 0"):
+            follow_loss(model, out, batch, temperature=0.0)
 
 
 def test_prompt_lengths_need_answer_tokens():
@@ -90,6 +99,8 @@ def test_written_agrees():
     ({"follow_weight": 1.0, "next_weight": 1.0, "title_weight": 0.0}, "--follow-weight"),
     ({"follow_weight": -1.0, "next_weight": 1.0}, "--follow-weight"),
     ({"init_from": "x", "resume": True}, "--init-from"),
+    ({"follow_temperature": 0.0}, "--follow-temperature"),
+    ({"follow_temperature": float("nan")}, "--follow-temperature"),
 ])
 def test_config_problems_name_the_follow_and_init_flags(changes, flag):
     problems = config_problems(TrainConfig(output="x", **changes))

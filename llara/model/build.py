@@ -44,7 +44,8 @@ def model_options(config: dict) -> dict:
             "weights": {"title": float(config.get("title_weight", 1.0)), "next": float(config.get("next_weight", 0.0)),
                         "dense": float(bool(config.get("dense", True))), "distill": float(config.get("distill_weight", 0.0)),
                         "follow": float(config.get("follow_weight", 0.0)),
-                        "follow_top": float(config.get("follow_top", 0))}}
+                        "follow_top": float(config.get("follow_top", 0)),
+                        "follow_temperature": float(config.get("follow_temperature", 1.0))}}
 
 
 def build_llara(

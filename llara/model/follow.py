@@ -112,10 +112,14 @@ def head_and_answers(model: Any, out: Any, batch: Batch, top: int = 0) -> tuple[
     return teacher, answer_logprobs(model, out, batch, cands)
 
 
-def follow_loss(model: Any, out: Any, batch: Batch, top: int = 0) -> torch.Tensor:
-    """``KL(softmax(head) || softmax(answer log-likelihoods))`` over each prompt's (top) candidates, averaged: ``()``."""
+def follow_loss(model: Any, out: Any, batch: Batch, top: int = 0, temperature: float = 1.0) -> torch.Tensor:
+    """``KL(softmax(head / temperature) || softmax(answer log-likelihoods))`` over each prompt's (top) candidates,
+    averaged: ``()``. A temperature below 1 sharpens the teacher towards the head's top-1, which is what greedy
+    decoding should write; 1 copies the head's whole distribution."""
+    if not temperature > 0:
+        raise ValueError(f"the follow temperature must be > 0, got {temperature}")
     teacher, student = head_and_answers(model, out, batch, top)
-    return distillation_loss(student, teacher)
+    return distillation_loss(student, teacher / temperature)
 
 
 def written_agrees(chosen: list, ranked_first: list) -> float:

@@ -204,7 +204,8 @@ class LLaRA(nn.Module):
             self._next_item_outputs(out, batch, losses)
         if follow:
             top = int(self.weights.get("follow_top", 0))
-            losses["follow"] = follow_loss(self, out, batch, top) * self.weights["follow"]
+            temperature = float(self.weights.get("follow_temperature", 1.0))
+            losses["follow"] = follow_loss(self, out, batch, top, temperature) * self.weights["follow"]
         out.losses = {k: float(v.detach()) for k, v in losses.items()}
         out.loss = sum(losses.values()) if losses else None
         return out

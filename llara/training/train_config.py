@@ -50,6 +50,8 @@ class TrainConfig:
     follow_weight: float = option(0.0, "weight of the KL from the next-item head's softmax over the candidates to the "
                                   "softmax of their answers' log-likelihoods, so the title the LLM writes is the head's "
                                   "pick (needs --next-weight > 0 and --title-weight > 0; llara/model/follow.py)")
+    follow_temperature: float = option(1.0, "the follow loss's teacher is softmax(head scores / this): below 1 "
+                                       "sharpens it towards the head's top-1, the pick greedy decoding should write")
     follow_top: int = option(8, "the follow loss scores the next-item head's this many best candidates per prompt "
                              "(0 = all; each scored answer costs about a dozen tokens of compute; with an indexed "
                              "--answer every candidate's letter is scored from the training pass itself, at no extra cost)")
@@ -117,6 +119,8 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         ("--follow-weight", cfg.follow_weight, math.isfinite(cfg.follow_weight) and cfg.follow_weight >= 0
          and (cfg.follow_weight == 0 or (cfg.next_weight > 0 and cfg.title_weight > 0)),
          ">= 0, and > 0 only with --next-weight > 0 and --title-weight > 0"),
+        ("--follow-temperature", cfg.follow_temperature, math.isfinite(cfg.follow_temperature) and cfg.follow_temperature > 0,
+         "a finite number > 0"),
         ("--follow-top", cfg.follow_top, cfg.follow_top >= 0 and cfg.follow_top != 1, ">= 2, or 0 for all"),
         ("--init-from", cfg.init_from, not (cfg.init_from and cfg.resume), "not with --resume (a resumed run keeps its start)"),
         ("--residual", cfg.residual, not cfg.residual or cfg.next_weight > 0, "used with --next-weight > 0"),

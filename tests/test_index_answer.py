@@ -26,6 +26,26 @@ def indexed(weights: dict | None = None):
     return model
 
 
+def assert_letter_after_each_slot(b, prompt) -> None:
+    """The token after each candidate's slot (or <PH>) is its letter: the token the answer starts with when it names
+    that candidate."""
+    assert [prompt.input_ids[q + 1] for q in prompt.candidate_positions] == list(b.index_ids[: len(CANDS)])
+
+
+def assert_answer_is_letter_then_title(b, prompt) -> None:
+    assert list(prompt.target_ids) == [b.index_ids[CANDS.index(TARGET)], *b._colon, *b.answer_ids(TARGET)]
+
+
+def listed_as(answer: str, entry: str):
+    """The builder for ``answer`` and its hybrid training prompt, checked to list every candidate as ``entry``."""
+    b = tiny_llara(user_token=False).builder.with_answer(answer)
+    p = b.build(HIST, CANDS, hybrid=True, target=TARGET)
+    assert p.indexed
+    for label, item in zip(INDEX_LABELS, CANDS):
+        assert entry.format(label=label, title=b.titles[item]) in p.text
+    return b, p
+
+
 def test_an_indexed_prompt_labels_each_candidate_and_answers_with_letter_then_title():
     model = indexed()
     b = model.builder
@@ -50,40 +70,32 @@ def test_index_after_puts_each_letter_right_after_its_candidate_slot():
     for label, item in zip(INDEX_LABELS, CANDS):
         assert f"{b.titles[item]} <CansEmb> {label}" in p.text and f"{label}: " not in p.text
     # the token after each candidate's slot is its letter: the token the answer starts with when it names that one
-    assert [p.input_ids[q + 1] for q in p.candidate_positions] == list(b.index_ids[: len(CANDS)])
-    assert list(p.target_ids) == [b.index_ids[CANDS.index(TARGET)], *b._colon, *b.answer_ids(TARGET)]
+    assert_letter_after_each_slot(b, p)
+    assert_answer_is_letter_then_title(b, p)
     # the trained answer, read by its letter, names the target (the `letter` row of llara.written)
     assert match_letter(b.tokenizer.decode(list(p.target_ids)[:-1]), INDEX_LABELS, len(CANDS)) == CANDS.index(TARGET)
     text = b.build(HIST, CANDS, hybrid=False)  # the text-only prompt: the letter after each <PH>
-    assert [text.input_ids[q + 1] for q in text.candidate_positions] == list(b.index_ids[: len(CANDS)])
+    assert_letter_after_each_slot(b, text)
 
 
 def test_index_both_writes_the_letter_in_front_of_the_title_and_after_the_slot():
-    b = tiny_llara(user_token=False).builder.with_answer("index-both")
-    p = b.build(HIST, CANDS, hybrid=True, target=TARGET)
-    assert p.indexed
-    for label, item in zip(INDEX_LABELS, CANDS):
-        assert f"{label}: {b.titles[item]} <CansEmb> {label}" in p.text
+    b, p = listed_as("index-both", "{label}: {title} <CansEmb> {label}")
     # the letter after each slot, as with index-after: the token the answer starts with
-    assert [p.input_ids[q + 1] for q in p.candidate_positions] == list(b.index_ids[: len(CANDS)])
+    assert_letter_after_each_slot(b, p)
     # the written answer "C: title" is the list's own text in front of the slot, so its title can be copied
-    assert list(p.target_ids) == [b.index_ids[CANDS.index(TARGET)], *b._colon, *b.answer_ids(TARGET)]
+    assert_answer_is_letter_then_title(b, p)
     body, ids = list(p.target_ids)[:-1], list(p.input_ids)  # the answer's tokens without the terminator
     assert any(ids[i:i + len(body)] == body for i in range(len(ids)))
     assert len(p.candidate_positions) == len(CANDS) and len(p.slot_positions) == len(HIST) + len(CANDS)
 
 
 def test_slot_first_puts_one_letter_between_the_slot_and_the_title_it_labels():
-    b = tiny_llara(user_token=False).builder.with_answer("slot-first")
-    p = b.build(HIST, CANDS, hybrid=True, target=TARGET)
-    assert p.indexed
-    for label, item in zip(INDEX_LABELS, CANDS):
-        assert f"<CansEmb> {label}: {b.titles[item]}" in p.text
+    b, p = listed_as("slot-first", "<CansEmb> {label}: {title}")
     assert p.text.count(f" {INDEX_LABELS[0]}: ") == 1  # one letter per candidate, not two as in index-both
     # the token after each slot is its letter, as with index-after: what the answer's first token picks by
-    assert [p.input_ids[q + 1] for q in p.candidate_positions] == list(b.index_ids[: len(CANDS)])
+    assert_letter_after_each_slot(b, p)
     # and the answer "C: title" is the list's own text after the slot, so the title is a copy of what follows the letter
-    assert list(p.target_ids) == [b.index_ids[CANDS.index(TARGET)], *b._colon, *b.answer_ids(TARGET)]
+    assert_answer_is_letter_then_title(b, p)
     body, ids = list(p.target_ids)[:-1], list(p.input_ids)
     at = [i for i in range(len(ids)) if ids[i:i + len(body)] == body]
     assert len(at) == 1 and at[0] - 1 == p.candidate_positions[CANDS.index(TARGET)]
@@ -91,10 +103,10 @@ def test_slot_first_puts_one_letter_between_the_slot_and_the_title_it_labels():
     assert match_answer(b.tokenizer.decode(body), [b.titles[c] for c in CANDS]) == CANDS.index(TARGET)
     # the slots-only ablation keeps the letters; the text-only prompt puts them after each <PH>
     bare = b.build(HIST, CANDS, hybrid=True, titles=False)
-    assert [bare.input_ids[q + 1] for q in bare.candidate_positions] == list(b.index_ids[: len(CANDS)])
+    assert_letter_after_each_slot(b, bare)
     assert all(b.titles[c] not in bare.text for c in CANDS)
     text = b.build(HIST, CANDS, hybrid=False)
-    assert [text.input_ids[q + 1] for q in text.candidate_positions] == list(b.index_ids[: len(CANDS)])
+    assert_letter_after_each_slot(b, text)
 
 
 def test_indexed_prompts_refuse_what_they_cannot_label():

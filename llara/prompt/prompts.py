@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..constants import CANDIDATE_TOKEN, HISTORY_TOKEN, IGNORE_INDEX, PLACEHOLDER_TOKEN, PLACEHOLDER_TOKENS, USER_TOKEN
@@ -125,14 +126,14 @@ class Prompt:
         return dataclasses.replace(self, blank_items=self.blank_items or "items" in parts,
                                    blank_user=self.blank_user or "user" in parts)
 
-    def without_history_slots(self, indices) -> Prompt:
+    def without_history_slots(self, indices: Iterable[int]) -> Prompt:
         """This hybrid prompt with the slots of the history items at ``indices`` blanked (their titles stay)."""
-        indices = tuple(sorted({int(i) for i in indices}))
+        blank = {int(i) for i in indices}
         if not self.hybrid:
             raise ValueError("a text-only prompt has no item slots to blank")
-        if indices and not 0 <= indices[0] <= indices[-1] < len(self.history):
-            raise ValueError(f"history slot indices must be in 0..{len(self.history) - 1}, got {list(indices)}")
-        return dataclasses.replace(self, blank_history=tuple(sorted(set(self.blank_history) | set(indices))))
+        if blank and not 0 <= min(blank) <= max(blank) < len(self.history):
+            raise ValueError(f"history slot indices must be in 0..{len(self.history) - 1}, got {sorted(blank)}")
+        return dataclasses.replace(self, blank_history=tuple(sorted(blank.union(self.blank_history))))
 
     @property
     def query_position(self) -> int:

@@ -101,6 +101,8 @@ def test_written_agrees():
     ({"init_from": "x", "resume": True}, "--init-from"),
     ({"follow_temperature": 0.0}, "--follow-temperature"),
     ({"follow_temperature": float("nan")}, "--follow-temperature"),
+    ({"answer_target": "head", "next_weight": 0.0}, "--answer-target"),
+    ({"answer_target": "head", "next_weight": 1.0, "title_weight": 0.0}, "--answer-target"),
 ])
 def test_config_problems_name_the_follow_and_init_flags(changes, flag):
     problems = config_problems(TrainConfig(output="x", **changes))
@@ -152,3 +154,36 @@ def test_follow_top_scores_the_heads_best_candidates_only():
         every = answer_logprobs(model, full_pass(model, batch), batch)  # (B, C)
         expected = distillation_loss(every.gather(1, keep), teacher.gather(1, keep))
         assert float(follow_loss(model, out, batch, top=3)) == pytest.approx(float(expected), abs=1e-4)
+
+
+@pytest.mark.parametrize("answer", ["title", "slot-first"])
+def test_answer_on_head_names_the_heads_pick_and_keeps_the_target(answer):
+    """``--answer-target head``: each prompt's answer tokens become those of the head's top-1 among its candidates
+    (the letter first for an indexed layout), its target stays (the next-item loss still learns it), and the pass
+    leaves the model in training mode."""
+    from llara.model.follow import answer_on_head
+
+    model = tiny_llara(user_token=False)
+    model.builder = model.builder.with_answer(answer)
+    randomize_head(model)
+    model.train()
+    ps = prompts(model)
+    relabelled = answer_on_head(model, ps)
+    assert model.training
+    picks = [max(p.candidates, key=lambda c: float(row[c])) for p, row in zip(ps, model.item_scores(ps))]
+    for old, new, pick in zip(ps, relabelled, picks):
+        assert new.target == old.target == TARGET and new.input_ids == old.input_ids
+        assert list(new.target_ids) == model.builder.answer_for(old, pick)
+    assert any(pick != TARGET for pick in picks), "the randomized head should disagree with the target somewhere"
+
+
+def test_answer_target_head_trains_and_is_recorded(toy_setup, tmp_path, monkeypatch):
+    relabelled: list[int] = []
+    real = train_mod.answer_on_head
+    monkeypatch.setattr(train_mod, "answer_on_head", lambda model, ps: relabelled.append(len(ps)) or real(model, ps))
+    args = toy_train_args(toy_setup, tmp_path / "ckpt", "--next-weight", "1", "--title-weight", "1",
+                          "--answer-target", "head", "--max-train-samples", "4")
+    assert train_mod.main(args) == 0
+    meta = read_llara_meta(tmp_path / "ckpt")
+    assert meta["config"]["answer_target"] == "head" and "loss_title" in meta["log"][0]
+    assert sum(relabelled) == 4  # every training prompt was relabelled

@@ -23,12 +23,14 @@ the ``B * top`` answers (about a dozen tokens each) run as one right-padded cont
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 
 from ..constants import IGNORE_INDEX
 from ..prompt.batch import Batch
+from ..prompt.prompts import Prompt
 from .next_item import distillation_loss
 
 
@@ -120,6 +122,30 @@ def follow_loss(model: Any, out: Any, batch: Batch, top: int = 0, temperature: f
         raise ValueError(f"the follow temperature must be > 0, got {temperature}")
     teacher, student = head_and_answers(model, out, batch, top)
     return distillation_loss(student, teacher / temperature)
+
+
+def answer_on_head(model: Any, prompts: list[Prompt]) -> list[Prompt]:
+    """The training prompts with their answer tokens naming the next-item head's top-1 among each prompt's candidates
+    instead of its target (``--answer-target head``). ``target`` is kept, so the next-item losses still learn the true
+    next item; only what the title loss teaches the LM to write changes. When the head is right the prompt is
+    unchanged; when it is wrong the LM learns to write the head's (wrong) pick, which is what greedy generation
+    should do if the written answer is to be the ranking's first item.
+
+    The head reads the query slot, which sits before the candidates and the answer, so the no-grad pass over the
+    prompts cut there (``LLaRA.item_scores``, in eval mode: no LoRA dropout) gives the pick the ``next`` decode
+    makes."""
+    was_training = model.training
+    model.eval()
+    try:
+        scores = model.item_scores(prompts)  # (B, N)
+    finally:
+        model.train(was_training)
+    relabelled = []
+    for p, row in zip(prompts, scores):
+        cands = list(p.candidates)
+        pick = cands[int(row[torch.as_tensor(cands, device=row.device)].argmax())]
+        relabelled.append(dataclasses.replace(p, target_ids=tuple(model.builder.answer_for(p, pick))))
+    return relabelled
 
 
 def written_agrees(chosen: list, ranked_first: list) -> float:

@@ -45,6 +45,7 @@ from ..data import SequenceDataset, load_dataset
 from ..data.args import add_dataset_args, dataset_from_args
 from ..device import accelerator_for, add_device_arg, compute_dtype, cpu_info
 from ..model.build import build_llara, model_options
+from ..model.follow import answer_on_head
 from ..model.llara_model import LLaRA
 from ..model.llm import unpack_4bit_for_training
 from ..model.loader import load_llara
@@ -213,6 +214,8 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             first = (step * cfg.grad_accum + micro) * cfg.batch_size * acc.num_processes + acc.process_index * cfg.batch_size
             prompts = [self.stream.prompt(g, step) for g in range(first, first + cfg.batch_size)]
+            if cfg.answer_target == "head":  # the LM learns to write the head's pick (llara/model/follow.py)
+                prompts = answer_on_head(acc.unwrap_model(wrapped), prompts)
             batch = collate(prompts, self.model.pad_id, with_targets=True, padding_side="right", device=acc.device)
             with acc.no_sync(wrapped) if micro < cfg.grad_accum - 1 else contextlib.nullcontext():
                 result = wrapped(batch)

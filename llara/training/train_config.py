@@ -55,6 +55,11 @@ class TrainConfig:
     follow_top: int = option(8, "the follow loss scores the next-item head's this many best candidates per prompt "
                              "(0 = all; each scored answer costs about a dozen tokens of compute; with an indexed "
                              "--answer every candidate's letter is scored from the training pass itself, at no extra cost)")
+    answer_target: str = option("target", "what the answer tokens of a training prompt name: target (the paper's: the "
+                                "sample's next item) or head (the next-item head's own top-1 among the candidates, from "
+                                "a no-grad pass before each step, so the written answer learns to say the head's pick "
+                                "while the next-item losses keep learning the true next item; needs --next-weight > 0 "
+                                "and --title-weight > 0)", choices=["target", "head"])
     answer: str = option("title", "how the answer names the pick: title (the paper's: the candidate's title), index "
                          "(candidates listed behind letters A, B, ...; the answer is the letter, then the title; the "
                          "follow loss then reads the letters' logits at the answer position) or index-after (the same "
@@ -121,6 +126,8 @@ def config_problems(cfg: TrainConfig) -> list[str]:
          ">= 0, and > 0 only with --next-weight > 0 and --title-weight > 0"),
         ("--follow-temperature", cfg.follow_temperature, math.isfinite(cfg.follow_temperature) and cfg.follow_temperature > 0,
          "a finite number > 0"),
+        ("--answer-target", cfg.answer_target, cfg.answer_target == "target" or (cfg.next_weight > 0 and cfg.title_weight > 0),
+         "target, or head only with --next-weight > 0 and --title-weight > 0"),
         ("--follow-top", cfg.follow_top, cfg.follow_top >= 0 and cfg.follow_top != 1, ">= 2, or 0 for all"),
         ("--init-from", cfg.init_from, not (cfg.init_from and cfg.resume), "not with --resume (a resumed run keeps its start)"),
         ("--residual", cfg.residual, not cfg.residual or cfg.next_weight > 0, "used with --next-weight > 0"),

@@ -102,6 +102,8 @@ def test_written_agrees():
     ({"follow_temperature": 0.0}, "--follow-temperature"),
     ({"follow_temperature": float("nan")}, "--follow-temperature"),
     ({"answer_target": "head", "next_weight": 0.0}, "--answer-target"),
+    ({"mutual_weight": 1.0, "next_weight": 1.0}, "--mutual-weight"),
+    ({"mutual_weight": -1.0, "follow_weight": 1.0, "next_weight": 1.0}, "--mutual-weight"),
     ({"answer_target": "head", "next_weight": 1.0, "title_weight": 0.0}, "--answer-target"),
 ])
 def test_config_problems_name_the_follow_and_init_flags(changes, flag):
@@ -187,3 +189,34 @@ def test_answer_target_head_trains_and_is_recorded(toy_setup, tmp_path, monkeypa
     meta = read_llara_meta(tmp_path / "ckpt")
     assert meta["config"]["answer_target"] == "head" and "loss_title" in meta["log"][0]
     assert sum(relabelled) == 4  # every training prompt was relabelled
+
+
+def test_mutual_term_moves_the_head_towards_the_words_and_the_follow_term_does_not():
+    """``--mutual-weight``: the reverse KL trains the head's query (the words detached); the follow term alone leaves
+    it untouched; both are the KLs of the same two distributions, and the forward pass logs the mutual term only
+    when it is weighted."""
+    from llara.model.follow import follow_terms, head_and_answers
+    from llara.model.next_item import distillation_loss
+
+    model = tiny_llara(weights={"title": 1.0, "next": 1.0, "follow": 1.0}, user_token=False)
+    randomize_head(model)
+    batch = collate(prompts(model), model.pad_id, with_targets=True, padding_side="right")
+    assert "mutual" not in model(batch).losses
+    model.weights["mutual"] = 0.5
+    assert model(batch).losses["mutual"] > 0
+
+    def head_pass():
+        out = full_pass(model, batch)
+        out.item_logits = model.next_head(out.hidden_states[-1][torch.arange(2), batch.query_cols])
+        return out
+
+    with torch.no_grad():
+        head, words = head_and_answers(model, head_pass(), batch)
+        follow, mutual = follow_terms(model, head_pass(), batch)
+    assert float(follow) == pytest.approx(float(distillation_loss(words, head)), abs=1e-5)
+    assert float(mutual) == pytest.approx(float(distillation_loss(head, words)), abs=1e-5)
+    for term, moves_head in ((0, False), (1, True)):
+        model.zero_grad()
+        follow_terms(model, head_pass(), batch)[term].backward()
+        grad = model.next_head.query.weight.grad
+        assert (grad is not None and bool(grad.any())) == moves_head

@@ -269,11 +269,11 @@ def test_model_options_from_saved_configs():
                          "user_token": True, "residual": True, "distill_weight": 0.2, "text_items": False})
     assert new == {"head_weight": 0.0, "next_item": True, "user_token": True, "answer": "title", "residual": True,
                    "item_features": "recommender", "weights": {"title": 0.0, "next": 1.5, "dense": 0.0, "distill": 0.2, "follow": 0.0, "follow_top": 0.0,
-                                                             "follow_temperature": 1.0}}
+                                                             "follow_temperature": 1.0, "mutual": 0.0}}
     old = model_options({"head_weight": 0.5, "mode": "curriculum"})  # saved before the next-item options
     assert old == {"head_weight": 0.5, "next_item": False, "user_token": False, "answer": "title", "residual": False,
                    "item_features": "recommender", "weights": {"title": 1.0, "next": 0.0, "dense": 1.0, "distill": 0.0, "follow": 0.0, "follow_top": 0.0,
-                                                             "follow_temperature": 1.0}}
+                                                             "follow_temperature": 1.0, "mutual": 0.0}}
     assert model_options(dataclasses.asdict(TrainConfig(next_weight=1.0)))["next_item"] is True
     assert model_options({"next_weight": 1.0, "text_items": True})["item_features"] == "titles"  # the older spelling
     assert model_options({"next_weight": 1.0, "item_features": "recommender+minilm"})["item_features"] == "recommender+minilm"

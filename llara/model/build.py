@@ -45,7 +45,8 @@ def model_options(config: dict) -> dict:
                         "dense": float(bool(config.get("dense", True))), "distill": float(config.get("distill_weight", 0.0)),
                         "follow": float(config.get("follow_weight", 0.0)),
                         "follow_top": float(config.get("follow_top", 0)),
-                        "follow_temperature": float(config.get("follow_temperature", 1.0))}}
+                        "follow_temperature": float(config.get("follow_temperature", 1.0)),
+                        "mutual": float(config.get("mutual_weight", 0.0))}}
 
 
 def build_llara(

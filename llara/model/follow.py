@@ -95,9 +95,10 @@ def letter_logits(model: Any, out: Any, batch: Batch) -> torch.Tensor:
     return out.logits[torch.arange(B, device=device)[:, None], last[:, None], letters[None]].float()  # (B, C)
 
 
-def head_and_answers(model: Any, out: Any, batch: Batch, top: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def head_and_answers(model: Any, out: Any, batch: Batch, top: int = 0,
+                     detach: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher and the student of the follow loss, ``(B, K)`` each: the next-item head's scores
-    (``out.item_logits`` ``(B, N)``, detached) of each prompt's candidates and their answers' log-likelihoods (or,
+    (``out.item_logits`` ``(B, N)``, detached unless ``detach=False``) of each prompt's candidates and their answers' log-likelihoods (or,
     for indexed prompts, their letters' logits, ``K = C``).
 
     ``top > 0`` keeps only the head's ``top`` best candidates per prompt: the answers that decide what greedy decoding
@@ -105,7 +106,8 @@ def head_and_answers(model: Any, out: Any, batch: Batch, top: int = 0) -> tuple[
     cands = batch.candidates
     if cands is None:
         raise ValueError("the follow loss needs equal-size candidate sets")
-    teacher = out.item_logits.detach().gather(1, cands.to(out.item_logits.device))  # (B, C)
+    head = out.item_logits.detach() if detach else out.item_logits
+    teacher = head.gather(1, cands.to(head.device))  # (B, C)
     if model.builder.indexed:  # every letter is scored by the pass itself: no reason to keep fewer
         return teacher, letter_logits(model, out, batch)
     if 0 < top < cands.shape[1]:
@@ -118,10 +120,19 @@ def follow_loss(model: Any, out: Any, batch: Batch, top: int = 0, temperature: f
     """``KL(softmax(head / temperature) || softmax(answer log-likelihoods))`` over each prompt's (top) candidates,
     averaged: ``()``. A temperature below 1 sharpens the teacher towards the head's top-1, which is what greedy
     decoding should write; 1 copies the head's whole distribution."""
+    return follow_terms(model, out, batch, top, temperature)[0]
+
+
+def follow_terms(model: Any, out: Any, batch: Batch, top: int = 0,
+                 temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(follow, mutual)``, each ``()``: the follow loss (the words pulled towards the detached head) and its
+    reverse, ``KL(softmax(answers) || softmax(head))`` with the answers detached (the head pulled towards what the
+    words pick). Trained together they are mutual learning: two rankers of the same prompt, each the other's teacher,
+    meet from both sides instead of the words chasing a head that never moves towards them."""
     if not temperature > 0:
         raise ValueError(f"the follow temperature must be > 0, got {temperature}")
-    teacher, student = head_and_answers(model, out, batch, top)
-    return distillation_loss(student, teacher / temperature)
+    head, words = head_and_answers(model, out, batch, top, detach=False)
+    return distillation_loss(words, head.detach() / temperature), distillation_loss(head, words.detach())
 
 
 def answer_on_head(model: Any, prompts: list[Prompt]) -> list[Prompt]:

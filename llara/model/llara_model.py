@@ -22,7 +22,7 @@ from ..data import pad_histories
 from ..device import autocast_method
 from ..prompt.batch import Batch, collate
 from ..prompt.prompts import AnswerTrie, Prompt, PromptBuilder
-from .follow import follow_loss
+from .follow import follow_terms
 from .next_item import NextItemHead, distillation_loss, next_item_loss
 from .projector import Projector
 
@@ -63,8 +63,10 @@ class LLaRA(nn.Module):
             recommender.requires_grad_(False).eval()
         # loss weights: title (the paper's LM loss), next (next-item CE), dense (every history slot or only the
         # query), distill (KL from the recommender over the candidates), follow (KL from the next-item head over the
-        # candidates to their answers' likelihoods: the written title follows the ranking)
-        self.weights = {"title": 1.0, "next": 1.0, "dense": 1.0, "distill": 0.0, "follow": 0.0, **(weights or {})}
+        # candidates to their answers' likelihoods: the written title follows the ranking), mutual (its reverse: the
+        # head moves towards the words)
+        self.weights = {"title": 1.0, "next": 1.0, "dense": 1.0, "distill": 0.0, "follow": 0.0, "mutual": 0.0,
+                        **(weights or {})}
         self._slot_override: torch.Tensor | None = None  # set by ``blank_slots``
         # everything but the LLM follows the LLM's device (the loader put it where --device asked); passes on a CUDA
         # device run under bf16 autocast where it has bf16 (llara.device), attributions aside
@@ -205,7 +207,10 @@ class LLaRA(nn.Module):
         if follow:
             top = int(self.weights.get("follow_top", 0))
             temperature = float(self.weights.get("follow_temperature", 1.0))
-            losses["follow"] = follow_loss(self, out, batch, top, temperature) * self.weights["follow"]
+            follow, mutual = follow_terms(self, out, batch, top, temperature)
+            losses["follow"] = follow * self.weights["follow"]
+            if self.weights.get("mutual", 0.0) > 0:  # the head moves towards the words too
+                losses["mutual"] = mutual * self.weights["mutual"]
         out.losses = {k: float(v.detach()) for k, v in losses.items()}
         out.loss = sum(losses.values()) if losses else None
         return out

@@ -52,6 +52,10 @@ class TrainConfig:
                                   "pick (needs --next-weight > 0 and --title-weight > 0; llara/model/follow.py)")
     follow_temperature: float = option(1.0, "the follow loss's teacher is softmax(head scores / this): below 1 "
                                        "sharpens it towards the head's top-1, the pick greedy decoding should write")
+    mutual_weight: float = option(0.0, "weight of the follow loss's reverse: KL from the answers' softmax over the "
+                                  "candidates (detached) to the next-item head's, so the head also moves towards what "
+                                  "the words pick and the two rankers meet from both sides (mutual learning; needs "
+                                  "--follow-weight > 0)")
     follow_top: int = option(8, "the follow loss scores the next-item head's this many best candidates per prompt "
                              "(0 = all; each scored answer costs about a dozen tokens of compute; with an indexed "
                              "--answer every candidate's letter is scored from the training pass itself, at no extra cost)")
@@ -128,6 +132,8 @@ def config_problems(cfg: TrainConfig) -> list[str]:
          "a finite number > 0"),
         ("--answer-target", cfg.answer_target, cfg.answer_target == "target" or (cfg.next_weight > 0 and cfg.title_weight > 0),
          "target, or head only with --next-weight > 0 and --title-weight > 0"),
+        ("--mutual-weight", cfg.mutual_weight, math.isfinite(cfg.mutual_weight) and cfg.mutual_weight >= 0
+         and (cfg.mutual_weight == 0 or cfg.follow_weight > 0), ">= 0, and > 0 only with --follow-weight > 0"),
         ("--follow-top", cfg.follow_top, cfg.follow_top >= 0 and cfg.follow_top != 1, ">= 2, or 0 for all"),
         ("--init-from", cfg.init_from, not (cfg.init_from and cfg.resume), "not with --resume (a resumed run keeps its start)"),
         ("--residual", cfg.residual, not cfg.residual or cfg.next_weight > 0, "used with --next-weight > 0"),

@@ -207,10 +207,10 @@ class LLaRA(nn.Module):
         if follow:
             top = int(self.weights.get("follow_top", 0))
             temperature = float(self.weights.get("follow_temperature", 1.0))
-            follow, mutual = follow_terms(self, out, batch, top, temperature)
-            losses["follow"] = follow * self.weights["follow"]
+            words_loss, head_loss = follow_terms(self, out, batch, top, temperature)
+            losses["follow"] = words_loss * self.weights["follow"]
             if self.weights.get("mutual", 0.0) > 0:  # the head moves towards the words too
-                losses["mutual"] = mutual * self.weights["mutual"]
+                losses["mutual"] = head_loss * self.weights["mutual"]
         out.losses = {k: float(v.detach()) for k, v in losses.items()}
         out.loss = sum(losses.values()) if losses else None
         return out

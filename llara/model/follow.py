@@ -17,6 +17,11 @@ With ``--answer index`` (llara/prompt/prompts.py) the student is the LM head's l
 answer position, read from the training pass itself (LlamaRec's one-pass index scoring): no continuation, every
 candidate scored.
 
+Two variants pull the letter and the head together from other sides: ``--mutual-weight`` adds the reverse KL
+(the head pulled towards the answers' distribution, the answers detached: mutual learning of the two rankers), and
+``--answer-target head`` trains the answer tokens on the head's own top-1 instead of the target
+(``answer_on_head``). Measured in docs/results.md, "The LLM names its pick".
+
 Cost (titles): the training pass already runs the full prompt with its target answer; its KV cache is reused, each row's
 cache repeated once per scored candidate and masked to the prompt (the target's tokens after it are hidden), and
 the ``B * top`` answers (about a dozen tokens each) run as one right-padded continuation batch.
@@ -98,8 +103,8 @@ def letter_logits(model: Any, out: Any, batch: Batch) -> torch.Tensor:
 def head_and_answers(model: Any, out: Any, batch: Batch, top: int = 0,
                      detach: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher and the student of the follow loss, ``(B, K)`` each: the next-item head's scores
-    (``out.item_logits`` ``(B, N)``, detached unless ``detach=False``) of each prompt's candidates and their answers' log-likelihoods (or,
-    for indexed prompts, their letters' logits, ``K = C``).
+    (``out.item_logits`` ``(B, N)``, detached unless ``detach=False``) of each prompt's candidates and their answers'
+    log-likelihoods (or, for indexed prompts, their letters' logits, ``K = C``).
 
     ``top > 0`` keeps only the head's ``top`` best candidates per prompt: the answers that decide what greedy decoding
     writes, at ``top / C`` of the continuation cost. The target's answer is trained by the title loss either way."""

@@ -158,8 +158,7 @@ def answer_on_head(model: Any, prompts: list[Prompt]) -> list[Prompt]:
         model.train(was_training)
     relabelled = []
     for p, row in zip(prompts, scores):
-        cands = list(p.candidates)
-        pick = cands[int(row[torch.as_tensor(cands, device=row.device)].argmax())]
+        pick = p.candidates[int(row[list(p.candidates)].argmax())]
         relabelled.append(dataclasses.replace(p, target_ids=tuple(model.builder.answer_for(p, pick))))
     return relabelled
 
